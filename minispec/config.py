@@ -45,7 +45,9 @@ class GemmaConfig:
                 f"num_hidden_layers is {self.num_hidden_layers}"
             )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("config: num_attention_heads must be a multiple of num_key_value_heads")
+            raise ValueError(
+                "config: num_attention_heads must be a multiple of num_key_value_heads"
+            )
 
     def is_sliding(self, layer: int) -> bool:
         return self.layer_types[layer] == "sliding_attention"
@@ -70,14 +72,16 @@ class GemmaConfig:
 
 
 def config_from_dict(d: dict) -> GemmaConfig:
-    """Read a Hugging Face Gemma 3 text config; tolerate the multimodal wrapper and newer rope keys."""
+    """Read a Hugging Face Gemma 3 text config (also the multimodal wrapper, newer RoPE keys)."""
     if "text_config" in d:  # a Gemma3ForConditionalGeneration checkpoint: the LM is inside
         d = {**d["text_config"], **{k: d[k] for k in ("bos_token_id", "eos_token_id") if k in d}}
     kwargs = {k: d[k] for k in GemmaConfig.__dataclass_fields__ if d.get(k) is not None}
     rope = d.get("rope_parameters")  # transformers >= 5 nests the two RoPE bases per layer type
     if isinstance(rope, dict):
         if "full_attention" in rope:
-            kwargs["rope_theta"] = rope["full_attention"].get("rope_theta", kwargs.get("rope_theta"))
+            kwargs["rope_theta"] = rope["full_attention"].get(
+                "rope_theta", kwargs.get("rope_theta")
+            )
         if "sliding_attention" in rope:
             kwargs["rope_local_base_freq"] = rope["sliding_attention"].get("rope_theta")
     if isinstance(kwargs.get("eos_token_id"), list):

@@ -1,0 +1,182 @@
+"""The `minispec` command: a thin shell over the package's public functions.
+
+    minispec generate --prompt "def fib(n):" --max-new-tokens 40
+    minispec predict --prompt "The capital of France is" --top 5 --json
+
+Every `--json` output is one object whose keys are a public contract: keys may be added, never
+renamed or removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from minispec.generate import check_max_new_tokens, generate
+from minispec.kv_cache import new_cache
+from minispec.model import Model, forward
+from minispec.sampling import SamplingParams, check_sampling
+from minispec.tokenizer import encode, token_strings
+
+
+class CliError(Exception):
+    """A problem with what the user asked for: printed as one line, exit status 2."""
+
+
+def load(args: argparse.Namespace) -> Model:
+    from minispec.loading import load_model
+    from minispec.weights import default_progress
+
+    t0 = time.perf_counter()
+    model = load_model(args.model, weights=args.weights, progress=default_progress)
+    print(
+        f"loaded {model.name} ({model.weights}) in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    return model
+
+
+def prompt_ids(model: Model, prompt: str) -> list[int]:
+    if not prompt.strip():
+        raise CliError("the prompt is empty: pass some text with --prompt")
+    if model.tokenizer is None:
+        raise CliError(f"{model.name} has no tokenizer.json: cannot encode a text prompt")
+    return encode(model.tokenizer, prompt)
+
+
+def streamer(model: Model) -> Callable[[int], None]:
+    """Print tokens as they come; hold back a partial UTF-8 character until it is complete."""
+    ids: list[int] = []
+    shown = [0]
+
+    def on_token(token: int) -> None:
+        ids.append(token)
+        text = model.tokenizer.decode(ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            sys.stdout.write(text[shown[0] :])
+            sys.stdout.flush()
+            shown[0] = len(text)
+
+    return on_token
+
+
+def cmd_generate(args: argparse.Namespace) -> dict | None:
+    sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
+    check_max_new_tokens(args.max_new_tokens)
+    model = load(args)
+    ids = prompt_ids(model, args.prompt)
+    on_token = None if args.json else streamer(model)
+    if on_token:
+        sys.stdout.write(args.prompt)
+    result = generate(model, ids, args.max_new_tokens, sampling, args.seed, on_token=on_token)
+    if not args.json:
+        print()
+        print(
+            f"[{len(result.ids)} tokens, prefill {result.prefill_s:.2f} s, "
+            f"{result.tokens_per_s:.1f} tokens/s, stopped by {result.stopped_by}]",
+            file=sys.stderr,
+        )
+        return None
+    return {
+        "prompt_ids": result.prompt_ids,
+        "ids": result.ids,
+        "text": result.text,
+        "prefill_s": result.prefill_s,
+        "decode_s": result.decode_s,
+        "tokens_per_s": result.tokens_per_s,
+        "stopped_by": result.stopped_by,
+        "model": model.name,
+        "weights": model.weights,
+    }
+
+
+def cmd_predict(args: argparse.Namespace) -> dict | None:
+    if args.top < 1:
+        raise CliError(f"--top must be >= 1, got {args.top}")
+    model = load(args)
+    ids = prompt_ids(model, args.prompt)
+    logits = forward(model, ids, new_cache(model.config, len(ids)), last_only=True)[-1]
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    probs /= probs.sum()
+    best = np.argsort(-logits, kind="stable")[: args.top]
+    top = [
+        {"id": int(i), "token": tok, "logit": float(logits[i]), "prob": float(probs[i])}
+        for i, tok in zip(best, token_strings(model.tokenizer, best.tolist()), strict=True)
+    ]
+    result = {"prompt_ids": ids, "prompt_tokens": token_strings(model.tokenizer, ids), "top": top}
+    if args.json:
+        return result
+    print(
+        "prompt: "
+        + " ".join(f"{i}:{t!r}" for i, t in zip(ids, result["prompt_tokens"], strict=True))
+    )
+    print(f"{'rank':>4}  {'id':>7}  {'prob':>7}  {'logit':>8}  token")
+    for rank, row in enumerate(top, 1):
+        i, prob, logit, token = row["id"], row["prob"], row["logit"], row["token"]
+        print(f"{rank:>4}  {i:>7}  {prob:>7.2%}  {logit:>8.3f}  {token!r}")
+    return None
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        metavar="PATH",
+        help="a Hugging Face Gemma 3 folder or a .gguf file (default: the packaged Gemma 3 270M)",
+    )
+    p.add_argument(
+        "--weights", choices=["float32", "int8"], default="float32", help="weight format in memory"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="minispec",
+        description="Gemma 3 and speculative decoding in readable NumPy.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    g = sub.add_parser("generate", help="continue a prompt", description="Continue a prompt.")
+    g.add_argument("--prompt", required=True, help="the text to continue")
+    g.add_argument(
+        "--max-new-tokens", type=int, default=32, help="stop after this many (default 32)"
+    )
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    g.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    add_model_args(g)
+    g.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser(
+        "predict",
+        help="show the next-token distribution",
+        description="Show the next token's top K.",
+    )
+    p.add_argument("--prompt", required=True, help="the text whose next token to predict")
+    p.add_argument("--top", type=int, default=10, help="how many tokens to show (default 10)")
+    add_model_args(p)
+    p.set_defaults(run=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if hasattr(args, "temperature"):
+            check_sampling(args.temperature, args.top_k, args.top_p)
+        result = args.run(args)
+    except (CliError, ValueError, FileNotFoundError) as e:
+        print(f"minispec: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if result is not None:
+        print(json.dumps(result, ensure_ascii=False))
+    return 0

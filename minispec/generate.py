@@ -1,0 +1,99 @@
+"""Plain autoregressive decoding: the baseline speculative decoding must reproduce and beat.
+
+Prefill runs the whole prompt through the model once (filling the KV cache); then each step
+feeds the one newest token and draws the next from the last row of logits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minispec.kv_cache import new_cache
+from minispec.model import Model, forward
+from minispec.sampling import SamplingParams, distribution, sample
+
+GREEDY = SamplingParams()
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    ids: list[int]  # the new tokens only
+    text: str  # the new tokens, decoded
+    prefill_s: float
+    decode_s: float
+    stopped_by: str  # "eos" or "max_new_tokens"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode speed, prefill excluded: tokens after the first, per second of decoding."""
+        n = len(self.ids) - 1  # the first token comes out of the prefill
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+
+
+def check_prompt(prompt_ids: list[int], vocab_size: int) -> None:
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt is empty: give at least one token (or some text)")
+    bad = [t for t in prompt_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+
+
+def check_max_new_tokens(max_new_tokens: int) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
+def generate(
+    model: Model,
+    prompt_ids: list[int],
+    max_new_tokens: int = 32,
+    sampling: SamplingParams = GREEDY,
+    seed: int = 0,
+    on_token: Callable[[int], None] | None = None,
+    stop_at_eos: bool = True,
+) -> Generation:
+    """Greedy or sampled decoding, stopping at EOS or after max_new_tokens new tokens."""
+    check_prompt(prompt_ids, model.config.vocab_size)
+    check_max_new_tokens(max_new_tokens)
+    rng = np.random.default_rng(seed)
+    cache = new_cache(model.config, capacity=len(prompt_ids) + max_new_tokens)
+
+    t0 = time.perf_counter()
+    logits = forward(model, prompt_ids, cache, last_only=True)[-1]
+    prefill_s = time.perf_counter() - t0
+
+    ids: list[int] = []
+    stopped_by = "max_new_tokens"
+    t0 = time.perf_counter()
+    while True:
+        token = sample(distribution(logits, sampling), rng)
+        ids.append(token)
+        if on_token is not None:
+            on_token(token)
+        if stop_at_eos and token == model.config.eos_token_id:
+            stopped_by = "eos"
+            break
+        if len(ids) == max_new_tokens:
+            break
+        logits = forward(model, [token], cache)[-1]
+    decode_s = time.perf_counter() - t0
+    return Generation(
+        prompt_ids=list(prompt_ids),
+        ids=ids,
+        text=decode_text(model, ids),
+        prefill_s=prefill_s,
+        decode_s=decode_s,
+        stopped_by=stopped_by,
+    )
+
+
+def decode_text(model: Model, ids: list[int]) -> str:
+    if model.tokenizer is None:
+        return " ".join(map(str, ids))
+    return model.tokenizer.decode(ids, skip_special_tokens=True)

