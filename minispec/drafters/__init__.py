@@ -1,0 +1,59 @@
+"""Drafters: cheap guesses of the target's next tokens, one module per idea.
+
+    ngram        prompt lookup: copy what followed the same n-gram earlier   (ngram.py)
+    early-exit   the target's own first layers and output head               (early_exit.py)
+    int8         the target with int8 weights, as a separate draft model     (draft_model.py)
+    model:PATH   any checkpoint with the target's vocabulary                 (draft_model.py)
+
+All follow the protocol in base.py; `make_drafter` builds one from the strings above.
+"""
+
+from __future__ import annotations
+
+from minispec.drafters.base import Draft, DraftContext, Drafter
+from minispec.drafters.draft_model import DraftModelDrafter, check_same_vocabulary, quantized_copy
+from minispec.drafters.early_exit import EarlyExitDrafter
+from minispec.drafters.ngram import NgramDrafter
+from minispec.model import Model
+
+DRAFTER_SPECS = ("none", "ngram", "early-exit", "int8", "model:PATH")
+
+
+def make_drafter(spec: str, target: Model, **opts: object) -> Drafter | None:
+    """Build a drafter from its command-line name; "none" gives None (plain decoding).
+
+    spec: "ngram", "early-exit", "int8", "model:PATH" or "none". Options, by drafter:
+    ngram: max_n (3), min_n (1). early-exit: layers (2/3 of the target's), head_size (all).
+    model:PATH: weights ("float32" or "int8"). Also "early-exit:L" and "early-exit:L:N".
+    """
+    name, _, arg = spec.partition(":")
+    if name == "none" and not arg:
+        return None
+    if name == "ngram" and not arg:
+        return NgramDrafter(max_n=int(opts.get("max_n", 3)), min_n=int(opts.get("min_n", 1)))
+    if name == "early-exit":
+        layers, _, head = arg.partition(":")
+        n_layers = int(layers) if layers else opts.get("layers")
+        head_size = int(head) if head else opts.get("head_size")
+        return EarlyExitDrafter(target, n_layers=n_layers, head_size=head_size)
+    if name == "int8" and not arg:
+        return DraftModelDrafter(quantized_copy(target), name="int8-draft")
+    if name == "model" and arg:
+        from minispec.loading import load_model
+
+        draft = load_model(arg, weights=str(opts.get("weights", "float32")))
+        check_same_vocabulary(target, draft)
+        return DraftModelDrafter(draft)
+    raise ValueError(f"unknown drafter {spec!r}: use one of {', '.join(DRAFTER_SPECS)}")
+
+
+__all__ = [
+    "Draft",
+    "DraftContext",
+    "DraftModelDrafter",
+    "Drafter",
+    "EarlyExitDrafter",
+    "NgramDrafter",
+    "make_drafter",
+    "quantized_copy",
+]

@@ -1,0 +1,94 @@
+"""The drafter protocol: what the speculative loop asks of anything that guesses ahead.
+
+Notation as in Leviathan et al. 2023: p is the target's distribution, q the draft's.
+
+Each step the loop hands the drafter a `DraftContext` (the tokens so far, the target's KV cache
+and its last hidden state) and asks for up to k tokens. The drafter answers with a `Draft`: the
+tokens and, when it has them, the distributions q it drew them from. A drafter without
+distributions (prompt lookup) leaves q as None and the loop treats q as one-hot on its token.
+
+After the target has verified the draft, the loop calls `rollback(n)`: only the first n tokens
+the drafter has seen (context plus its own drafts) survived, so it must forget the rest.
+
+The context carries the target's hidden state so a drafter trained on it (a multi-token-
+prediction or Medusa head, Cai et al. 2024) fits the same protocol: it reads `target_hidden`
+and the embedding of the newest token, and needs no cache of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from minispec.kv_cache import KVCache
+from minispec.model import Model, softmax
+from minispec.sampling import SamplingParams, distribution, sample
+
+
+@dataclass
+class DraftContext:
+    """What the drafter may look at. Read-only, except as the docstrings of drafters say."""
+
+    tokens: list[int]  # the prompt and every token emitted so far; the last is not yet in the cache
+    target: Model
+    target_cache: KVCache  # holds tokens[:-1]; a drafter that writes to it restores its length
+    # (d_model,): the target's last block output, the one that predicted tokens[-1]
+    target_hidden: np.ndarray
+
+
+@dataclass
+class Draft:
+    tokens: list[int]  # (n,) proposed continuation, n <= k (n = 0: nothing to propose)
+    q: np.ndarray | None = None  # (n, vocab): the distribution each token was drawn from, or None
+
+    def q_of(self, i: int, vocab_size: int) -> np.ndarray:
+        """Row i of q; for a drafter without distributions, one-hot on its token."""
+        if self.q is not None:
+            return self.q[i]
+        one_hot = np.zeros(vocab_size)
+        one_hot[self.tokens[i]] = 1.0
+        return one_hot
+
+
+@runtime_checkable
+class Drafter(Protocol):
+    name: str
+    vocab_size: int | None  # None: works with any vocabulary (prompt lookup)
+
+    def reset(self, target: Model) -> None:
+        """A new generation begins: drop all state; raise if it cannot draft for this target."""
+
+    def propose(
+        self, ctx: DraftContext, k: int, sampling: SamplingParams, rng: np.random.Generator
+    ) -> Draft:
+        """Up to k tokens that should follow ctx.tokens."""
+
+    def rollback(self, n_tokens: int) -> None:
+        """The first n_tokens of (context + drafts) were accepted: forget what came after."""
+
+
+# ------------------------------------------------------------------- shared by model drafters
+
+
+def probabilities(logits: np.ndarray, sampling: SamplingParams) -> np.ndarray:
+    """The distribution used for p (target) and q (draft) alike, float64, shape (vocab,).
+
+    Sampled: `sampling.distribution` — temperature, top-k, top-p — the one function for both, so
+    the acceptance test compares the distributions actually sampled from.
+    Greedy: softmax(logits) at temperature 1. The greedy rule only compares argmaxes, so this
+    changes no decision; it lets the trace show how sure each side was.
+    """
+    if sampling.greedy:
+        return softmax(np.asarray(logits, dtype=np.float64))
+    return distribution(logits, sampling)
+
+
+def choose(
+    logits: np.ndarray, sampling: SamplingParams, rng: np.random.Generator
+) -> tuple[int, np.ndarray]:
+    """A model drafter's pick from one row of logits: (token, q). Greedy: argmax; else x ~ q."""
+    q = probabilities(logits, sampling)
+    token = int(np.argmax(q)) if sampling.greedy else sample(q, rng)
+    return token, q

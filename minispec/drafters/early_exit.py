@@ -1,0 +1,119 @@
+"""Early exit (self-speculative decoding): the target's own first layers draft for it.
+
+Zhang et al. 2024 ("Draft & Verify"), Elhoushi et al. 2024 (LayerSkip). Run the first L of the
+target's layers, then its final norm and output head, as if the model ended there:
+
+    h_L = block_{L-1}(... block_0(embed(x)))        q = softmax(final_norm(h_L) @ head.T)
+
+No second model, and no second KV cache: the first L layers' keys and values *are* the target's,
+so the drafter writes them straight into the target's cache. The prompt is never recomputed;
+drafted positions are written, then the length is restored, and verification rewrites them.
+
+Two honest caveats, both measured (docs/benchmarks.md):
+- Gemma 3 270M was not trained to exit early (LayerSkip trains for it), so a shallow exit
+  agrees poorly with the full model: about 29 % of argmaxes at L=12 and 50 % at L=15 of 18.
+- The output head (262,144 x 640, tied to the embedding) is 63 % of the weights. A draft that
+  pays for the full head costs L/18 of the layers *plus* the whole head: at L=12 about 88 % of
+  a target forward, so it cannot win. `head_size=N` scores only N candidate tokens — ids below N
+  (Gemma's vocabulary is ordered by BPE merge rank, a frequency proxy: controls, bytes, then the
+  most common merges) plus every token of the context (names in code repeat) — which cuts the
+  head's cost by 262,144 / N. A target argmax outside the candidates can never be drafted, so
+  this lowers acceptance a little; the rule stays exact (q is 0 outside the candidates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from minispec.drafters.base import Draft, DraftContext, choose
+from minispec.kernels import Int8Weight, linear
+from minispec.kv_cache import KVCache
+from minispec.model import Model, Weight, block, embed, rms_norm
+from minispec.sampling import SamplingParams
+
+
+def take_rows(w: Weight, rows: np.ndarray) -> Weight:
+    """Rows of a weight matrix as a new contiguous matrix (float32 or int8 with its scales)."""
+    if isinstance(w, Int8Weight):
+        return dataclasses.replace(
+            w, q=np.ascontiguousarray(w.q[rows]), scale=np.ascontiguousarray(w.scale[rows])
+        )
+    return np.ascontiguousarray(w[rows])
+
+
+def early_exit_hidden(model: Model, tokens: list[int], cache: KVCache, n_layers: int) -> np.ndarray:
+    """The first n_layers blocks, then the final norm: the early exit's h, shape (T, d_model).
+
+    The same steps as `forward_hidden(..., n_layers=...)`, without the full output head.
+    Writes keys/values of layers [0, n_layers) to the cache and advances its length.
+    """
+    config, params = model.config, model.params
+    cache.reserve(len(tokens))
+    x = embed(np.asarray(tokens, dtype=np.int64), params.embed, config.hidden_size)  # (T, d)
+    for i, layer in enumerate(params.layers[:n_layers]):
+        x = block(x, layer, cache, i, config)
+    cache.length += len(tokens)
+    return rms_norm(x, params.final_norm, config.rms_norm_eps)
+
+
+class EarlyExitDrafter:
+    """Draft with the target's first `n_layers` layers; `head_size` limits the scored tokens."""
+
+    def __init__(self, target: Model, n_layers: int | None = None, head_size: int | None = None):
+        total = target.config.num_hidden_layers
+        if n_layers is None:
+            n_layers = default_exit_layer(total)
+        if not 1 <= n_layers < total:
+            raise ValueError(f"early exit needs 1 <= n_layers < {total} (the target's layers)")
+        vocab = target.config.vocab_size
+        if head_size is not None and not 1 <= head_size <= vocab:
+            raise ValueError(f"head_size must be in [1, {vocab}], got {head_size}")
+        self.target, self.n_layers, self.vocab_size = target, n_layers, vocab
+        self.head_size = None if head_size is None or head_size == vocab else head_size
+        self.name = f"early-exit(L={n_layers}/{total}" + (
+            f", head {self.head_size})" if self.head_size else ")"
+        )
+        # The frequent part of the cheap head, gathered once: (head_size, d_model).
+        self.frequent_head = (
+            take_rows(target.params.embed, np.arange(self.head_size)) if self.head_size else None
+        )
+
+    def reset(self, target: Model) -> None:
+        if target is not self.target:
+            raise ValueError("an early-exit drafter drafts only for the model it was built from")
+
+    def logits(self, h: np.ndarray, context: list[int]) -> np.ndarray:
+        """Head scores for one normalised hidden state h (1, d_model): full width (vocab,)."""
+        if self.frequent_head is None:
+            return linear(h, self.target.params.embed)[0]  # (vocab,)
+        ctx_ids = np.unique(np.asarray(context, dtype=np.int64))
+        ctx_ids = ctx_ids[ctx_ids >= self.head_size]  # the context's tokens not already scored
+        out = np.full(self.vocab_size, -np.inf, dtype=np.float32)  # unscored: probability 0
+        out[: self.head_size] = linear(h, self.frequent_head)[0]
+        if ctx_ids.size:
+            out[ctx_ids] = linear(h, take_rows(self.target.params.embed, ctx_ids))[0]
+        return out
+
+    def propose(
+        self, ctx: DraftContext, k: int, sampling: SamplingParams, rng: np.random.Generator
+    ) -> Draft:
+        cache = ctx.target_cache
+        start = cache.length  # = len(ctx.tokens) - 1: the newest token is not in the cache yet
+        tokens, qs, last = [], [], ctx.tokens[-1]
+        for _ in range(k):
+            h = early_exit_hidden(self.target, [last], cache, self.n_layers)  # (1, d_model)
+            last, q = choose(self.logits(h, ctx.tokens), sampling, rng)
+            tokens.append(last)
+            qs.append(q)
+        cache.truncate(start)  # leave the cache as found; verification rewrites these positions
+        return Draft(tokens, np.stack(qs))
+
+    def rollback(self, n_tokens: int) -> None:
+        pass  # its only state is the target's cache, which the loop rolls back
+
+
+def default_exit_layer(n_layers: int) -> int:
+    """Two thirds of the way up: where Gemma 3 270M's early exit starts to agree (L=12 of 18)."""
+    return max(1, min(n_layers - 1, round(2 * n_layers / 3)))

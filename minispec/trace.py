@@ -1,0 +1,252 @@
+"""The trace: one JSON record per speculative step, enough to replay a run without the model.
+
+Notation as in Leviathan et al. 2023: p = target, q = draft. A trace is a `Trace` (save it with
+`save_trace`, read it back with `load_trace`); in JSON:
+
+    {"format": "minispec-trace", "version": 1,
+     "notation": "p = target distribution, q = draft distribution (Leviathan et al. 2023)",
+     "model", "drafter", "k", "sampling": {"temperature", "top_k", "top_p", "greedy"}, "seed",
+     "prompt_ids", "prompt_text",
+     "first_token": {"token", "text", "top_p": [...]},     # from the prefill, no speculation
+     "steps": [step record, ...],
+     "ids", "text", "stopped_by", "stats": {...}}         # the result, as `Stats.to_dict()`
+
+A step record (`step_record`):
+
+    step               index of the step (= the index of the target's verify forward)
+    context_length     tokens in the context before the step (prompt + emitted so far)
+    kv_length_before   positions in the target's KV cache before verifying (context_length - 1)
+    drafted            [{position, token, text, q, top_q}]   q = q_i(d_i); top_q = q_i's top few
+    target             [{position, top_p}]   row i = p_i, the target's distribution after
+                       [context, d_1..d_i]; n+1 rows for n drafts, the last one for the bonus
+    decisions          [{position, token, text, p, q, ratio, u, accept_probability,
+                         target_argmax, accepted}]   one per tested draft, stopping at the first
+                       rejection; ratio = p/q; u = the uniform draw (null when greedy)
+    accepted           j, how many drafts were kept
+    next_token         {token, text, kind: "corrected" | "bonus", prob}: prob is its probability
+                       under the distribution it was drawn from (residual or p_{n+1})
+    residual_top       on a sampled rejection: the top few of norm(max(0, p - q)); else null
+    emitted, emitted_text   the tokens this step added (accepted drafts + next_token)
+    kv_length_after    positions kept after the rollback (kv_length_before + 1 + j)
+    draft_s, verify_s  seconds spent drafting and verifying
+
+Greedy runs: p and q in the records are softmax(logits) at temperature 1, for display; the rule
+itself only compares the draft with argmax p (`target_argmax`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from minispec.stats import Stats
+
+if TYPE_CHECKING:
+    from minispec.speculative import StepResult
+
+FORMAT, VERSION = "minispec-trace", 1
+NOTATION = "p = target distribution, q = draft distribution (Leviathan et al. 2023)"
+
+
+def token_text(tokenizer: object | None, token: int) -> str | None:
+    """What one token looks like on its own (None without a tokenizer)."""
+    if tokenizer is None:
+        return None
+    return tokenizer.decode([int(token)], skip_special_tokens=False)
+
+
+def top_entries(probs: np.ndarray, tokenizer: object | None, n: int) -> list[dict]:
+    """The n most likely tokens of a distribution: [{token, text, prob}], most likely first."""
+    n = min(n, probs.size)
+    if n <= 0:
+        return []
+    best = np.argpartition(-probs, n - 1)[:n]
+    best = best[np.argsort(-probs[best], kind="stable")]
+    return [
+        {"token": int(t), "text": token_text(tokenizer, t), "prob": float(probs[t])}
+        for t in best
+        if probs[t] > 0
+    ]
+
+
+def first_token_record(tokenizer: object | None, token: int, p: np.ndarray, top: int) -> dict:
+    return {
+        "token": int(token),
+        "text": token_text(tokenizer, token),
+        "top_p": top_entries(p, tokenizer, top),
+    }
+
+
+def step_record(index: int, step: StepResult, tokenizer: object | None, top: int) -> dict:
+    """One JSON-serialisable record of a draft-verify step (schema in the module docstring)."""
+    v, drafts = step.verdict, step.draft.tokens
+    next_dist = v.residual if v.residual is not None else step.p[v.n_accepted]
+    return {
+        "step": index,
+        "context_length": step.context_length,
+        "kv_length_before": step.kv_before,
+        "drafted": [
+            {
+                "position": i,
+                "token": int(x),
+                "text": token_text(tokenizer, x),
+                "q": float(step.q[i][x]),
+                "top_q": top_entries(step.q[i], tokenizer, top) if step.draft.q is not None else [],
+            }
+            for i, x in enumerate(drafts)
+        ],
+        "target": [
+            {"position": i, "top_p": top_entries(step.p[i], tokenizer, top)}
+            for i in range(len(drafts) + 1)
+        ],
+        "decisions": [
+            {
+                "position": d.position,
+                "token": d.token,
+                "text": token_text(tokenizer, d.token),
+                "p": d.p,
+                "q": d.q,
+                "ratio": d.p / d.q if d.q > 0 else None,
+                "u": d.u,
+                "accept_probability": d.accept_probability,
+                "target_argmax": d.target_argmax,
+                "accepted": bool(d.accepted),
+            }
+            for d in v.decisions
+        ],
+        "accepted": v.n_accepted,
+        "next_token": {
+            "token": int(v.next_token),
+            "text": token_text(tokenizer, v.next_token),
+            "kind": v.kind,
+            "prob": float(next_dist[v.next_token]),
+        },
+        "residual_top": top_entries(v.residual, tokenizer, top) if v.residual is not None else None,
+        "emitted": [int(t) for t in step.emitted],
+        "emitted_text": tokenizer.decode(step.emitted, skip_special_tokens=False)
+        if tokenizer is not None
+        else None,
+        "kv_length_after": step.kv_after,
+        "draft_s": step.draft_s,
+        "verify_s": step.verify_s,
+    }
+
+
+@dataclass
+class Trace:
+    model: str
+    drafter: str
+    k: int
+    sampling: dict
+    seed: int
+    prompt_ids: list[int]
+    prompt_text: str | None = None
+    first_token: dict | None = None
+    steps: list[dict] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    stopped_by: str = ""
+    stats: dict = field(default_factory=dict)
+
+    @classmethod
+    def begin(cls, model, drafter, k, sampling, seed, prompt_ids) -> Trace:  # noqa: ANN001
+        tok = model.tokenizer
+        return cls(
+            model=model.name,
+            drafter=drafter.name if drafter is not None else "none",
+            k=k,
+            sampling={
+                "temperature": sampling.temperature,
+                "top_k": sampling.top_k,
+                "top_p": sampling.top_p,
+                "greedy": sampling.greedy,
+            },
+            seed=seed,
+            prompt_ids=[int(t) for t in prompt_ids],
+            prompt_text=tok.decode(list(prompt_ids), skip_special_tokens=False) if tok else None,
+        )
+
+    def finish(self, ids: list[int], text: str, stopped_by: str, stats: Stats) -> None:
+        self.ids, self.text, self.stopped_by = [int(t) for t in ids], text, stopped_by
+        self.stats = stats.to_dict()
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "notation": NOTATION,
+            **{name: getattr(self, name) for name in self.__dataclass_fields__},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Trace:
+        if d.get("format") != FORMAT:
+            raise ValueError("not a minispec trace (no 'format': 'minispec-trace')")
+        if d.get("version") != VERSION:
+            raise ValueError(f"trace version {d.get('version')} is not {VERSION}")
+        return cls(**{name: d[name] for name in cls.__dataclass_fields__ if name in d})
+
+
+def save_trace(trace: Trace, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(trace.to_dict(), ensure_ascii=False, indent=1) + "\n")
+
+
+def load_trace(path: str | Path) -> Trace:
+    return Trace.from_dict(json.loads(Path(path).read_text()))
+
+
+# ---------------------------------------------------------------------------------- replay
+
+
+@dataclass
+class ReplayStep:
+    record: dict
+    context: list[int]  # the tokens before the step (prompt + emitted so far)
+    kept: list[int]  # the drafts the target accepted
+    emitted: list[int]  # kept + the corrected or bonus token
+
+
+def replay(trace: Trace) -> Iterator[ReplayStep]:
+    """Walk a recorded run step by step, rebuilding the context from the records alone.
+
+    Checks as it goes that each record is consistent with the context it claims to extend.
+    """
+    context = list(trace.prompt_ids)
+    if trace.first_token is not None:
+        context.append(trace.first_token["token"])
+    for record in trace.steps:
+        if record["context_length"] != len(context):
+            raise ValueError(f"step {record['step']}: context length does not match the replay")
+        j = record["accepted"]
+        kept = [d["token"] for d in record["drafted"][:j]]
+        emitted = (kept + [record["next_token"]["token"]])[: len(record["emitted"])]
+        if emitted != record["emitted"]:
+            raise ValueError(f"step {record['step']}: emitted tokens do not follow the decisions")
+        yield ReplayStep(record, list(context), kept, emitted)
+        context.extend(emitted)
+
+
+def replayed_ids(trace: Trace) -> list[int]:
+    """The new tokens of a recorded run, rebuilt from its steps."""
+    steps = list(replay(trace))
+    first = [trace.first_token["token"]] if trace.first_token is not None else []
+    return first + [t for s in steps for t in s.emitted]
+
+
+def stats_from_trace(trace: Trace) -> Stats:
+    """Recount the statistics from the records (timings included): no model needed."""
+    stats = Stats(k=trace.k)
+    for record in trace.steps:
+        decisions = [d["accepted"] for d in record["decisions"]]
+        n_drafted, n_emitted = len(record["drafted"]), len(record["emitted"])
+        stats.add_step(n_drafted, decisions, n_emitted, record["draft_s"], record["verify_s"])
+    stats.new_tokens = len(replayed_ids(trace))
+    recorded = Stats.from_dict(trace.stats) if trace.stats else None
+    if recorded is not None:
+        stats.prefill_s, stats.decode_s = recorded.prefill_s, recorded.decode_s
+    return stats
