@@ -27,9 +27,12 @@ class DraftModelDrafter:
         self.vocab_size = draft.config.vocab_size
         self.name = name or f"draft-model({draft.name or 'model'}, {draft.weights})"
         self.cache: KVCache | None = None
+        self.checked: Model | None = None  # the last target whose vocabulary matched
 
     def reset(self, target: Model) -> None:
-        check_same_vocabulary(target, self.draft)
+        if target is not self.checked:
+            check_same_vocabulary(target, self.draft)
+            self.checked = target
         self.cache = new_cache(self.draft.config, capacity=256)
 
     def propose(
