@@ -33,6 +33,10 @@ def make_drafter(spec: str, target: Model, **opts: object) -> Drafter | None:
         return NgramDrafter(max_n=int(opts.get("max_n", 3)), min_n=int(opts.get("min_n", 1)))
     if name == "early-exit":
         layers, _, head = arg.partition(":")
+        if not all(part.isdigit() for part in (layers, head) if part):
+            raise ValueError(
+                f"drafter {spec!r}: write early-exit, early-exit:LAYERS or early-exit:LAYERS:HEAD"
+            )
         n_layers = int(layers) if layers else opts.get("layers")
         head_size = int(head) if head else opts.get("head_size")
         return EarlyExitDrafter(target, n_layers=n_layers, head_size=head_size)

@@ -1,0 +1,196 @@
+"""Each drafter on its own: what it proposes, what q it reports, what state it leaves behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minispec.drafters import (
+    DraftContext,
+    Drafter,
+    DraftModelDrafter,
+    EarlyExitDrafter,
+    NgramDrafter,
+    make_drafter,
+    quantized_copy,
+)
+from minispec.drafters.base import probabilities
+from minispec.drafters.ngram import lookup
+from minispec.kernels import Int8Weight
+from minispec.kv_cache import new_cache
+from minispec.model import forward, forward_hidden
+from minispec.sampling import SamplingParams
+from minispec.speculative import prefill
+from minispec.tiny import tiny_model
+
+GREEDY = SamplingParams()
+SAMPLED = SamplingParams(temperature=0.8, top_p=0.9)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_model(seed=0)
+
+
+def context_for(model, tokens):
+    """A DraftContext as the loop builds it: the cache holds all but the newest token."""
+    state, _ = prefill(model, tokens[:-1], GREEDY, np.random.default_rng(0), capacity=64)
+    state.tokens[-1] = tokens[-1]  # the newest token, whatever the prefill would have chosen
+    return DraftContext(state.tokens, model, state.cache, state.hidden)
+
+
+# ------------------------------------------------------------------------------ prompt lookup
+
+
+@pytest.mark.parametrize(
+    ("tokens", "k", "expected"),
+    [
+        ([1, 2, 3, 9, 9, 1, 2, 3], 3, [9, 9, 1]),  # trigram match, copy what followed
+        ([1, 2, 3, 4, 7, 2, 3, 5, 2, 3], 2, [5, 2]),  # most recent earlier match wins
+        ([5, 1, 2, 8, 6, 2, 7, 1, 2], 4, [8, 6, 2, 7]),  # bigram [1, 2] beats unigram [2]
+        ([4, 2, 6, 2], 3, [6, 2]),  # unigram only; the continuation ends at the context's end
+        ([1, 2, 3, 4], 3, []),  # nothing repeats
+        ([7], 3, []),  # nothing before
+        ([3, 3, 3, 3], 2, [3]),  # overlapping match
+        ([1, 2, 3, 1, 2, 3], 8, [1, 2, 3]),  # never more than the context has
+    ],
+)
+def test_lookup(tokens, k, expected):
+    assert lookup(tokens, k) == expected
+
+
+def test_lookup_respects_n_range():
+    tokens = [1, 2, 9, 5, 2, 8, 1, 2]
+    assert lookup(tokens, 2, max_n=2) == [9, 5]  # bigram [1, 2]
+    assert lookup(tokens, 2, max_n=1) == [8, 1]  # unigram [2]: its latest earlier occurrence
+    assert lookup(tokens, 2, max_n=3, min_n=3) == []
+
+
+def test_ngram_drafter_copies_code(target):
+    code = "def area(r):\n    return 3.14 * r * r\n\ndef area(r):\n    return 3.14"
+    ids = target.tokenizer.encode(code).ids
+    draft = NgramDrafter().propose(context_for(target, ids), 6, GREEDY, None)
+    assert target.tokenizer.decode(draft.tokens) == " * r *"
+    assert draft.q is None  # no probabilities: the loop uses one-hot q
+
+
+# -------------------------------------------------------------------------------- early exit
+
+
+@pytest.mark.parametrize("n_layers", [1, 3, 5])
+def test_early_exit_q_is_the_truncated_model(target, n_layers):
+    """q = softmax of (first L layers, final norm, head), computed here on a fresh cache."""
+    tokens = target.tokenizer.encode("early exit drafts").ids
+    ctx = context_for(target, tokens)
+    drafter = EarlyExitDrafter(target, n_layers=n_layers)
+    draft = drafter.propose(ctx, 3, GREEDY, np.random.default_rng(0))
+    assert ctx.target_cache.length == len(tokens) - 1  # the shared cache's length is restored
+    context = list(tokens)
+    for x, q in zip(draft.tokens, draft.q, strict=True):
+        out = forward_hidden(target, context, new_cache(target.config), n_layers=n_layers)
+        np.testing.assert_allclose(q, probabilities(out.logits[-1], GREEDY), atol=1e-5)
+        assert x == int(np.argmax(out.logits[-1]))
+        context.append(x)
+
+
+def test_early_exit_reuses_the_targets_cache(target):
+    """The drafter reads the prompt's keys and values from the target's cache, never recomputes."""
+    tokens = target.tokenizer.encode("a long prompt the drafter must not recompute").ids
+    ctx = context_for(target, tokens)
+    n = ctx.target_cache.length
+    before = ctx.target_cache.keys[:, :n].copy(), ctx.target_cache.values[:, :n].copy()
+    a = EarlyExitDrafter(target, n_layers=3).propose(ctx, 2, GREEDY, None)
+    # the prompt's keys and values are read, never rewritten
+    np.testing.assert_array_equal(ctx.target_cache.keys[:, :n], before[0])
+    np.testing.assert_array_equal(ctx.target_cache.values[:, :n], before[1])
+    ctx.target_cache.values[:, n - 1] += 10.0  # change what the cache says of the prompt ...
+    b = EarlyExitDrafter(target, n_layers=3).propose(ctx, 2, GREEDY, None)
+    assert not np.allclose(a.q, b.q)  # ... and the draft changes: it reads the shared cache
+
+
+def test_cheap_head_scores_frequent_and_context_tokens_only(target):
+    tokens = target.tokenizer.encode("zzz yyy zzz").ids  # bytes 'z' 'y' ' ' are ids >= 36
+    ctx = context_for(target, tokens)
+    drafter = EarlyExitDrafter(target, n_layers=3, head_size=36)
+    draft = drafter.propose(ctx, 2, SAMPLED, np.random.default_rng(0))
+    allowed = set(range(36)) | set(tokens)
+    support = set(np.flatnonzero(draft.q.sum(axis=0)).tolist())
+    assert support <= allowed and set(draft.tokens) <= allowed
+    # on the candidates, the cheap head's logits are the full head's
+    full = EarlyExitDrafter(target, n_layers=3)
+    h = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+    cheap_logits, full_logits = drafter.logits(h, tokens), full.logits(h, tokens)
+    cand = sorted(allowed)
+    np.testing.assert_allclose(cheap_logits[cand], full_logits[cand], rtol=1e-5, atol=1e-5)
+    assert np.all(np.isneginf(np.delete(cheap_logits, cand)))
+
+
+def test_cheap_head_works_on_int8_weights():
+    model = tiny_model(seed=0, weights="int8")
+    assert isinstance(model.params.embed, Int8Weight)
+    ctx = context_for(model, model.tokenizer.encode("int8 head").ids)
+    draft = EarlyExitDrafter(model, n_layers=2, head_size=100).propose(ctx, 2, GREEDY, None)
+    assert len(draft.tokens) == 2
+
+
+def test_early_exit_refuses_bad_settings(target):
+    with pytest.raises(ValueError, match="n_layers"):
+        EarlyExitDrafter(target, n_layers=6)
+    with pytest.raises(ValueError, match="head_size"):
+        EarlyExitDrafter(target, n_layers=2, head_size=0)
+    assert EarlyExitDrafter(target, head_size=260).head_size is None  # the whole vocabulary
+
+
+# ------------------------------------------------------------------------------- draft model
+
+
+def test_int8_copy_shares_no_arrays(target):
+    draft = quantized_copy(target)
+    assert draft.weights == "int8" and draft.tokenizer is target.tokenizer
+
+    def arrays(params):
+        for w in [params.embed, params.final_norm] + [
+            getattr(layer, f) for layer in params.layers for f in layer.__dataclass_fields__
+        ]:
+            yield from (w.q, w.scale) if isinstance(w, Int8Weight) else (w,)
+
+    ours = list(arrays(target.params))
+    for a in arrays(draft.params):
+        assert not any(np.shares_memory(a, b) for b in ours)
+
+
+def test_draft_model_catches_up_and_rolls_back(target):
+    drafter = DraftModelDrafter(tiny_model(seed=7))
+    drafter.reset(target)
+    tokens = target.tokenizer.encode("catch up").ids
+    draft = drafter.propose(context_for(target, tokens), 4, GREEDY, None)
+    assert drafter.cache.length == len(tokens) + 3  # the last draft is never fed
+    drafter.rollback(len(tokens) + 1)  # one draft accepted
+    assert drafter.cache.length == len(tokens) + 1
+    # next step: the context grew by the accepted draft and a correction; only that is fed
+    tokens = tokens + [draft.tokens[0], 42]
+    again = drafter.propose(context_for(target, tokens), 2, GREEDY, None)
+    logits = forward(drafter.draft, tokens, new_cache(drafter.draft.config), last_only=True)
+    assert again.tokens[0] == int(np.argmax(logits))
+
+
+def test_draft_model_with_another_vocabulary_is_refused(target):
+    with pytest.raises(ValueError, match="vocabulary"):
+        DraftModelDrafter(tiny_model(seed=1, vocab_size=300)).reset(target)
+
+
+# ------------------------------------------------------------------------------ make_drafter
+
+
+def test_make_drafter_specs(target):
+    assert make_drafter("none", target) is None
+    assert isinstance(make_drafter("ngram", target), NgramDrafter)
+    ee = make_drafter("early-exit:3:100", target)
+    assert (ee.n_layers, ee.head_size) == (3, 100)
+    assert make_drafter("early-exit", target, layers=2).n_layers == 2
+    assert make_drafter("int8", target).draft.weights == "int8"
+    for spec in ("ngram", "early-exit", "int8"):
+        assert isinstance(make_drafter(spec, target), Drafter)  # the protocol
+    for bad in ("bogus", "ngram:3", "model:", "early-exit:x"):
+        with pytest.raises(ValueError, match="drafter"):
+            make_drafter(bad, target)
