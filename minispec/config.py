@@ -55,6 +55,9 @@ class GemmaConfig:
     def to_hf_dict(self) -> dict:
         """The `config.json` Hugging Face transformers reads as a `Gemma3ForCausalLM`."""
         d = asdict(self)
+        # transformers 5 validates types strictly: its Gemma3TextConfig declares this field an int.
+        if float(self.query_pre_attn_scalar).is_integer():
+            d["query_pre_attn_scalar"] = int(self.query_pre_attn_scalar)
         d.update(
             architectures=["Gemma3ForCausalLM"],
             model_type="gemma3_text",
