@@ -1,6 +1,7 @@
 """The `minispec` command: a thin shell over the package's public functions.
 
     minispec generate --prompt "def fib(n):" --max-new-tokens 40
+    minispec generate --prompt "def fib(n):" --drafter ngram --k 4 --trace run.json --json
     minispec predict --prompt "The capital of France is" --top 5 --json
 
 Every `--json` output is one object whose keys are a public contract: keys may be added, never
@@ -17,11 +18,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from minispec.drafters import check_drafter_spec, make_drafter
 from minispec.generate import check_max_new_tokens, generate
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward
 from minispec.sampling import SamplingParams, check_sampling
+from minispec.speculative import SpeculativeGeneration, check_k, speculative_generate
 from minispec.tokenizer import encode, token_strings
+from minispec.trace import save_trace
 
 
 class CliError(Exception):
@@ -68,12 +72,33 @@ def streamer(model: Model) -> Callable[[int], None]:
 def cmd_generate(args: argparse.Namespace) -> dict | None:
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
     check_max_new_tokens(args.max_new_tokens)
+    check_k(args.k)
+    check_drafter_spec(args.drafter)  # before the seconds of loading the model
     model = load(args)
     ids = prompt_ids(model, args.prompt)
+    drafter = make_drafter(args.drafter, model)  # None for "none": plain decoding
     on_token = None if args.json else streamer(model)
     if on_token:
         sys.stdout.write(args.prompt)
-    result = generate(model, ids, args.max_new_tokens, sampling, args.seed, on_token=on_token)
+    if drafter is None and args.trace is None:
+        result = generate(model, ids, args.max_new_tokens, sampling, args.seed, on_token=on_token)
+    else:
+        result = speculative_generate(
+            model,
+            ids,
+            drafter,
+            args.k,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.seed,
+            on_token=on_token,
+            trace=args.trace is not None,
+        )
+        if args.trace is not None:
+            save_trace(result.trace, args.trace)
+    stats = result.stats if isinstance(result, SpeculativeGeneration) else None
     if not args.json:
         print()
         print(
@@ -81,8 +106,15 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
             f"{result.tokens_per_s:.1f} tokens/s, stopped by {result.stopped_by}]",
             file=sys.stderr,
         )
+        if stats is not None and drafter is not None:
+            print(
+                f"[{drafter.name}, k={args.k}: accepted {stats.accepted} of {stats.drafted} "
+                f"drafted (alpha {stats.alpha:.2f}), {stats.tau:.2f} tokens per target forward "
+                f"(expected {stats.expected_tau:.2f}), {stats.target_forwards} target forwards]",
+                file=sys.stderr,
+            )
         return None
-    return {
+    out = {
         "prompt_ids": result.prompt_ids,
         "ids": result.ids,
         "text": result.text,
@@ -93,6 +125,13 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
         "model": model.name,
         "weights": model.weights,
     }
+    if stats is not None:
+        out["drafter"] = drafter.name if drafter is not None else "none"
+        out["k"] = args.k
+        out["stats"] = stats.to_dict()
+    if args.trace is not None:
+        out["trace"] = str(args.trace)
+    return out
 
 
 def cmd_predict(args: argparse.Namespace) -> dict | None:
@@ -150,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0, help="keep the K most likely tokens (0 = off)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     g.add_argument("--seed", type=int, default=0, help="random seed for sampling (default 0)")
+    g.add_argument(
+        "--drafter",
+        default="none",
+        metavar="{none,ngram,early-exit,int8,model:PATH}",
+        help="speculative decoding with this drafter (default none: plain decoding); "
+        "early-exit also takes :LAYERS or :LAYERS:HEAD_SIZE",
+    )
+    g.add_argument("--k", type=int, default=4, help="tokens drafted per step, 1..16 (default 4)")
+    g.add_argument("--trace", metavar="FILE", help="write the step-by-step trace (JSON) here")
     add_model_args(g)
     g.set_defaults(run=cmd_generate)
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, Drafter, probabilities
 from minispec.generate import Generation, check_max_new_tokens, check_prompt, decode_text
+from minispec.kernels import MAX_KERNEL_ROWS
 from minispec.kv_cache import KVCache, new_cache
 from minispec.model import ForwardOutput, Model, forward_hidden
 from minispec.sampling import SamplingParams, sample
@@ -147,6 +148,7 @@ class StepResult:
     emitted: list[int]  # accepted drafts, then the corrected/bonus token (cut after an EOS)
     kv_before: int
     kv_after: int
+    n_forwards: int  # target forwards the verification took (1, or 2 for k = 16)
     draft_s: float
     verify_s: float
 
@@ -167,9 +169,23 @@ def prefill(
     return state, p
 
 
-def verify(model: Model, cache: KVCache, newest: int, drafts: list[int]) -> ForwardOutput:
-    """One target forward over [newest, d_1..d_n]: n+1 rows of logits, the cache grows n+1."""
-    return forward_hidden(model, [newest, *drafts], cache)
+def verify(
+    model: Model, cache: KVCache, newest: int, drafts: list[int]
+) -> tuple[ForwardOutput, int]:
+    """One target forward over [newest, d_1..d_n]: n+1 rows of logits; the cache grows n+1.
+
+    Returns the rows and the number of forwards. The batch-invariant kernels take at most
+    MAX_KERNEL_ROWS = 16 rows, so for k = 16 the 17th row goes in a second forward: each row is
+    then computed exactly as plain decoding would (the reason greedy outputs match bit for bit).
+    """
+    tokens = [newest, *drafts]
+    chunks = [tokens[i : i + MAX_KERNEL_ROWS] for i in range(0, len(tokens), MAX_KERNEL_ROWS)]
+    outs = [forward_hidden(model, chunk, cache) for chunk in chunks]
+    if len(outs) == 1:
+        return outs[0], 1
+    logits = np.concatenate([o.logits for o in outs])  # (n+1, vocab)
+    hidden = np.concatenate([o.hidden for o in outs])  # (n+1, d_model)
+    return ForwardOutput(logits=logits, hidden=hidden), len(outs)
 
 
 def speculative_step(
@@ -192,7 +208,7 @@ def speculative_step(
         check_draft(draft, k, vocab, state.cache, n_before)
     t1 = time.perf_counter()
 
-    out = verify(model, state.cache, state.tokens[-1], draft.tokens)
+    out, n_forwards = verify(model, state.cache, state.tokens[-1], draft.tokens)
     p = np.stack([probabilities(row, sampling) for row in out.logits])  # (n+1, vocab)
     n = len(draft.tokens)
     q = np.stack([draft.q_of(i, vocab) for i in range(n)]) if n else np.zeros((0, vocab))
@@ -217,6 +233,7 @@ def speculative_step(
         emitted=emitted,
         kv_before=n_before,
         kv_after=state.cache.length,
+        n_forwards=n_forwards,
         draft_s=t1 - t0,
         verify_s=t2 - t1,
     )
@@ -308,9 +325,8 @@ def speculative_generate(
             del state.tokens[len(state.tokens) - len(step.emitted) + cut :]
             step.emitted = step.emitted[:cut]
         accepted = [d.accepted for d in step.verdict.decisions]
-        stats.add_step(
-            len(step.draft.tokens), accepted, len(step.emitted), step.draft_s, step.verify_s
-        )
+        n_drafted, n_emitted = len(step.draft.tokens), len(step.emitted)
+        stats.add_step(n_drafted, accepted, n_emitted, step.draft_s, step.verify_s, step.n_forwards)
         if record is not None:
             record.steps.append(step_record(stats.steps - 1, step, model.tokenizer, trace_top))
         if on_token is not None:

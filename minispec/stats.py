@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 @dataclass
 class Stats:
     k: int
-    steps: int = 0  # verification forwards of the target
+    steps: int = 0  # draft-verify steps
+    verify_forwards: int = 0  # target forwards that verified: one per step (two when k = 16)
     drafted: int = 0  # tokens the drafter proposed
     verified: int = 0  # drafted positions the acceptance rule tested
     accepted: int = 0  # drafted tokens the target accepted
@@ -41,11 +42,18 @@ class Stats:
             counts.extend([0] * (self.k - len(counts)))
 
     def add_step(
-        self, n_drafted: int, decisions: list[bool], n_emitted: int, draft_s: float, verify_s: float
+        self,
+        n_drafted: int,
+        decisions: list[bool],
+        n_emitted: int,
+        draft_s: float,
+        verify_s: float,
+        n_forwards: int = 1,
     ) -> None:
         """Count one draft-verify step: decisions[i] says whether position i was accepted."""
         n_accepted = sum(decisions)  # decisions stop at the first rejection
         self.steps += 1
+        self.verify_forwards += n_forwards
         self.drafted += n_drafted
         self.verified += len(decisions)
         self.accepted += n_accepted
@@ -61,8 +69,8 @@ class Stats:
 
     @property
     def target_forwards(self) -> int:
-        """Every call of the target: the prefill and one per step."""
-        return self.steps + 1
+        """Every call of the target: the prefill and the verifications."""
+        return self.verify_forwards + 1
 
     @property
     def alpha(self) -> float:
@@ -76,8 +84,8 @@ class Stats:
 
     @property
     def tau(self) -> float:
-        """Tokens per target forward in the decode steps (the bonus/corrected token counted)."""
-        return self.emitted / self.steps if self.steps else 0.0
+        """Tokens per verifying target forward (the bonus/corrected token counted)."""
+        return self.emitted / self.verify_forwards if self.verify_forwards else 0.0
 
     @property
     def expected_tau(self) -> float:

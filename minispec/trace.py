@@ -28,6 +28,7 @@ A step record (`step_record`):
     residual_top       on a sampled rejection: the top few of norm(max(0, p - q)); else null
     emitted, emitted_text   the tokens this step added (accepted drafts + next_token)
     kv_length_after    positions kept after the rollback (kv_length_before + 1 + j)
+    verify_forwards    target forwards the verification took: 1 (2 when k = 16, see `verify`)
     draft_s, verify_s  seconds spent drafting and verifying
 
 Greedy runs: p and q in the records are softmax(logits) at temperature 1, for display; the rule
@@ -132,6 +133,7 @@ def step_record(index: int, step: StepResult, tokenizer: object | None, top: int
         if tokenizer is not None
         else None,
         "kv_length_after": step.kv_after,
+        "verify_forwards": step.n_forwards,
         "draft_s": step.draft_s,
         "verify_s": step.verify_s,
     }
@@ -244,7 +246,8 @@ def stats_from_trace(trace: Trace) -> Stats:
     for record in trace.steps:
         decisions = [d["accepted"] for d in record["decisions"]]
         n_drafted, n_emitted = len(record["drafted"]), len(record["emitted"])
-        stats.add_step(n_drafted, decisions, n_emitted, record["draft_s"], record["verify_s"])
+        times = record["draft_s"], record["verify_s"]
+        stats.add_step(n_drafted, decisions, n_emitted, *times, record["verify_forwards"])
     stats.new_tokens = len(replayed_ids(trace))
     recorded = Stats.from_dict(trace.stats) if trace.stats else None
     if recorded is not None:

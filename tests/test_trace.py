@@ -14,26 +14,26 @@ from minispec.stats import Stats, expected_tokens_per_forward
 from minispec.tiny import tiny_model
 from minispec.trace import load_trace, replay, replayed_ids, save_trace, stats_from_trace
 
-STEP_KEYS = {
-    "step", "context_length", "kv_length_before", "drafted", "target", "decisions", "accepted",
-    "next_token", "residual_top", "emitted", "emitted_text", "kv_length_after", "draft_s",
-    "verify_s",
-}  # fmt: skip
+STEP_KEYS = set(
+    "step context_length kv_length_before drafted target decisions accepted next_token "
+    "residual_top emitted emitted_text kv_length_after verify_forwards draft_s verify_s".split()
+)
 
 
 @pytest.fixture(scope="module")
 def runs():
     target = tiny_model(seed=0)
     ids = target.tokenizer.encode("the trace of a run; the trace").ids
-    greedy = speculative_generate(target, ids, make_drafter("int8", target), k=4,
-                                  max_new_tokens=24, stop_at_eos=False)  # fmt: skip
-    sampled = speculative_generate(
-        target, ids, make_drafter("early-exit:3", target), k=3, max_new_tokens=24,
-        temperature=0.9, top_p=0.95, seed=3, stop_at_eos=False,
-    )  # fmt: skip
-    ngram = speculative_generate(target, ids, make_drafter("ngram", target), k=5,
-                                 max_new_tokens=24, temperature=1.0, seed=1)  # fmt: skip
-    return {"greedy": greedy, "sampled": sampled, "ngram": ngram}
+
+    def run(spec, k, **sampling):
+        drafter = make_drafter(spec, target)
+        return speculative_generate(target, ids, drafter, k, 24, stop_at_eos=False, **sampling)
+
+    return {
+        "greedy": run("int8", 4),
+        "sampled": run("early-exit:3", 3, temperature=0.9, top_p=0.95, seed=3),
+        "ngram": run("ngram", 5, temperature=1.0, seed=1),
+    }
 
 
 @pytest.mark.parametrize("run", ["greedy", "sampled", "ngram"])
@@ -78,8 +78,8 @@ def test_records_carry_probabilities_and_token_text(runs):
     assert [e["prob"] for e in top_p] == sorted((e["prob"] for e in top_p), reverse=True)
     assert abs(sum(e["prob"] for e in r["residual_top"])) <= 1 + 1e-9
     # prompt lookup has no q: one-hot on its token
-    assert all(d["q"] == 1.0 and d["top_q"] == [] for s in runs["ngram"].trace.steps
-               for d in s["drafted"])  # fmt: skip
+    ngram_drafts = [d for s in runs["ngram"].trace.steps for d in s["drafted"]]
+    assert ngram_drafts and all(d["q"] == 1.0 and d["top_q"] == [] for d in ngram_drafts)
 
 
 def test_save_load_round_trip_and_replay(runs, tmp_path):
@@ -93,9 +93,8 @@ def test_save_load_round_trip_and_replay(runs, tmp_path):
         for key in ("steps", "drafted", "verified", "accepted", "emitted", "new_tokens"):
             assert getattr(recount, key) == getattr(g.stats, key), key
         assert recount.alpha == g.stats.alpha and recount.tau == g.stats.tau
-        contexts = [s.context for s in replay(loaded)]
-        assert all(len(c) == s["context_length"] for c, s in zip(contexts, loaded.steps,
-                                                                  strict=True))  # fmt: skip
+        for step in replay(loaded):
+            assert len(step.context) == step.record["context_length"]
 
 
 def test_replay_notices_a_tampered_trace(runs, tmp_path):

@@ -10,6 +10,8 @@ All follow the protocol in base.py; `make_drafter` builds one from the strings a
 
 from __future__ import annotations
 
+import re
+
 from minispec.drafters.base import Draft, DraftContext, Drafter
 from minispec.drafters.draft_model import DraftModelDrafter, check_same_vocabulary, quantized_copy
 from minispec.drafters.early_exit import EarlyExitDrafter
@@ -17,6 +19,16 @@ from minispec.drafters.ngram import NgramDrafter
 from minispec.model import Model
 
 DRAFTER_SPECS = ("none", "ngram", "early-exit", "int8", "model:PATH")
+SPEC = re.compile(r"none|ngram|int8|early-exit(:\d+(:\d+)?)?|model:.+")
+
+
+def check_drafter_spec(spec: str) -> None:
+    """Raise ValueError unless spec names a drafter (checks the form only, loads nothing)."""
+    if not SPEC.fullmatch(spec):
+        raise ValueError(
+            f"unknown drafter {spec!r}: use one of {', '.join(DRAFTER_SPECS)} "
+            "(early-exit also as early-exit:LAYERS or early-exit:LAYERS:HEAD_SIZE)"
+        )
 
 
 def make_drafter(spec: str, target: Model, **opts: object) -> Drafter | None:
@@ -26,29 +38,24 @@ def make_drafter(spec: str, target: Model, **opts: object) -> Drafter | None:
     ngram: max_n (3), min_n (1). early-exit: layers (2/3 of the target's), head_size (all).
     model:PATH: weights ("float32" or "int8"). Also "early-exit:L" and "early-exit:L:N".
     """
+    check_drafter_spec(spec)
     name, _, arg = spec.partition(":")
-    if name == "none" and not arg:
+    if name == "none":
         return None
-    if name == "ngram" and not arg:
+    if name == "ngram":
         return NgramDrafter(max_n=int(opts.get("max_n", 3)), min_n=int(opts.get("min_n", 1)))
     if name == "early-exit":
         layers, _, head = arg.partition(":")
-        if not all(part.isdigit() for part in (layers, head) if part):
-            raise ValueError(
-                f"drafter {spec!r}: write early-exit, early-exit:LAYERS or early-exit:LAYERS:HEAD"
-            )
         n_layers = int(layers) if layers else opts.get("layers")
         head_size = int(head) if head else opts.get("head_size")
         return EarlyExitDrafter(target, n_layers=n_layers, head_size=head_size)
-    if name == "int8" and not arg:
+    if name == "int8":
         return DraftModelDrafter(quantized_copy(target), name="int8-draft")
-    if name == "model" and arg:
-        from minispec.loading import load_model
+    from minispec.loading import load_model  # name == "model": a checkpoint to load
 
-        draft = load_model(arg, weights=str(opts.get("weights", "float32")))
-        check_same_vocabulary(target, draft)
-        return DraftModelDrafter(draft)
-    raise ValueError(f"unknown drafter {spec!r}: use one of {', '.join(DRAFTER_SPECS)}")
+    draft = load_model(arg, weights=str(opts.get("weights", "float32")))
+    check_same_vocabulary(target, draft)
+    return DraftModelDrafter(draft)
 
 
 __all__ = [
@@ -58,6 +65,7 @@ __all__ = [
     "Drafter",
     "EarlyExitDrafter",
     "NgramDrafter",
+    "check_drafter_spec",
     "make_drafter",
     "quantized_copy",
 ]
