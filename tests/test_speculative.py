@@ -317,3 +317,83 @@ def test_a_drafter_that_breaks_the_protocol_is_stopped(target):
 
     with pytest.raises(ValueError, match="more than k"):
         speculative_generate(target, ids, TooMany(0, [], None, "too-many"), k=3)
+
+
+# ------------------------------------------------------------------------- the real Gemma 3 270M
+
+REAL_PROMPTS = {
+    "code": "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + "
+    "fibonacci(n - 2)\n\n\ndef factorial(n):\n",
+    "prose": "The history of the printing press begins in the fifteenth century, when",
+}
+REAL_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def real(real_checkpoint):
+    """The model, and its plain greedy continuation of each prompt."""
+    from minispec.loading import load_model
+    from minispec.tokenizer import encode as encode_text
+
+    model = load_model(real_checkpoint)
+    plain = {}
+    for name, text in REAL_PROMPTS.items():
+        ids = encode_text(model.tokenizer, text)
+        plain[name] = ids, generate(model, ids, REAL_NEW, stop_at_eos=False).ids
+    return model, plain
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [*range(1, 9), 16])
+def test_real_greedy_with_scripted_drafts(real, k):
+    """Always right, always wrong, partly right: the output is plain greedy's, token for token."""
+    model, plain = real
+    for name, (ids, expected) in plain.items():
+        for script, wrong in SCRIPTS.items():
+            d = ScriptedDrafter(len(ids), expected, wrong, script)
+            got = speculative_generate(model, ids, d, k, REAL_NEW, stop_at_eos=False, trace=False)
+            assert got.ids == expected, f"{script}, k={k}, {name}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+@pytest.mark.parametrize("spec", ["ngram", "int8", "early-exit:3", "early-exit:15:16384"])
+def test_real_greedy_with_every_drafter(real, spec, k):
+    model, plain = real
+    drafter = make_drafter(spec, model)
+    for name, (ids, expected) in plain.items():
+        got = speculative_generate(model, ids, drafter, k, REAL_NEW, stop_at_eos=False)
+        assert got.ids == expected, f"{spec}, k={k}, {name}"
+
+
+# ------------------------------------------------------------------------------------- the CLI
+
+
+def test_cli_refuses_a_bad_drafter_or_k_before_loading(capsys):
+    from minispec.cli import main
+
+    assert main(["generate", "--prompt", "x", "--drafter", "bogus", "--json"]) == 2
+    assert "unknown drafter 'bogus'" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "x", "--drafter", "ngram", "--k", "0"]) == 2
+    assert "must be in 1..16" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_generate_with_a_drafter(real_checkpoint, tmp_path, capsys):
+    import json
+
+    from minispec.cli import main
+    from minispec.trace import load_trace, replayed_ids
+
+    trace_path = tmp_path / "run.json"
+    args = ["generate", "--model", str(real_checkpoint), "--prompt", REAL_PROMPTS["code"]]
+    args += ["--max-new-tokens", "12", "--drafter", "ngram", "--k", "4"]
+    assert main([*args, "--trace", str(trace_path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("ids", "text", "tokens_per_s", "prompt_ids", "stopped_by", "model", "weights"):
+        assert key in out
+    for key in ("drafted", "accepted", "alpha", "tau", "target_forwards", "expected_tau"):
+        assert key in out["stats"]
+    assert replayed_ids(load_trace(trace_path)) == out["ids"]
+    assert main([*args[:-4], "--json"]) == 0  # plain decoding: the same tokens
+    assert json.loads(capsys.readouterr().out)["ids"] == out["ids"]
