@@ -15,6 +15,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never reach for the Hub
@@ -143,3 +144,68 @@ def test_autotokenizer_reads_our_tokenizer_json(hf_tokenizer, real_checkpoint: P
         ids = hf_tokenizer(text).input_ids
         assert ids == ours.encode(text).ids, text
         assert ids[0] == 2 and hf_tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+# --------------------------------------------- minispec's NumPy forward against transformers
+
+
+@pytest.fixture(scope="session")
+def ours(real_checkpoint: Path):
+    from minispec.loading import load_model
+
+    return load_model(real_checkpoint)
+
+
+def reference_ids(hf_tokenizer, n: int) -> list[int]:
+    """n tokens of real text (BOS first), long enough to cross the 512-token sliding window."""
+    text = " ".join([PROSE] * 12)
+    ids = hf_tokenizer(text).input_ids
+    assert len(ids) >= n
+    return ids[:n]
+
+
+@pytest.mark.parametrize("n", [1, 2, 17, 100, 511, 512, 513, 600])
+def test_numpy_logits_match_transformers(ours, hf_model, hf_tokenizer, n: int) -> None:
+    """Every position's logits, prompts of 1 to 600 tokens: across the sliding window's edge."""
+    from minispec.kv_cache import new_cache
+    from minispec.model import forward
+
+    ids = reference_ids(hf_tokenizer, n)
+    got = forward(ours, ids, new_cache(ours.config, n))  # (n, vocab)
+    want = logits(hf_model, ids).numpy()
+    diff = float(abs(got - want).max())
+    print(f"{n} tokens: max |logit difference| = {diff:.2e}")
+    assert diff <= 1e-3
+
+
+def test_incremental_decoding_matches_transformers(ours, hf_model, hf_tokenizer) -> None:
+    """The KV cache path: a 505-token prefill, then single tokens across position 512."""
+    from minispec.kv_cache import new_cache
+    from minispec.model import forward
+
+    ids = reference_ids(hf_tokenizer, 520)
+    cache = new_cache(ours.config)
+    rows = [forward(ours, ids[:505], cache)] + [forward(ours, [t], cache) for t in ids[505:]]
+    diff = float(abs(np.concatenate(rows) - logits(hf_model, ids).numpy()).max())
+    assert diff <= 1e-3
+
+
+@pytest.mark.parametrize(
+    "prompt", [PROMPT, "def fibonacci(n):\n    ", "Once upon a time, in a small village,"]
+)
+def test_greedy_continuation_matches_transformers(ours, hf_model, hf_tokenizer, prompt) -> None:
+    """40 greedy tokens equal transformers' own, up to a step where its top two nearly tie."""
+    from minispec.generate import generate
+
+    ids = hf_tokenizer(prompt).input_ids
+    mine = generate(ours, ids, max_new_tokens=40, stop_at_eos=False).ids
+    with torch.no_grad():
+        theirs = hf_model.generate(
+            torch.tensor([ids]), max_new_tokens=40, do_sample=False, min_new_tokens=40
+        )[0, len(ids) :].tolist()
+    for step, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+        if a != b:
+            top2 = torch.topk(logits(hf_model, ids + theirs[:step])[-1], 2).values
+            gap = float(top2[0] - top2[1])
+            assert gap <= 1e-3, f"step {step}: {a} != {b} with a top-2 gap of {gap}"
+            return  # after a legitimate tie the two continuations may differ
