@@ -161,6 +161,62 @@ def cmd_predict(args: argparse.Namespace) -> dict | None:
     return None
 
 
+def cmd_bench(args: argparse.Namespace) -> dict | None:
+    from minispec import bench
+
+    if args.context < 1 or args.repeats < 1:
+        raise CliError("--context and --repeats must be >= 1")
+    if args.drafter:
+        check_k(args.k)
+        for spec in args.drafter:
+            check_drafter_spec(spec)
+    model = load(args)
+    say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    say(f"timing forward passes after a {args.context}-token context, then decoding ...")
+    result = bench.run_bench(model, args.context, args.repeats, args.decode_tokens)
+    if args.numpy and model.weights == "float32":
+        say("the same without the Numba kernels (NumPy's BLAS for every T) ...")
+        with bench.numpy_only():
+            result["numpy"] = bench.run_bench(model, args.context, args.repeats, args.decode_tokens)
+    if args.drafter:
+        say(f"speculative decoding with {', '.join(args.drafter)}, k = {args.k} ...")
+        result["drafters"] = bench.compare_drafters(model, args.drafter, args.k, args.new_tokens)
+    if args.json:
+        return result
+    print_bench(result)
+    return None
+
+
+def print_bench(r: dict) -> None:
+    numpy = r.get("numpy")
+    print(f"{r['model']} ({r['weights']}), context {r['context']} tokens")
+    print(
+        f"{'T':>4}  {'forward min':>12}  {'median':>9}  {'x T=1':>6}"
+        + ("  NumPy only" * bool(numpy))
+    )
+    for T, v in r["forward_ms"].items():
+        line = f"{T:>4}  {v['min']:>9.1f} ms  {v['median']:>6.1f} ms  {r['forward_ratio'][T]:>6.2f}"
+        if numpy:
+            line += f"  {numpy['forward_ms'][T]['min']:>7.1f} ms ({numpy['forward_ratio'][T]:.2f}x)"
+        print(line)
+    print(
+        f"decode: {r['tokens_per_s']:.1f} tokens/s"
+        + (f" (NumPy only: {numpy['tokens_per_s']:.1f})" if numpy else "")
+    )
+    print(
+        f"memory bandwidth {r['bandwidth_gb_s']:.1f} GB/s, {r['bytes_per_token'] / 1e6:.0f} MB of "
+        f"weights per token -> bound {r['bound_tokens_per_s']:.1f} tokens/s "
+        f"(decode reaches {r['fraction_of_bound']:.0%})"
+    )
+    for d in r.get("drafters", []):
+        print(
+            f"{d['prompt']:>10} {d['drafter']:>12} k={d['k']}: "
+            f"{d['tokens_per_s']:6.1f} tokens/s vs {d['plain_tokens_per_s']:.1f} plain "
+            f"= {d['speedup']:.2f}x, alpha {d['alpha']:.2f}, tau {d['tau']:.2f} "
+            f"(expected {d['expected_tau']:.2f}), same output: {d['same_as_plain']}"
+        )
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -210,6 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="how many tokens to show (default 10)")
     add_model_args(p)
     p.set_defaults(run=cmd_predict)
+
+    b = sub.add_parser(
+        "bench",
+        help="measure forward-pass time against T, decode speed and the memory bound",
+        description="Measure why verification is nearly free: forward time for T = 1..16 new "
+        "tokens, decode tokens/s, memory bandwidth and the bandwidth bound; optionally "
+        "speculative decoding with drafters against plain decoding.",
+    )
+    b.add_argument("--context", type=int, default=256, help="tokens already in the cache (256)")
+    b.add_argument("--repeats", type=int, default=5, help="timed runs per T (default 5)")
+    b.add_argument("--decode-tokens", type=int, default=48, help="tokens to decode (default 48)")
+    b.add_argument(
+        "--no-numpy", dest="numpy", action="store_false", help="skip the NumPy-only comparison"
+    )
+    b.add_argument(
+        "--drafter",
+        action="append",
+        metavar="SPEC",
+        help="also compare this drafter with plain decoding (repeatable: ngram, int8, ...)",
+    )
+    b.add_argument("--k", type=int, default=4, help="tokens drafted per step (default 4)")
+    b.add_argument("--new-tokens", type=int, default=64, help="tokens per drafter run (64)")
+    add_model_args(b)
+    b.set_defaults(run=cmd_bench)
     return parser
 
 

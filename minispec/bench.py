@@ -1,0 +1,202 @@
+"""`minispec bench`: why verifying k+1 tokens costs about as much as decoding one, in numbers.
+
+Decoding one token reads every weight once: ~1 GB in float32 for Gemma 3 270M. On a CPU that
+takes far longer than the arithmetic, so a forward pass over T = 1..16 positions should cost
+about the same as T = 1 (the weights are read once either way). This module measures:
+
+- forward_ms[T]: one forward pass of T new tokens after a context of 256, min and median;
+- tokens_per_s: plain greedy decoding speed;
+- bandwidth_gb_s: how fast this machine streams memory (a parallel sum over a 1 GiB array);
+- bytes_per_token: the weight bytes one forward pass reads;
+- bound_tokens_per_s = bandwidth / bytes_per_token: the memory-bound ceiling of decoding.
+
+and, with drafters, speculative decoding against plain decoding on the same prompts.
+Timing claims live here, never in tests.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+from numba import njit, prange
+
+from minispec import kernels
+from minispec.generate import generate
+from minispec.kernels import Int8Weight
+from minispec.kv_cache import new_cache
+from minispec.model import Model, forward
+
+T_VALUES = (1, 2, 4, 8, 16)
+
+# Two prompts with opposite characters: the code-editing one repeats a block with changes
+# (prompt lookup finds long matches), the prose one does not.
+PROMPTS = {
+    "code-edit": '''def mean(values):
+    """Return the arithmetic mean of a list of numbers."""
+    if not values:
+        raise ValueError("mean() of an empty list")
+    total = 0.0
+    for value in values:
+        total += value
+    return total / len(values)
+
+
+# The same function, renamed to average and with a docstring that mentions floats:
+def average(values):
+    """Return the arithmetic mean of a list of floats."""
+    if not values:
+        raise ValueError("average() of an empty list")
+''',
+    "prose": (
+        "The lighthouse keeper had lived alone on the island for eleven years. Every evening "
+        "he climbed the spiral stairs, trimmed the wick and watched the ships pass far out at "
+        "sea. One winter night, a small boat appeared"
+    ),
+}
+
+
+@contextmanager
+def numpy_only() -> Iterator[None]:
+    """Run float32 products through NumPy's BLAS for every T (the comparison without kernels)."""
+    saved = kernels.MAX_KERNEL_ROWS
+    kernels.MAX_KERNEL_ROWS = 0
+    try:
+        yield
+    finally:
+        kernels.MAX_KERNEL_ROWS = saved
+
+
+def forward_times(
+    model: Model, context: int = 256, t_values: tuple[int, ...] = T_VALUES, repeats: int = 5
+) -> dict[int, dict[str, float]]:
+    """Milliseconds for one forward of T new tokens after `context` tokens: {T: {min, median}}."""
+    rng = np.random.default_rng(0)
+    vocab = model.config.vocab_size
+    cache = new_cache(model.config, context + max(t_values))
+    forward(model, rng.integers(4, vocab, context), cache, last_only=True)
+    times = {}
+    for T in t_values:
+        tokens = rng.integers(4, vocab, T)
+        runs = []
+        for _ in range(repeats + 1):  # the first run warms caches and compiles; not counted
+            t0 = time.perf_counter()
+            forward(model, tokens, cache)
+            runs.append(1000 * (time.perf_counter() - t0))
+            cache.truncate(context)
+        times[T] = {"min": min(runs[1:]), "median": statistics.median(runs[1:])}
+    return times
+
+
+def decode_tokens_per_s(model: Model, prompt_ids: list[int], n_tokens: int = 48) -> float:
+    """Plain greedy decoding speed (prefill excluded), EOS ignored so every run is n_tokens."""
+    return generate(model, prompt_ids, n_tokens, stop_at_eos=False).tokens_per_s
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _stream_sum(a: np.ndarray) -> float:
+    total = 0.0
+    for i in prange(a.size):
+        total += a[i]
+    return total
+
+
+def memory_bandwidth_gb_s(n_bytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Read a large array once per run, on all threads; the best run's GB/s (10^9 bytes/s)."""
+    a = np.ones(n_bytes // 4, np.float32)
+    _stream_sum(a[:1024])  # compile
+    best = min(_timed(lambda: _stream_sum(a)) for _ in range(repeats))
+    return n_bytes / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bytes_per_token(model: Model) -> int:
+    """Weight bytes one decoding step reads: every matrix once, the tied head included.
+
+    The embedding lookup reads only a row, so the (vocab, d_model) matrix counts once, as the head.
+    """
+
+    def nbytes(w: np.ndarray | Int8Weight) -> int:
+        return w.q.nbytes + w.scale.nbytes if isinstance(w, Int8Weight) else w.nbytes
+
+    p = model.params
+    total = nbytes(p.embed) + p.final_norm.nbytes
+    for layer in p.layers:
+        total += sum(nbytes(w) for w in vars(layer).values())
+    return total
+
+
+def run_bench(
+    model: Model,
+    context: int = 256,
+    repeats: int = 5,
+    decode_tokens: int = 48,
+    prompt_ids: list[int] | None = None,
+) -> dict:
+    """The table `minispec bench` prints, as one JSON-ready dict."""
+    if prompt_ids is None:
+        prompt_ids = np.random.default_rng(1).integers(4, model.config.vocab_size, context).tolist()
+    fwd = forward_times(model, context, T_VALUES, repeats)
+    tps = decode_tokens_per_s(model, prompt_ids, decode_tokens)
+    bandwidth = memory_bandwidth_gb_s()
+    per_token = bytes_per_token(model)
+    bound = bandwidth * 1e9 / per_token
+    return {
+        "model": model.name,
+        "weights": model.weights,
+        "context": context,
+        "forward_ms": {str(T): v for T, v in fwd.items()},
+        "forward_ratio": {str(T): fwd[T]["min"] / fwd[1]["min"] for T in fwd},
+        "tokens_per_s": tps,
+        "bandwidth_gb_s": bandwidth,
+        "bytes_per_token": per_token,
+        "bound_tokens_per_s": bound,
+        "fraction_of_bound": tps / bound,
+    }
+
+
+def compare_drafters(
+    model: Model,
+    specs: list[str],
+    k: int = 4,
+    new_tokens: int = 64,
+    prompts: dict[str, str] | None = None,
+) -> list[dict]:
+    """Greedy speculative decoding with each drafter against plain decoding, prompt by prompt."""
+    from minispec.drafters import make_drafter
+    from minispec.speculative import speculative_generate
+    from minispec.tokenizer import encode
+
+    drafters = {spec: make_drafter(spec, model) for spec in specs}  # built once, reset per run
+    rows = []
+    for prompt_name, text in (prompts or PROMPTS).items():
+        ids = encode(model.tokenizer, text)
+        plain = generate(model, ids, new_tokens, stop_at_eos=False)
+        for spec, drafter in drafters.items():
+            out = speculative_generate(
+                model, ids, drafter, k=k, max_new_tokens=new_tokens, stop_at_eos=False, trace=False
+            )
+            s = out.stats
+            rows.append(
+                {
+                    "prompt": prompt_name,
+                    "drafter": spec,
+                    "k": k,
+                    "tokens_per_s": s.tokens_per_s,
+                    "plain_tokens_per_s": plain.tokens_per_s,
+                    "speedup": s.tokens_per_s / plain.tokens_per_s,
+                    "alpha": s.alpha,
+                    "tau": s.tau,
+                    "expected_tau": s.expected_tau,
+                    "same_as_plain": out.ids == plain.ids,
+                }
+            )
+    return rows
