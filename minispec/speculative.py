@@ -10,10 +10,12 @@ One step, from a context whose newest token the target has not read yet:
     2. verify:   ONE target forward over [newest, d_1, ..., d_n] gives n+1 rows: p_1..p_{n+1},
                  p_i the target's distribution for the token after d_{i-1}
     3. accept or reject, i = 1..n:
-                 greedy:  accept d_i while d_i = argmax p_i; at the first mismatch emit argmax p_i
-                 sampled: accept d_i with probability min(1, p_i(d_i) / q_i(d_i)); at the first
-                          rejection emit a token from norm(max(0, p_i - q_i))
-                 all n accepted: emit a bonus token from p_{n+1}
+                 greedy (`accept_greedy`): accept d_i while d_i = argmax p_i; at the first
+                          mismatch emit argmax p_i
+                 sampled (`accept_or_reject`): accept d_i with probability
+                          min(1, p_i(d_i) / q_i(d_i)); at the first rejection emit a token from
+                          norm(max(0, p_i - q_i))
+                 all n accepted: emit a bonus token from p_{n+1} (its argmax when greedy)
     4. roll back: the target's KV cache (and the drafter's state) keep only accepted positions
 
 Each step emits between 1 and n+1 tokens for one target forward, and the tokens come out with
@@ -70,12 +72,12 @@ class Decision:
 
     position: int  # i - 1: 0 for the first drafted token
     token: int  # x
-    p: float  # p_i(x)
-    q: float  # q_i(x)
     target_argmax: int  # argmax p_i
-    u: float | None  # the uniform draw (sampled); None when greedy
-    accept_probability: float  # min(1, p/q) sampled; 1 or 0 greedy
     accepted: bool
+    accept_probability: float  # min(1, p/q) sampled; 1 or 0 greedy
+    u: float | None = None  # the uniform draw (sampled); None when greedy
+    p: float | None = None  # p_i(x) (sampled; the greedy rule needs only argmaxes)
+    q: float | None = None  # q_i(x)
 
 
 @dataclass
@@ -84,38 +86,46 @@ class Verdict:
     next_token: int  # argmax / a sample of the residual ("corrected") or of p_{n+1} ("bonus")
     kind: str  # "corrected" or "bonus"
     decisions: list[Decision]  # length j, or j + 1 with the rejection last
-    residual: np.ndarray | None  # (vocab,) norm(max(0, p - q)) after a sampled rejection
+    residual: np.ndarray | None = None  # (vocab,) norm(max(0, p - q)) after a sampled rejection
 
 
-def accept_or_reject(
-    p: np.ndarray,
-    q: np.ndarray,
-    drafts: list[int],
-    greedy: bool,
-    rng: np.random.Generator,
-) -> Verdict:
-    """Leviathan et al. 2023, Algorithm 1, for n = len(drafts) drafted tokens.
+def accept_greedy(target_argmax: np.ndarray, drafts: list[int]) -> Verdict:
+    """Temperature 0: keep d_i while it is the target's argmax; at the first miss emit the argmax.
 
-    p: (n+1, vocab) target rows; q: (n, vocab) draft rows (one-hot for a drafter without them).
+    target_argmax: (n+1,) argmax p_i for every verified row. Output = plain greedy decoding's.
     """
     decisions = []
     for i, x in enumerate(drafts):
+        best = int(target_argmax[i])
+        decisions.append(
+            Decision(i, x, best, accepted=x == best, accept_probability=float(x == best))
+        )
+        if x != best:
+            return Verdict(i, best, "corrected", decisions)
+    n = len(drafts)
+    return Verdict(n, int(target_argmax[n]), "bonus", decisions)
+
+
+def accept_or_reject(
+    p: np.ndarray, q: np.ndarray, drafts: list[int], rng: np.random.Generator
+) -> Verdict:
+    """Leviathan et al. 2023, Algorithm 1, for n = len(drafts) drafted tokens (sampled).
+
+    p: (n+1, vocab) target rows; q: (n, vocab) draft rows (one-hot for a drafter without them).
+    For i = 1..n: draw u ~ U[0, 1); accept d_i if u < min(1, p_i(x) / q_i(x)); at the first
+    rejection emit x ~ norm(max(0, p_i - q_i)) and stop. All accepted: emit x ~ p_{n+1}.
+    """
+    decisions = []
+    for i, x in enumerate(drafts):
+        u, a = float(rng.random()), acceptance_probability(p[i], q[i], x)
+        accepted = u < a  # P(u < a) = a for u ~ U[0, 1)
         best = int(np.argmax(p[i]))
-        if greedy:
-            u, a = None, float(x == best)
-            accepted = x == best
-        else:
-            u, a = float(rng.random()), acceptance_probability(p[i], q[i], x)
-            accepted = u < a  # P(u < a) = a for u ~ U[0, 1)
-        decisions.append(Decision(i, x, float(p[i][x]), float(q[i][x]), best, u, a, accepted))
+        decisions.append(Decision(i, x, best, accepted, a, u, float(p[i][x]), float(q[i][x])))
         if not accepted:
-            if greedy:
-                return Verdict(i, best, "corrected", decisions, None)
             residual = residual_distribution(p[i], q[i])
             return Verdict(i, sample(residual, rng), "corrected", decisions, residual)
     n = len(drafts)
-    bonus = int(np.argmax(p[n])) if greedy else sample(p[n], rng)
-    return Verdict(n, bonus, "bonus", decisions, None)
+    return Verdict(n, sample(p[n], rng), "bonus", decisions)
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -142,8 +152,8 @@ class StepResult:
     context_length: int  # len(tokens) before the step
     draft: Draft
     logits: np.ndarray  # (n+1, vocab): the target's verify rows
-    p: np.ndarray  # (n+1, vocab)
-    q: np.ndarray  # (n, vocab)
+    p: np.ndarray | None  # (n+1, vocab) sampled; None greedy (the rule needs argmaxes only)
+    q: np.ndarray | None  # (n, vocab) sampled; None greedy
     verdict: Verdict
     emitted: list[int]  # accepted drafts, then the corrected/bonus token (cut after an EOS)
     kv_before: int
@@ -160,13 +170,16 @@ def prefill(
     rng: np.random.Generator,
     capacity: int,
 ) -> tuple[DecodeState, np.ndarray]:
-    """Read the prompt, emit the first new token from the last row. Returns (state, p)."""
+    """Read the prompt, emit the first new token from the last row. Returns (state, logits)."""
     cache = new_cache(model.config, capacity=capacity)
     out = forward_hidden(model, prompt_ids, cache, last_only=True)
-    p = probabilities(out.logits[-1], sampling)  # (vocab,)
-    first = int(np.argmax(p)) if sampling.greedy else sample(p, rng)
+    logits = out.logits[-1]  # (vocab,)
+    if sampling.greedy:
+        first = int(np.argmax(logits))
+    else:
+        first = sample(probabilities(logits, sampling), rng)
     state = DecodeState(list(prompt_ids) + [first], len(prompt_ids), cache, out.hidden[-1])
-    return state, p
+    return state, logits
 
 
 def verify(
@@ -209,10 +222,14 @@ def speculative_step(
     t1 = time.perf_counter()
 
     out, n_forwards = verify(model, state.cache, state.tokens[-1], draft.tokens)
-    p = np.stack([probabilities(row, sampling) for row in out.logits])  # (n+1, vocab)
     n = len(draft.tokens)
-    q = np.stack([draft.q_of(i, vocab) for i in range(n)]) if n else np.zeros((0, vocab))
-    verdict = accept_or_reject(p, q, draft.tokens, sampling.greedy, rng)
+    if sampling.greedy:
+        p = q = None
+        verdict = accept_greedy(np.argmax(out.logits, axis=-1), draft.tokens)
+    else:
+        p = np.stack([probabilities(row, sampling) for row in out.logits])  # (n+1, vocab)
+        q = np.stack([draft.q_of(i, vocab) for i in range(n)]) if n else np.zeros((0, vocab))
+        verdict = accept_or_reject(p, q, draft.tokens, rng)
 
     # Roll back: keep the newest token and the j accepted drafts; forget the rest.
     j = verdict.n_accepted
@@ -308,10 +325,11 @@ def speculative_generate(
 
     t0 = time.perf_counter()
     capacity = len(prompt_ids) + max_new_tokens + k + 1
-    state, p = prefill(model, prompt_ids, sampling, rng, capacity)
+    state, logits = prefill(model, prompt_ids, sampling, rng, capacity)
     stats.prefill_s = time.perf_counter() - t0
     first = state.tokens[-1]
     if record is not None:
+        p = probabilities(logits, sampling)
         record.first_token = first_token_record(model.tokenizer, first, p, trace_top)
     if on_token is not None:
         on_token(first)
@@ -328,7 +346,9 @@ def speculative_generate(
         n_drafted, n_emitted = len(step.draft.tokens), len(step.emitted)
         stats.add_step(n_drafted, accepted, n_emitted, step.draft_s, step.verify_s, step.n_forwards)
         if record is not None:
-            record.steps.append(step_record(stats.steps - 1, step, model.tokenizer, trace_top))
+            record.steps.append(
+                step_record(stats.steps - 1, step, model.tokenizer, trace_top, sampling)
+            )
         if on_token is not None:
             for t in step.emitted:
                 on_token(t)

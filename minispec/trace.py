@@ -45,10 +45,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from minispec.drafters.base import probabilities
+from minispec.sampling import SamplingParams
 from minispec.stats import Stats
 
 if TYPE_CHECKING:
-    from minispec.speculative import StepResult
+    from minispec.speculative import Decision, StepResult
 
 FORMAT, VERSION = "minispec-trace", 1
 NOTATION = "p = target distribution, q = draft distribution (Leviathan et al. 2023)"
@@ -83,10 +85,49 @@ def first_token_record(tokenizer: object | None, token: int, p: np.ndarray, top:
     }
 
 
-def step_record(index: int, step: StepResult, tokenizer: object | None, top: int) -> dict:
+def shown_distributions(step: StepResult, sampling: SamplingParams) -> tuple:
+    """p (n+1, vocab) and q (n, vocab) as the trace shows them, and whether q is real.
+
+    Sampled: the distributions the rule used. Greedy: softmax(logits), the rule needed none.
+    A drafter without probabilities (prompt lookup) shows one-hot q.
+    """
+    n, vocab = len(step.draft.tokens), step.logits.shape[-1]
+    p = step.p
+    if p is None:
+        p = np.stack([probabilities(row, sampling) for row in step.logits])
+    q = step.q
+    if q is None and step.draft.logits is not None:
+        q = np.stack([probabilities(row, sampling) for row in step.draft.logits])
+    elif q is None:
+        q = np.stack([step.draft.q_of(i, vocab) for i in range(n)]) if n else np.zeros((0, vocab))
+    has_q = step.draft.q is not None or step.draft.logits is not None
+    return p, q, has_q
+
+
+def step_record(
+    index: int, step: StepResult, tokenizer: object | None, top: int, sampling: SamplingParams
+) -> dict:
     """One JSON-serialisable record of a draft-verify step (schema in the module docstring)."""
     v, drafts = step.verdict, step.draft.tokens
-    next_dist = v.residual if v.residual is not None else step.p[v.n_accepted]
+    p, q, has_q = shown_distributions(step, sampling)
+    next_dist = v.residual if v.residual is not None else p[v.n_accepted]
+
+    def decision(d: Decision) -> dict:
+        p_x = d.p if d.p is not None else float(p[d.position][d.token])
+        q_x = d.q if d.q is not None else float(q[d.position][d.token])
+        return {
+            "position": d.position,
+            "token": d.token,
+            "text": token_text(tokenizer, d.token),
+            "p": p_x,
+            "q": q_x,
+            "ratio": p_x / q_x if q_x > 0 else None,
+            "u": d.u,
+            "accept_probability": d.accept_probability,
+            "target_argmax": d.target_argmax,
+            "accepted": bool(d.accepted),
+        }
+
     return {
         "step": index,
         "context_length": step.context_length,
@@ -96,30 +137,16 @@ def step_record(index: int, step: StepResult, tokenizer: object | None, top: int
                 "position": i,
                 "token": int(x),
                 "text": token_text(tokenizer, x),
-                "q": float(step.q[i][x]),
-                "top_q": top_entries(step.q[i], tokenizer, top) if step.draft.q is not None else [],
+                "q": float(q[i][x]),
+                "top_q": top_entries(q[i], tokenizer, top) if has_q else [],
             }
             for i, x in enumerate(drafts)
         ],
         "target": [
-            {"position": i, "top_p": top_entries(step.p[i], tokenizer, top)}
+            {"position": i, "top_p": top_entries(p[i], tokenizer, top)}
             for i in range(len(drafts) + 1)
         ],
-        "decisions": [
-            {
-                "position": d.position,
-                "token": d.token,
-                "text": token_text(tokenizer, d.token),
-                "p": d.p,
-                "q": d.q,
-                "ratio": d.p / d.q if d.q > 0 else None,
-                "u": d.u,
-                "accept_probability": d.accept_probability,
-                "target_argmax": d.target_argmax,
-                "accepted": bool(d.accepted),
-            }
-            for d in v.decisions
-        ],
+        "decisions": [decision(d) for d in v.decisions],
         "accepted": v.n_accepted,
         "next_token": {
             "token": int(v.next_token),

@@ -22,6 +22,7 @@ from minispec.model import forward
 from minispec.sampling import SamplingParams, sample
 from minispec.speculative import (
     Verdict,
+    accept_greedy,
     accept_or_reject,
     acceptance_probability,
     residual_distribution,
@@ -85,27 +86,27 @@ def test_sampled_rule_accepts_exactly_when_u_is_below_the_ratio():
     p = np.array([[0.1, 0.6, 0.3], [0.2, 0.2, 0.6], [1 / 3, 1 / 3, 1 / 3]])
     q = np.array([[0.1, 0.8, 0.1], [0.5, 0.25, 0.25]])
     # position 0: ratio 0.6 / 0.8 = 0.75; position 1: ratio 0.2 / 0.25 = 0.8
-    v = accept_or_reject(p, q, [1, 1], greedy=False, rng=FixedDraws([0.7, 0.81, 0.0]))
+    v = accept_or_reject(p, q, [1, 1], rng=FixedDraws([0.7, 0.81, 0.0]))
     assert [d.accepted for d in v.decisions] == [True, False]
     assert v.n_accepted == 1 and v.kind == "corrected"
     # the residual at position 1 is norm(max(0, p - q)) = token 2 only
     np.testing.assert_allclose(v.residual, [0, 0, 1])
     assert v.next_token == 2
     assert v.decisions[0].accept_probability == pytest.approx(0.75)
-    v = accept_or_reject(p, q, [1, 1], greedy=False, rng=FixedDraws([0.74, 0.79, 0.5]))
+    v = accept_or_reject(p, q, [1, 1], rng=FixedDraws([0.74, 0.79, 0.5]))
     assert v.n_accepted == 2 and v.kind == "bonus" and v.next_token == 1  # 0.5 lands on token 1
 
 
 def test_greedy_rule_accepts_while_the_draft_is_the_argmax():
     p = np.eye(5)[[3, 1, 4, 0]] * 0.9 + 0.02  # argmaxes 3, 1, 4, 0
-    q = np.full((3, 5), 0.2)
-    no_rng = FixedDraws([])  # greedy draws nothing
-    v = accept_or_reject(p, q, [3, 1, 2], greedy=True, rng=no_rng)
+    best = np.argmax(p, axis=-1)
+    v = accept_greedy(best, [3, 1, 2])
     assert (v.n_accepted, v.next_token, v.kind) == (2, 4, "corrected")
     assert [d.u for d in v.decisions] == [None] * 3
-    v = accept_or_reject(p, q, [3, 1, 4], greedy=True, rng=no_rng)
+    assert [d.accepted for d in v.decisions] == [True, True, False]
+    v = accept_greedy(best, [3, 1, 4])
     assert (v.n_accepted, v.next_token, v.kind) == (3, 0, "bonus")
-    v = accept_or_reject(p[:1], q[:0], [], greedy=True, rng=no_rng)
+    v = accept_greedy(best[:1], [])
     assert (v.n_accepted, v.next_token, v.kind) == (0, 3, "bonus")  # nothing drafted: plain step
 
 
@@ -118,7 +119,7 @@ def test_measured_acceptance_is_sum_of_min_p_q(kind):
     n, accepted = 20_000, 0
     for _ in range(n):
         x = sample(q, rng)
-        accepted += accept_or_reject(np.stack([p, p_next]), q[None], [x], False, rng).n_accepted
+        accepted += accept_or_reject(np.stack([p, p_next]), q[None], [x], rng).n_accepted
     alpha = np.minimum(p, q).sum()
     sigma = math.sqrt(alpha * (1 - alpha) / n)
     assert abs(accepted / n - alpha) <= 4.5 * sigma + 1e-12
@@ -168,7 +169,7 @@ def speculative_run(target, draft_q, drafted_from, rule, rng) -> tuple[int, ...]
             drafts.append(drafted_from.draw(tuple(out + drafts), rng))
         p = np.stack([target(tuple(out + drafts[:i])) for i in range(n + 1)])  # (n+1, V)
         q = np.stack([draft_q(tuple(out + drafts[:i])) for i in range(n)])  # (n, V)
-        verdict = rule(p, q, drafts, False, rng)
+        verdict = rule(p, q, drafts, rng)
         out += drafts[: verdict.n_accepted] + [verdict.next_token]
     return tuple(out[:N_TOKENS])
 
@@ -245,7 +246,7 @@ def test_speculative_sampling_has_the_targets_joint_distribution(models):
     assert chi_square_p_value(counts, joint, n) > FALSE_FAILURE
 
 
-def accept_every_draft(p, q, drafts, greedy, rng):
+def accept_every_draft(p, q, drafts, rng):
     """A wrong rule: trust the drafter blindly, then take the bonus token from p."""
     return Verdict(len(drafts), sample(p[len(drafts)], rng), "bonus", [], None)
 

@@ -14,7 +14,6 @@ from minispec.drafters import (
     make_drafter,
     quantized_copy,
 )
-from minispec.drafters.base import probabilities
 from minispec.drafters.ngram import lookup
 from minispec.kernels import Int8Weight
 from minispec.kv_cache import new_cache
@@ -86,9 +85,10 @@ def test_early_exit_q_is_the_truncated_model(target, n_layers):
     draft = drafter.propose(ctx, 3, GREEDY, np.random.default_rng(0))
     assert ctx.target_cache.length == len(tokens) - 1  # the shared cache's length is restored
     context = list(tokens)
-    for x, q in zip(draft.tokens, draft.q, strict=True):
+    assert draft.q is None  # greedy: the rule needs no q
+    for x, logits in zip(draft.tokens, draft.logits, strict=True):
         out = forward_hidden(target, context, new_cache(target.config), n_layers=n_layers)
-        np.testing.assert_allclose(q, probabilities(out.logits[-1], GREEDY), atol=1e-5)
+        np.testing.assert_allclose(logits, out.logits[-1], atol=1e-5, rtol=1e-5)
         assert x == int(np.argmax(out.logits[-1]))
         context.append(x)
 
@@ -105,7 +105,7 @@ def test_early_exit_reuses_the_targets_cache(target):
     np.testing.assert_array_equal(ctx.target_cache.values[:, :n], before[1])
     ctx.target_cache.values[:, n - 1] += 10.0  # change what the cache says of the prompt ...
     b = EarlyExitDrafter(target, n_layers=3).propose(ctx, 2, GREEDY, None)
-    assert not np.allclose(a.q, b.q)  # ... and the draft changes: it reads the shared cache
+    assert not np.allclose(a.logits, b.logits)  # ... and the draft changes: it reads the cache
 
 
 def test_cheap_head_scores_frequent_and_context_tokens_only(target):

@@ -41,7 +41,10 @@ class DraftContext:
 @dataclass
 class Draft:
     tokens: list[int]  # (n,) proposed continuation, n <= k (n = 0: nothing to propose)
-    q: np.ndarray | None = None  # (n, vocab): the distribution each token was drawn from, or None
+    # (n, vocab): when sampling, the distribution each token was drawn from; None: one-hot (a
+    # drafter without probabilities) or greedy decoding, whose rule needs no q
+    q: np.ndarray | None = None
+    logits: np.ndarray | None = None  # (n, vocab): a model drafter's raw scores, for the trace
 
     def q_of(self, i: int, vocab_size: int) -> np.ndarray:
         """Row i of q; for a drafter without distributions, one-hot on its token."""
@@ -77,8 +80,8 @@ def probabilities(logits: np.ndarray, sampling: SamplingParams) -> np.ndarray:
 
     Sampled: `sampling.distribution` — temperature, top-k, top-p — the one function for both, so
     the acceptance test compares the distributions actually sampled from.
-    Greedy: softmax(logits) at temperature 1. The greedy rule only compares argmaxes, so this
-    changes no decision; it lets the trace show how sure each side was.
+    Greedy: softmax(logits) at temperature 1. The greedy rule only compares argmaxes and never
+    calls this; the trace uses it to show how sure each side was.
     """
     if sampling.greedy:
         return softmax(np.asarray(logits, dtype=np.float64))
@@ -87,8 +90,17 @@ def probabilities(logits: np.ndarray, sampling: SamplingParams) -> np.ndarray:
 
 def choose(
     logits: np.ndarray, sampling: SamplingParams, rng: np.random.Generator
-) -> tuple[int, np.ndarray]:
-    """A model drafter's pick from one row of logits: (token, q). Greedy: argmax; else x ~ q."""
+) -> tuple[int, np.ndarray | None]:
+    """A model drafter's pick from one row of logits: (token, q). Greedy: (argmax, None)."""
+    if sampling.greedy:
+        return int(np.argmax(logits)), None
     q = probabilities(logits, sampling)
-    token = int(np.argmax(q)) if sampling.greedy else sample(q, rng)
-    return token, q
+    return sample(q, rng), q
+
+
+def make_draft(tokens: list[int], qs: list, logits: list) -> Draft:
+    """Pack a model drafter's picks: q rows only when sampling (choose gave None otherwise)."""
+    if not tokens:
+        return Draft([])
+    q = None if qs[0] is None else np.stack(qs)
+    return Draft(tokens, q, np.stack(logits))

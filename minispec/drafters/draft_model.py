@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minispec.drafters.base import Draft, DraftContext, choose
+from minispec.drafters.base import Draft, DraftContext, choose, make_draft
 from minispec.kernels import quantize_int8
 from minispec.kv_cache import KVCache, new_cache
 from minispec.model import Layer, Model, Params, forward
@@ -43,14 +43,15 @@ class DraftModelDrafter:
         cache = self.cache
         unseen = ctx.tokens[cache.length :]  # never empty: the newest token is always unseen
         logits = forward(self.draft, unseen, cache, last_only=True)[-1]
-        tokens, qs = [], []
+        tokens, qs, rows = [], [], []
         for i in range(k):
             token, q = choose(logits, sampling, rng)
             tokens.append(token)
             qs.append(q)
+            rows.append(logits)
             if i < k - 1:  # the last draft is never fed: its successor would not be verified
                 logits = forward(self.draft, [token], cache)[-1]
-        return Draft(tokens, np.stack(qs))
+        return make_draft(tokens, qs, rows)
 
     def rollback(self, n_tokens: int) -> None:
         if self.cache is not None:

@@ -27,7 +27,7 @@ import dataclasses
 
 import numpy as np
 
-from minispec.drafters.base import Draft, DraftContext, choose
+from minispec.drafters.base import Draft, DraftContext, choose, make_draft
 from minispec.kernels import Int8Weight, linear
 from minispec.kv_cache import KVCache
 from minispec.model import Model, Weight, block, embed, rms_norm
@@ -101,14 +101,16 @@ class EarlyExitDrafter:
     ) -> Draft:
         cache = ctx.target_cache
         start = cache.length  # = len(ctx.tokens) - 1: the newest token is not in the cache yet
-        tokens, qs, last = [], [], ctx.tokens[-1]
+        tokens, qs, rows, last = [], [], [], ctx.tokens[-1]
         for _ in range(k):
             h = early_exit_hidden(self.target, [last], cache, self.n_layers)  # (1, d_model)
-            last, q = choose(self.logits(h, ctx.tokens), sampling, rng)
+            logits = self.logits(h, ctx.tokens)  # (vocab,)
+            last, q = choose(logits, sampling, rng)
             tokens.append(last)
             qs.append(q)
+            rows.append(logits)
         cache.truncate(start)  # leave the cache as found; verification rewrites these positions
-        return Draft(tokens, np.stack(qs))
+        return make_draft(tokens, qs, rows)
 
     def rollback(self, n_tokens: int) -> None:
         pass  # its only state is the target's cache, which the loop rolls back
