@@ -309,9 +309,14 @@ def speculative_generate(
     trace: bool = True,
     trace_top: int = 5,
 ) -> SpeculativeGeneration:
-    """Decode like `generate`, k drafted tokens at a time; drafter None drafts nothing.
+    """Decode like `generate`, up to k drafted tokens per target forward.
 
+    drafter: any `Drafter` (see `drafters.make_drafter`), or None to draft nothing (plain
+    decoding through this loop). k: 1..16. temperature 0 is greedy; top_k 0 and top_p 1 are off.
     Greedy output equals `generate`'s token for token; sampled output has the same distribution.
+    on_token is called with each new token as it is accepted; stop_at_eos stops after <eos>.
+    trace=False skips the per-step records (they cost a softmax over the vocabulary per row);
+    trace_top is how many alternatives the records list for each distribution.
     """
     sampling = SamplingParams(temperature, top_k, top_p)
     check_prompt(prompt_ids, model.config.vocab_size)

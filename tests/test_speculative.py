@@ -135,6 +135,15 @@ def test_drafter_none_is_plain_decoding(target, plain):
     assert got.stats.drafted == 0 and got.stats.tau == 1.0
 
 
+def test_sampled_without_drafts_is_plain_sampling_draw_for_draw(target):
+    """No drafts: every step samples its bonus token from p, exactly as `generate` does."""
+    ids = encode(target, "sampling")
+    sampling = SamplingParams(temperature=0.9, top_k=50, top_p=0.9)
+    plain = generate(target, ids, 15, sampling, seed=11, stop_at_eos=False).ids
+    got = speculative_generate(target, ids, None, 4, 15, 0.9, 50, 0.9, seed=11, stop_at_eos=False)
+    assert got.ids == plain
+
+
 def test_max_new_tokens_is_never_exceeded(target, plain):
     ids, expected = plain["code"]
     right = ScriptedDrafter(len(ids), expected, SCRIPTS["always-right"], "right")
