@@ -84,27 +84,39 @@ class EarlyExitDrafter:
         if target is not self.target:
             raise ValueError("an early-exit drafter drafts only for the model it was built from")
 
-    def logits(self, h: np.ndarray, context: list[int]) -> np.ndarray:
-        """Head scores for one normalised hidden state h (1, d_model): full width (vocab,)."""
+    def context_rows(self, context: list[int]) -> tuple[np.ndarray, Weight] | None:
+        """The context's tokens the frequent head misses, with their head rows: (ids, rows)."""
         if self.frequent_head is None:
-            return linear(h, self.target.params.embed)[0]  # (vocab,)
-        ctx_ids = np.unique(np.asarray(context, dtype=np.int64))
-        ctx_ids = ctx_ids[ctx_ids >= self.head_size]  # the context's tokens not already scored
+            return None
+        ids = np.unique(np.asarray(context, dtype=np.int64))
+        ids = ids[ids >= self.head_size]
+        return (ids, take_rows(self.target.params.embed, ids)) if ids.size else None
+
+    def head(self, h: np.ndarray, extra: tuple[np.ndarray, Weight] | None) -> np.ndarray:
+        """Head scores for one normalised hidden state h (1, d_model), full width (vocab,)."""
+        if self.frequent_head is None:
+            return linear(h, self.target.params.embed)[0]  # (vocab,): all 262,144 rows
         out = np.full(self.vocab_size, -np.inf, dtype=np.float32)  # unscored: probability 0
         out[: self.head_size] = linear(h, self.frequent_head)[0]
-        if ctx_ids.size:
-            out[ctx_ids] = linear(h, take_rows(self.target.params.embed, ctx_ids))[0]
+        if extra is not None:
+            ids, rows = extra
+            out[ids] = linear(h, rows)[0]
         return out
+
+    def logits(self, h: np.ndarray, context: list[int]) -> np.ndarray:
+        """The draft's logits after hidden state h (1, d_model) in this context, shape (vocab,)."""
+        return self.head(h, self.context_rows(context))
 
     def propose(
         self, ctx: DraftContext, k: int, sampling: SamplingParams, rng: np.random.Generator
     ) -> Draft:
         cache = ctx.target_cache
         start = cache.length  # = len(ctx.tokens) - 1: the newest token is not in the cache yet
+        extra = self.context_rows(ctx.tokens)  # gathered once per proposal
         tokens, qs, rows, last = [], [], [], ctx.tokens[-1]
         for _ in range(k):
             h = early_exit_hidden(self.target, [last], cache, self.n_layers)  # (1, d_model)
-            logits = self.logits(h, ctx.tokens)  # (vocab,)
+            logits = self.head(h, extra)  # (vocab,)
             last, q = choose(logits, sampling, rng)
             tokens.append(last)
             qs.append(q)
