@@ -14,11 +14,14 @@ Two honest caveats, both measured (docs/benchmarks.md):
   agrees poorly with the full model: about 29 % of argmaxes at L=12 and 50 % at L=15 of 18.
 - The output head (262,144 x 640, tied to the embedding) is 63 % of the weights. A draft that
   pays for the full head costs L/18 of the layers *plus* the whole head: at L=12 about 88 % of
-  a target forward, so it cannot win. `head_size=N` scores only N candidate tokens — ids below N
-  (Gemma's vocabulary is ordered by BPE merge rank, a frequency proxy: controls, bytes, then the
-  most common merges) plus every token of the context (names in code repeat) — which cuts the
-  head's cost by 262,144 / N. A target argmax outside the candidates can never be drafted, so
-  this lowers acceptance a little; the rule stays exact (q is 0 outside the candidates).
+  a target forward, so it cannot win. `head_size=N` scores only N candidate tokens — a
+  corpus-free guess at the most used ones (`frequent_ids`: the vocabulary's most frequent
+  characters, then its earliest merges) plus every token of the context (names in code
+  repeat) — which cuts the head's cost by about 262,144 / N. A target argmax outside the
+  candidates can never be drafted; but the shallow exit's argmax over *all* tokens is often a
+  rare token the full model would never pick, so on Gemma 3 the restricted head agrees with the
+  target *more* often than the full one. The rule stays exact either way: q is 0 outside the
+  candidates.
 """
 
 from __future__ import annotations
@@ -76,8 +79,9 @@ class EarlyExitDrafter:
             f", head {self.head_size})" if self.head_size else ")"
         )
         # The frequent part of the cheap head, gathered once: (head_size, d_model).
+        self.frequent = frequent_ids(target, self.head_size) if self.head_size else None
         self.frequent_head = (
-            take_rows(target.params.embed, np.arange(self.head_size)) if self.head_size else None
+            take_rows(target.params.embed, self.frequent) if self.head_size else None
         )
 
     def reset(self, target: Model) -> None:
@@ -88,8 +92,7 @@ class EarlyExitDrafter:
         """The context's tokens the frequent head misses, with their head rows: (ids, rows)."""
         if self.frequent_head is None:
             return None
-        ids = np.unique(np.asarray(context, dtype=np.int64))
-        ids = ids[ids >= self.head_size]
+        ids = np.setdiff1d(np.asarray(context, dtype=np.int64), self.frequent)  # sorted, unique
         return (ids, take_rows(self.target.params.embed, ids)) if ids.size else None
 
     def head(self, h: np.ndarray, extra: tuple[np.ndarray, Weight] | None) -> np.ndarray:
@@ -97,7 +100,7 @@ class EarlyExitDrafter:
         if self.frequent_head is None:
             return linear(h, self.target.params.embed)[0]  # (vocab,): all 262,144 rows
         out = np.full(self.vocab_size, -np.inf, dtype=np.float32)  # unscored: probability 0
-        out[: self.head_size] = linear(h, self.frequent_head)[0]
+        out[self.frequent] = linear(h, self.frequent_head)[0]
         if extra is not None:
             ids, rows = extra
             out[ids] = linear(h, rows)[0]
@@ -126,6 +129,38 @@ class EarlyExitDrafter:
 
     def rollback(self, n_tokens: int) -> None:
         pass  # its only state is the target's cache, which the loop rolls back
+
+
+def frequent_ids(model: Model, n: int, n_chars: int = 512) -> np.ndarray:
+    """A corpus-free guess at a model's n most used tokens, from its vocabulary's order.
+
+    A SentencePiece BPE vocabulary (Gemma's) lists control, user-defined and byte tokens first,
+    then merged pieces by merge rank (earlier merges were more frequent in its training corpus),
+    then the single characters, most frequent first (Gemma 3: 236,743 "▁", 236,744 "e", ...).
+    Characters and punctuation are among the most used tokens of code and prose, so: the first
+    n_chars single characters, then the lowest ids. Without such a block (the tiny models' byte
+    vocabulary), the lowest ids. Measured on Gemma 3 (docs/benchmarks.md): with n = 16,384 this
+    covers ~87 % of the tokens of Python sources and ~82 % of English prose; ids < 16,384 alone
+    cover 63 % and 52 %.
+    """
+    n = min(n, model.config.vocab_size)
+    first_char = first_character_id(model)
+    if first_char is None:
+        return np.arange(n)
+    chars = np.arange(
+        first_char, min(first_char + n_chars, model.config.vocab_size, first_char + n)
+    )
+    return np.concatenate([np.arange(n - chars.size), chars])
+
+
+def first_character_id(model: Model) -> int | None:
+    """Where the block of single-character pieces begins, if the vocabulary has one."""
+    if model.tokenizer is None:
+        return None
+    vocab = model.tokenizer.get_vocab()  # piece -> id
+    last_byte = max((i for piece, i in vocab.items() if piece.startswith("<0x")), default=-1)
+    singles = [i for piece, i in vocab.items() if len(piece) == 1 and i > last_byte]
+    return min(singles) if len(singles) > 1 else None
 
 
 def default_exit_layer(n_layers: int) -> int:
