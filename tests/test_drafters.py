@@ -188,6 +188,9 @@ def test_make_drafter_specs(target):
     ee = make_drafter("early-exit:3:100", target)
     assert (ee.n_layers, ee.head_size) == (3, 100)
     assert make_drafter("early-exit", target, layers=2).n_layers == 2
+    default = make_drafter("early-exit", target)  # 5/6 of 6 layers; a 260-token vocabulary: all
+    assert (default.n_layers, default.head_size) == (5, None)
+    assert make_drafter("early-exit:3:0", target).head_size is None  # 0: the full head
     assert make_drafter("int8", target).draft.weights == "int8"
     for spec in ("ngram", "early-exit", "int8"):
         assert isinstance(make_drafter(spec, target), Drafter)  # the protocol

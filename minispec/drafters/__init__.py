@@ -14,7 +14,7 @@ import re
 
 from minispec.drafters.base import Draft, DraftContext, Drafter
 from minispec.drafters.draft_model import DraftModelDrafter, check_same_vocabulary, quantized_copy
-from minispec.drafters.early_exit import EarlyExitDrafter
+from minispec.drafters.early_exit import EarlyExitDrafter, default_head_size
 from minispec.drafters.ngram import NgramDrafter
 from minispec.model import Model
 
@@ -35,8 +35,9 @@ def make_drafter(spec: str, target: Model, **opts: object) -> Drafter | None:
     """Build a drafter from its command-line name; "none" gives None (plain decoding).
 
     spec: "ngram", "early-exit", "int8", "model:PATH" or "none". Options, by drafter:
-    ngram: max_n (3), min_n (1). early-exit: layers (2/3 of the target's), head_size (all).
-    model:PATH: weights ("float32" or "int8"). Also "early-exit:L" and "early-exit:L:N".
+    ngram: max_n (3), min_n (1). early-exit: layers (5/6 of the target's), head_size (16,384
+    candidate tokens for a large vocabulary, else all; 0 = the full head); also written
+    "early-exit:L" and "early-exit:L:N". model:PATH: weights ("float32" or "int8").
     """
     check_drafter_spec(spec)
     name, _, arg = spec.partition(":")
@@ -47,8 +48,8 @@ def make_drafter(spec: str, target: Model, **opts: object) -> Drafter | None:
     if name == "early-exit":
         layers, _, head = arg.partition(":")
         n_layers = int(layers) if layers else opts.get("layers")
-        head_size = int(head) if head else opts.get("head_size")
-        return EarlyExitDrafter(target, n_layers=n_layers, head_size=head_size)
+        head_size = int(head) if head else opts.get("head_size", default_head_size(target))
+        return EarlyExitDrafter(target, n_layers=n_layers, head_size=head_size or None)
     if name == "int8":
         return DraftModelDrafter(quantized_copy(target), name="int8-draft")
     from minispec.loading import load_model  # name == "model": a checkpoint to load

@@ -62,7 +62,10 @@ def early_exit_hidden(model: Model, tokens: list[int], cache: KVCache, n_layers:
 
 
 class EarlyExitDrafter:
-    """Draft with the target's first `n_layers` layers; `head_size` limits the scored tokens."""
+    """Draft with the target's first `n_layers` layers; `head_size` limits the scored tokens.
+
+    n_layers None: `default_exit_layer`. head_size None or >= the vocabulary: the full head.
+    """
 
     def __init__(self, target: Model, n_layers: int | None = None, head_size: int | None = None):
         total = target.config.num_hidden_layers
@@ -164,5 +167,10 @@ def first_character_id(model: Model) -> int | None:
 
 
 def default_exit_layer(n_layers: int) -> int:
-    """Two thirds of the way up: where Gemma 3 270M's early exit starts to agree (L=12 of 18)."""
-    return max(1, min(n_layers - 1, round(2 * n_layers / 3)))
+    """Five sixths of the way up (Gemma 3 270M: L=15 of 18, about half the argmaxes agree)."""
+    return max(1, min(n_layers - 1, round(5 * n_layers / 6)))
+
+
+def default_head_size(model: Model) -> int | None:
+    """16,384 candidates for a large vocabulary (Gemma's 262,144: a 16x cheaper head); else all."""
+    return 16_384 if model.config.vocab_size >= 4 * 16_384 else None
