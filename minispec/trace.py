@@ -50,6 +50,8 @@ from minispec.sampling import SamplingParams
 from minispec.stats import Stats
 
 if TYPE_CHECKING:
+    from minispec.drafters.base import Drafter
+    from minispec.model import Model
     from minispec.speculative import Decision, StepResult
 
 FORMAT, VERSION = "minispec-trace", 1
@@ -183,7 +185,16 @@ class Trace:
     stats: dict = field(default_factory=dict)
 
     @classmethod
-    def begin(cls, model, drafter, k, sampling, seed, prompt_ids) -> Trace:  # noqa: ANN001
+    def begin(
+        cls,
+        model: Model,
+        drafter: Drafter | None,
+        k: int,
+        sampling: SamplingParams,
+        seed: int,
+        prompt_ids: list[int],
+    ) -> Trace:
+        """The header of a run's trace; the loop appends step records, then calls `finish`."""
         tok = model.tokenizer
         return cls(
             model=model.name,
