@@ -1,0 +1,160 @@
+"""The matmul kernels: agreement with float64 NumPy, batch invariance, int8, dispatch, errors."""
+
+import numpy as np
+import pytest
+
+from minispec import kernels
+from minispec.kernels import (
+    MAX_KERNEL_ROWS,
+    Int8Weight,
+    dequantize_int8,
+    linear,
+    quantize_int8,
+)
+
+RTOL = 1e-5
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _assert_close(y: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    """|y - x @ w.T| <= RTOL * (|x| @ |w|.T), the scale a float32 dot product can be trusted to.
+
+    Relative to the sum of |terms| rather than to |y|: an output near zero after cancellation
+    has no meaningful relative error.
+    """
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    ref = x64 @ w64.T
+    bound = RTOL * (np.abs(x64) @ np.abs(w64).T) + 1e-30
+    assert y.shape == ref.shape and y.dtype == np.float32
+    worst = float(np.max(np.abs(y - ref) / bound))
+    assert worst <= 1.0, f"error {worst:.3g} x the bound"
+
+
+SHAPES = [(7, 7), (33, 257), (257, 33), (641, 641), (640, 2048), (2048, 640), (1024, 640), (9, 1)]
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 8, 9, 16, 17, 40])
+@pytest.mark.parametrize("d_out,d_in", SHAPES)
+def test_float32_matches_numpy(T: int, d_out: int, d_in: int) -> None:
+    rng = _rng(T * 1000 + d_out)
+    x = rng.standard_normal((T, d_in), dtype=np.float32)
+    w = rng.standard_normal((d_out, d_in), dtype=np.float32)
+    _assert_close(linear(x, w), x, w)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 8, 9, 16, 17, 40])
+@pytest.mark.parametrize("d_out,d_in", SHAPES)
+def test_int8_matches_dequantized(T: int, d_out: int, d_in: int) -> None:
+    rng = _rng(T * 1000 + d_out + 1)
+    x = rng.standard_normal((T, d_in), dtype=np.float32)
+    wq = quantize_int8(rng.standard_normal((d_out, d_in), dtype=np.float32))
+    _assert_close(linear(x, wq), x, dequantize_int8(wq))
+
+
+@pytest.mark.parametrize("T", [1, 5, 16, 17])
+def test_non_contiguous_x(T: int) -> None:
+    rng = _rng(3)
+    w = rng.standard_normal((257, 33), dtype=np.float32)
+    wide = rng.standard_normal((T, 70), dtype=np.float32)
+    column_slice = wide[:, 5:71:2]  # (T, 33), strided columns
+    transposed = np.ascontiguousarray(wide[:, :33].T).T  # (T, 33), Fortran order
+    for x in (column_slice, transposed):
+        assert T == 1 or not x.flags.c_contiguous
+        _assert_close(linear(x, w), x, w)
+        _assert_close(linear(x, quantize_int8(w)), x, dequantize_int8(quantize_int8(w)))
+
+
+@pytest.mark.parametrize("d_out,d_in", [(7, 7), (33, 257), (641, 640), (1030, 641)])
+def test_batch_invariance_float32(d_out: int, d_in: int) -> None:
+    """Row t of a T-row product is bit-identical to the 1-row product, for every T <= 16."""
+    rng = _rng(4)
+    x = rng.standard_normal((MAX_KERNEL_ROWS, d_in), dtype=np.float32)
+    w = rng.standard_normal((d_out, d_in), dtype=np.float32)
+    single = np.concatenate([linear(x[t : t + 1], w) for t in range(MAX_KERNEL_ROWS)])
+    for T in range(1, MAX_KERNEL_ROWS + 1):
+        assert np.array_equal(linear(x[:T], w), single[:T]), f"T={T}"
+        assert np.array_equal(linear(x[T - 1 : T], w), single[T - 1 : T])
+
+
+@pytest.mark.parametrize("d_out,d_in", [(7, 7), (33, 257), (641, 640), (1030, 641)])
+def test_batch_invariance_int8(d_out: int, d_in: int) -> None:
+    rng = _rng(5)
+    x = rng.standard_normal((40, d_in), dtype=np.float32)
+    wq = quantize_int8(rng.standard_normal((d_out, d_in), dtype=np.float32))
+    single = np.concatenate([linear(x[t : t + 1], wq) for t in range(40)])
+    for T in [*range(1, MAX_KERNEL_ROWS + 1), 17, 40]:  # int8 uses the kernel for every T
+        assert np.array_equal(linear(x[:T], wq), single[:T]), f"T={T}"
+
+
+def test_batch_invariance_any_position() -> None:
+    """A row gives the same bits wherever it sits in the batch (first, middle, last, padded)."""
+    rng = _rng(6)
+    w = rng.standard_normal((300, 96), dtype=np.float32)
+    row = rng.standard_normal((1, 96), dtype=np.float32)
+    alone = linear(row, w)
+    for T in (2, 3, 7, 16):
+        for pos in (0, T // 2, T - 1):
+            x = rng.standard_normal((T, 96), dtype=np.float32)
+            x[pos] = row[0]
+            assert np.array_equal(linear(x, w)[pos], alone[0]), (T, pos)
+
+
+def test_int8_quantization_error_bound() -> None:
+    rng = _rng(7)
+    w = rng.standard_normal((500, 300), dtype=np.float32) * rng.uniform(0.01, 3, (500, 1))
+    w[3] = 0.0  # an all-zero row must not divide by zero
+    wq = quantize_int8(w)
+    assert wq.q.dtype == np.int8 and wq.q.shape == w.shape
+    assert wq.scale.dtype == np.float32 and wq.scale.shape == (500,)
+    assert np.abs(wq.q).max() <= 127
+    np.testing.assert_allclose(wq.scale[4:], np.abs(w[4:]).max(axis=1) / 127, rtol=1e-6)
+    err = np.abs(dequantize_int8(wq) - w)
+    assert np.all(err <= wq.scale[:, None] * (0.5 + 1e-4))  # at most half a step per weight
+    assert not dequantize_int8(wq)[3].any()
+
+
+def test_dispatch_uses_blas_above_max_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = _rng(8)
+    w = rng.standard_normal((300, 64), dtype=np.float32)
+    calls = []
+    real = kernels._run_kernel
+    monkeypatch.setattr(kernels, "_run_kernel", lambda *a: calls.append(a[0].shape) or real(*a))
+    for T in (1, MAX_KERNEL_ROWS, MAX_KERNEL_ROWS + 1, 40):
+        x = rng.standard_normal((T, 64), dtype=np.float32)
+        _assert_close(linear(x, w), x, w)
+    assert calls == [(1, 64), (MAX_KERNEL_ROWS, 64)]  # T > 16 went to BLAS
+
+
+def test_nan_propagates() -> None:
+    x = np.ones((2, 16), np.float32)
+    x[1, 3] = np.nan
+    y = linear(x, np.ones((8, 16), np.float32))
+    assert np.isfinite(y[0]).all() and np.isnan(y[1]).all()
+
+
+@pytest.mark.parametrize(
+    "x,w,match",
+    [
+        (np.ones((2, 8)), np.ones((4, 8), np.float32), "float32"),  # float64 x
+        (np.ones((2, 8), np.float32), np.ones((4, 8)), "float32"),  # float64 w
+        (np.ones(8, np.float32), np.ones((4, 8), np.float32), r"\(8,\)"),  # 1-D x
+        (np.ones((2, 8), np.float32), np.ones((4, 9), np.float32), r"\(2, 8\).*\(4, 9\)"),
+        (np.ones((2, 8), np.float32), quantize_int8(np.ones((4, 9), np.float32)), r"\(4, 9\)"),
+    ],
+)
+def test_bad_input_raises(x, w, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        linear(x, w)
+
+
+def test_bad_int8_weight_raises() -> None:
+    bad = Int8Weight(q=np.ones((4, 8), np.int16), scale=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="int8"):
+        linear(np.ones((1, 8), np.float32), bad)
+
+
+def test_warmup_runs() -> None:
+    kernels.warmup()
