@@ -1,0 +1,341 @@
+"""The Streamlit app, driven by `streamlit.testing.v1.AppTest` on the tiny random model (seconds).
+
+MINISPEC_APP_MODEL=tiny makes the app load `tiny_model()` instead of Gemma 3 270M. The tests click
+as a learner would: run, step forward and back, jump, play, replay a saved trace, upload junk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from minispec.drafters import make_drafter
+from minispec.speculative import speculative_generate
+from minispec.tiny import tiny_model
+from minispec.tokenizer import encode
+
+APP = str(Path(__file__).resolve().parents[1] / "viz" / "app.py")
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("MINISPEC_APP_MODEL", "tiny")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def step_title(at: AppTest) -> str:
+    titles = [h.value for h in at.subheader if h.value.startswith("Step ")]
+    assert len(titles) == 1, titles
+    return titles[0]
+
+
+def step_text(at: AppTest) -> str:
+    """Everything the step panel writes as text (markdown and captions)."""
+    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption])
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert not at.warning, [w.value for w in at.warning]
+
+
+def run_model(at: AppTest, **widgets: object) -> AppTest:
+    for key, value in widgets.items():
+        if key == "prompt":
+            at.text_area(key="prompt").set_value(value)
+        else:
+            at.number_input(key=key).set_value(value)
+    return at.button(key="go").click().run()
+
+
+def test_starts_without_a_run(app: AppTest) -> None:
+    no_errors(app)
+    assert app.title[0].value == "Speculative decoding, step by step"
+    assert any("press **Run**" in i.value for i in app.info)
+
+
+def test_run_then_step_forward_and_back(app: AppTest) -> None:
+    run_model(app, k=4)
+    no_errors(app)
+    n = app.session_state.run.story.n_steps
+    assert n >= 2
+    assert step_title(app) == f"Step 1 of {n}"
+    first = step_text(app)
+
+    app.button(key="next").click().run()
+    no_errors(app)
+    assert step_title(app) == f"Step 2 of {n}"
+    assert step_text(app) != first  # the panel shows another step
+
+    app.button(key="prev").click().run()
+    assert step_title(app) == f"Step 1 of {n}"
+    assert step_text(app) == first
+
+    app.slider(key="jump").set_value(n).run()
+    assert step_title(app) == f"Step {n} of {n}"
+    assert app.button(key="next").disabled
+
+
+def test_step_panel_shows_every_part_of_a_step(app: AppTest) -> None:
+    run_model(app, k=3)
+    text = step_text(app)
+    for part in (
+        "1 · The context so far",
+        "2 · The drafter guesses",
+        "3 · One verification pass",
+        "5 · The ",
+        "6 · Roll back the KV cache",
+        "KV cache length:",
+    ):
+        assert part in text
+    record = app.session_state.run.story.steps[0]
+    before, after = record["kv_length_before"], record["kv_length_after"]
+    assert f"**{before}** before" in text and f"**{after}** after the rollback" in text
+    if record["drafted"]:
+        assert "4 · Accept or reject" in text
+        assert len(app.get("plotly_chart")) >= 2  # p against q, the draw, the next token
+
+
+@pytest.mark.parametrize(
+    "drafter, temperature, k",
+    [("ngram", 0.0, 4), ("early-exit", 0.7, 3), ("int8", 0.0, 2), ("int8", 1.0, 16)],
+)
+def test_every_drafter_greedy_and_sampled(
+    app: AppTest, drafter: str, temperature: float, k: int
+) -> None:
+    app.selectbox(key="drafter").set_value(drafter)
+    run_model(app, temperature=temperature, k=k, n_new=20)
+    no_errors(app)
+    story = app.session_state.run.story
+    assert story.trace.k == k and story.trace.sampling["greedy"] == (temperature == 0)
+    for _ in range(min(story.n_steps, 3) - 1):
+        app.button(key="next").click().run()
+        no_errors(app)
+    text = step_text(app)
+    record = story.steps[app.session_state.step]
+    if record["decisions"]:
+        assert ("the top of p is" in text) == (temperature == 0)
+        assert ("u = " in text) == (temperature > 0)
+
+
+def tick(app: AppTest) -> AppTest:
+    """A rerun as the play timer makes it, once its interval has passed."""
+    app.session_state["played_at"] = 0.0
+    return app.run()
+
+
+def test_play_advances_and_pauses(app: AppTest) -> None:
+    run_model(app)
+    n = app.session_state.run.story.n_steps
+    app.button(key="play").click().run()  # starts on the current step
+    assert app.session_state.playing
+    start = app.session_state.step
+    tick(app)  # what the fragment's timer does every second or so
+    tick(app)
+    assert app.session_state.step == min(start + 2, n - 1)
+    assert step_title(app) == f"Step {app.session_state.step + 1} of {n}"
+    assert app.button(key="play").label == "Pause"
+    app.button(key="play").click().run()
+    assert not app.session_state.playing
+    stopped = app.session_state.step
+    tick(app)
+    assert app.session_state.step == stopped
+
+
+def test_play_stops_at_the_last_step(app: AppTest) -> None:
+    run_model(app, n_new=8)
+    n = app.session_state.run.story.n_steps
+    app.button(key="play").click().run()
+    for _ in range(n + 1):
+        tick(app)
+    assert app.session_state.step == n - 1
+    assert not app.session_state.playing
+    no_errors(app)
+
+
+@pytest.mark.parametrize(
+    "widgets, message",
+    [
+        ({"prompt": "   "}, "The prompt is empty"),
+        ({"k": 0}, "k (tokens drafted per step) must be in 1..16"),
+        ({"k": 17}, "k (tokens drafted per step) must be in 1..16"),
+        ({"temperature": -1.0}, "temperature must be >= 0"),
+        ({"top_p": 0.0}, "top-p must be in (0, 1]"),
+        ({"n_new": 0}, "New tokens must be between"),
+    ],
+)
+def test_bad_settings_show_a_message(app: AppTest, widgets: dict, message: str) -> None:
+    run_model(app, **widgets)
+    assert not app.exception
+    assert any(message in e.value for e in app.error), [e.value for e in app.error]
+    assert app.session_state.run is None
+
+
+def test_numbers_and_compare_tabs(app: AppTest) -> None:
+    run_model(app, n_new=12)
+    app.session_state["tab"] = "Numbers"
+    app.run()
+    no_errors(app)
+    labels = [m.label for m in app.metric]
+    assert "Acceptance rate α" in labels and "Speedup" in labels
+    speedup = next(m for m in app.metric if m.label == "Speedup").value
+    assert speedup.endswith("×")  # plain decoding was measured in this session
+
+    app.session_state["tab"] = "Compare drafters"
+    app.run()
+    app.button(key="compare_go").click().run()
+    no_errors(app)
+    table = app.dataframe[0].value
+    assert list(table["drafter"]) == ["ngram", "early-exit", "int8"]
+
+
+def saved_trace(tmp_path: Path) -> tuple[Path, object]:
+    model = tiny_model()
+    ids = encode(model.tokenizer, "the trace of a run; the trace of a run")
+    g = speculative_generate(model, ids, make_drafter("ngram", model), k=3, max_new_tokens=16)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(g.trace.to_dict()))
+    return path, g
+
+
+def upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.radio(key="mode").set_value("Replay a trace file").run()
+    at.file_uploader(key="upload").set_value((name, data, "application/json"))
+    return at.run()
+
+
+def test_saved_trace_replays_without_the_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path, g = saved_trace(tmp_path)
+    # A model the app could not load: replay must not need one.
+    monkeypatch.setenv("MINISPEC_APP_MODEL", str(tmp_path / "no-such-model"))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["mode"] = "Replay a trace file"
+    at.run()
+    no_errors(at)
+    at.file_uploader(key="upload").upload("run.json", path.read_bytes(), "application/json")
+    at.run()
+    no_errors(at)
+    run = at.session_state.run
+    assert run.source == "replay"
+    assert [t.token for t in run.story.new] == g.ids
+    n = len(g.trace.steps)
+    assert step_title(at) == f"Step 1 of {n}"
+    at.button(key="next").click().run()
+    assert step_title(at) == f"Step 2 of {n}"
+    at.session_state["tab"] = "Numbers"
+    at.run()
+    no_errors(at)
+    alpha = next(m for m in at.metric if m.label == "Acceptance rate α").value
+    assert alpha == f"{g.stats.alpha:.0%}"
+
+
+def test_downloaded_trace_loads_back(app: AppTest) -> None:
+    from viz.runs import run_from_trace_file, trace_json
+
+    run_model(app, n_new=10)
+    run = app.session_state.run
+    again = run_from_trace_file(trace_json(run).encode())
+    assert [t.token for t in again.story.new] == [t.token for t in run.story.new]
+    assert again.story.steps == run.story.steps
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"\x00\xff not text", "not JSON"),
+        (b"{ half an object", "not JSON"),
+        (b"[1, 2, 3]", "not a minispec trace"),
+        (b'{"format": "something-else"}', "not a minispec trace"),
+        (b'{"format": "minispec-trace", "version": 1}', "not a complete minispec trace"),
+    ],
+)
+def test_a_file_that_is_not_a_trace_shows_an_error(app: AppTest, data: bytes, message: str) -> None:
+    upload(app, "bad.json", data)
+    assert not app.exception
+    assert any(message in e.value for e in app.error), [e.value for e in app.error]
+    assert app.session_state.run is None
+
+
+def test_a_trace_with_mangled_steps_shows_an_error(app: AppTest, tmp_path: Path) -> None:
+    path, _ = saved_trace(tmp_path)
+    d = json.loads(path.read_text())
+    d["steps"][1]["emitted"] = [0, 0, 0, 0, 0, 0]  # does not follow from the decisions
+    upload(app, "mangled.json", json.dumps(d).encode())
+    assert not app.exception
+    assert any("not a usable minispec trace" in e.value for e in app.error)
+    del d["steps"][1]["target"]
+    upload(app, "missing.json", json.dumps(d).encode())
+    assert not app.exception
+    assert app.error
+    d = json.loads(path.read_text())
+    d["sampling"] = "hot"
+    upload(app, "header.json", json.dumps(d).encode())
+    assert not app.exception
+    assert any("'sampling' must hold" in e.value for e in app.error)
+
+
+def test_a_model_that_cannot_load_shows_a_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MINISPEC_APP_MODEL", str(tmp_path / "no-such-model"))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert any("could not be loaded" in e.value for e in at.error)
+
+
+def test_presets_fill_the_prompt_and_own_text_keeps_it(app: AppTest) -> None:
+    app.selectbox(key="preset").set_value("A list").run()
+    assert app.text_area(key="prompt").value.startswith("The planets")
+    app.text_area(key="prompt").set_value("Once upon a time").run()
+    app.selectbox(key="preset").set_value("Your own text").run()
+    assert app.text_area(key="prompt").value == "Once upon a time"
+    run_model(app, n_new=6)
+    assert app.session_state.run.story.prompt_text.endswith("Once upon a time")
+
+
+# The app reads only minispec's public API: these names, nothing from model, kv_cache, kernels.
+PUBLIC = {
+    "minispec.bench": {"forward_times"},
+    "minispec.drafters": {"make_drafter"},
+    "minispec.generate": {"generate"},
+    "minispec.loading": {"load_model"},
+    "minispec.model": {"Model"},  # for type hints only
+    "minispec.sampling": {"SamplingParams"},
+    "minispec.speculative": {"speculative_generate"},
+    "minispec.stats": {"Stats", "expected_tokens_per_forward"},
+    "minispec.tiny": {"tiny_model"},
+    "minispec.tokenizer": {"encode", "decode"},
+    "minispec.trace": {"Trace", "replay", "stats_from_trace"},
+}
+
+
+@pytest.mark.parametrize("path", sorted((Path(APP).parent).glob("*.py")), ids=lambda p: p.name)
+def test_the_app_uses_only_the_public_api(path: Path) -> None:
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            assert not any(a.name.startswith("minispec") for a in node.names), path
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("minispec"):
+            names = {a.name for a in node.names}
+            assert names <= PUBLIC.get(node.module, set()), (path.name, node.module, names)
+
+
+def test_a_run_of_one_token_has_no_steps_and_still_shows(app: AppTest) -> None:
+    run_model(app, n_new=1)
+    no_errors(app)
+    assert app.session_state.run.story.n_steps == 0
+    assert any("no speculative steps" in i.value for i in app.info)
+    app.session_state["tab"] = "Numbers"
+    app.run()
+    no_errors(app)

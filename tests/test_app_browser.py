@@ -1,0 +1,158 @@
+"""The app in a real browser: `streamlit run viz/app.py` on loopback, Gemma 3 270M, Chromium.
+
+Playwright drives Debian's Chromium (`apt-get install chromium`; Playwright's own browser download
+does not work offline). The test runs a short generation, steps twice, plays, checks what the page
+shows and saves screenshots under its tmp dir. Set MINISPEC_APP_SCREENSHOT=path.png to keep the
+step screenshot too (docs/app.png is made this way).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PROMPT = "Copy the list.\nList: red, green, blue, yellow, black, white.\nCopy: red, green,"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with status {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"streamlit did not listen on port {port} within {timeout} s")
+
+
+@pytest.fixture
+def app_url(real_checkpoint: Path, tmp_path: Path):  # noqa: ANN201
+    """`streamlit run viz/app.py` on a free loopback port, on the real model."""
+    port = free_port()
+    env = {**os.environ, "MINISPEC_APP_MODEL": "gemma"}  # MINISPEC_CACHE: see real_checkpoint
+    log = (tmp_path / "streamlit.log").open("w")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "viz" / "app.py")]
+    cmd += ["--server.headless", "true", "--server.address", "127.0.0.1"]
+    cmd += ["--server.port", str(port), "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def settle(page, timeout: float = 180_000) -> None:  # noqa: ANN001
+    """Wait until Streamlit has finished rerunning ("Running..." gone)."""
+    page.wait_for_timeout(300)
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="detached", timeout=timeout)
+    page.wait_for_timeout(300)
+
+
+def step_heading(page):  # noqa: ANN001, ANN201
+    return page.get_by_role("heading", name=re.compile(r"^Step \d+ of \d+$"))
+
+
+def test_run_step_and_play_in_chromium(app_url: str, tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's Chromium with `apt-get install chromium` "
+            "(Playwright's own browser download does not work here)"
+        )
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(app_url)
+        page.wait_for_selector("[data-testid='stApp']")
+        run = page.get_by_role("button", name="Run", exact=True)
+        run.wait_for(timeout=120_000)  # after the model has loaded
+        settle(page)
+
+        # A short run: our own prompt, 16 new tokens, the n-gram drafter, k = 4 (the defaults).
+        page.get_by_label("Prompt text").fill(PROMPT)
+        page.get_by_label("New tokens").fill("16")
+        page.get_by_label("New tokens").press("Enter")
+        settle(page)
+        run.click()
+        expect(step_heading(page)).to_have_text(re.compile(r"^Step 1 of "), timeout=240_000)
+        settle(page)
+        n = int(step_heading(page).inner_text().split(" of ")[1])
+        assert n >= 3, "16 tokens at k = 4 take at least 3 steps"
+        page.screenshot(path=tmp_path / "step1.png")
+
+        for _ in range(2):
+            page.get_by_role("button", name="Next step").click()
+            settle(page)
+        expect(step_heading(page)).to_have_text(f"Step 3 of {n}")
+        page.screenshot(path=tmp_path / "step3.png")
+        if os.environ.get("MINISPEC_APP_SCREENSHOT"):
+            shutil.copy(tmp_path / "step3.png", os.environ["MINISPEC_APP_SCREENSHOT"])
+
+        # What the step panel shows, in order, and the whole output as a coloured strip.
+        assert page.locator("[data-testid='stException']").count() == 0
+        for part in (
+            "1 · The context so far",
+            "2 · The drafter guesses",
+            "3 · One verification pass",
+            "6 · Roll back the KV cache",
+        ):
+            expect(page.get_by_role("heading", name=part)).to_be_visible()
+        expect(page.get_by_text(re.compile(r"KV cache length: \d+ before"))).to_be_visible()
+        expect(page.locator(".ms-strip")).to_contain_text("Copy: red, green,")  # our prompt
+        assert page.locator(".ms-strip .ms-tok").count() == 16  # every new token, coloured
+        assert page.locator(".ms-strip .ms-now").count() >= 1  # this step's tokens outlined
+        assert "step 3" in page.locator(".ms-strip .ms-now").first.get_attribute("title")
+
+        # Play animates: the step advances by itself, then Pause stops it.
+        page.get_by_role("button", name="Play").click()
+        expect(step_heading(page)).not_to_have_text(f"Step 3 of {n}", timeout=30_000)
+        page.get_by_role("button", name="Pause").click()
+        settle(page)
+        expect(page.get_by_role("button", name="Play")).to_be_visible()
+        page.screenshot(path=tmp_path / "played.png")
+
+        # The numbers measured in this session, plain decoding included.
+        page.get_by_role("tab", name="Numbers").click()
+        settle(page)
+        speedup = page.locator("[data-testid='stMetric']").filter(has_text="Speedup")
+        expect(speedup).to_contain_text("×")
+        page.screenshot(path=tmp_path / "numbers.png")
+        assert page.locator("[data-testid='stException']").count() == 0
+        browser.close()

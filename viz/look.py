@@ -1,0 +1,226 @@
+"""Colours, CSS and the small HTML pieces: token chips, the token strip, the cache diagram.
+
+One palette for the whole page, so a colour always means the same thing:
+green = a draft the target accepted, red = the draft it rejected, grey = drafts never checked,
+blue = the target's correction, purple = the target's bonus token, amber = the drafter (q),
+slate = the target (p).
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+from viz.story import Story, Token, draft_fate, token_label
+
+COLOURS = {
+    "accepted": "#16a34a",
+    "rejected": "#dc2626",
+    "unchecked": "#9ca3af",
+    "corrected": "#2563eb",
+    "bonus": "#9333ea",
+    "first": "#64748b",
+    "draft": "#d97706",  # q, and drafted tokens before the verdict
+    "target": "#334155",  # p
+}
+TINTS = {  # light backgrounds for chips
+    "accepted": "#dcfce7",
+    "rejected": "#fee2e2",
+    "unchecked": "#f3f4f6",
+    "corrected": "#dbeafe",
+    "bonus": "#f3e8ff",
+    "first": "#e2e8f0",
+    "draft": "#fef3c7",
+    "target": "#e2e8f0",
+}
+NAMES = {
+    "accepted": "accepted draft",
+    "rejected": "rejected draft",
+    "unchecked": "never checked",
+    "corrected": "target's correction",
+    "bonus": "bonus token",
+    "first": "from the prompt's pass",
+    "draft": "q: the drafter",
+    "target": "p: the target",
+}
+
+CSS = """
+<style>
+.ms-strip { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+  font-size: 0.92rem; line-height: 2.0; white-space: pre-wrap; word-break: break-word;
+  padding: 0.6rem 0.8rem; border: 1px solid #e5e7eb; border-radius: 0.5rem; background: #fff; }
+.ms-prompt { color: #6b7280; }
+.ms-special { color: #9ca3af; font-size: 0.75em; border: 1px solid #d1d5db; border-radius: 3px;
+  padding: 0 2px; margin-right: 2px; }
+.ms-tok { border-radius: 4px; padding: 1px 1px; margin: 0 0.5px; border-bottom: 3px solid; }
+.ms-future { opacity: 0.28; }
+.ms-now { outline: 2px solid #111827; outline-offset: 1px; }
+.ms-chips { display: flex; flex-wrap: wrap; gap: 0.45rem; align-items: stretch; margin: 0.2rem 0; }
+.ms-chip { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+  border: 2px solid; border-radius: 0.45rem; padding: 0.25rem 0.55rem; min-width: 3.2rem;
+  text-align: center; white-space: pre; background: #fff; }
+.ms-chip .ms-sub { display: block; font-size: 0.72rem; color: #4b5563; font-family: sans-serif; }
+.ms-chip.ms-struck { text-decoration: line-through; opacity: 0.65; }
+.ms-legend { display: flex; flex-wrap: wrap; gap: 0.9rem; font-size: 0.85rem; color: #374151; }
+.ms-legend span.ms-dot { display: inline-block; width: 0.8rem; height: 0.8rem;
+  border-radius: 3px; margin-right: 0.3rem; vertical-align: -0.1rem; }
+.ms-pass { display: grid; gap: 0.3rem 0.45rem; align-items: center; }
+.ms-pass .ms-h { font-size: 0.75rem; color: #6b7280; text-align: center; }
+.ms-pass .ms-arrow { text-align: center; color: #9ca3af; font-size: 0.9rem; }
+.ms-cache { display: flex; flex-wrap: wrap; gap: 3px; align-items: center; margin: 0.3rem 0; }
+.ms-cell { font-family: ui-monospace, monospace; font-size: 0.78rem; border: 1px solid;
+  border-radius: 3px; padding: 2px 5px; white-space: pre; }
+.ms-cell.ms-gone { text-decoration: line-through; opacity: 0.5; border-style: dashed; }
+.ms-cell.ms-old { background: #f1f5f9; color: #475569; border-color: #cbd5e1; }
+.ms-ctx { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+  font-size: 0.85rem; white-space: pre-wrap; word-break: break-word; line-height: 1.75;
+  background: #f9fafb; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.5rem 0.8rem;
+  max-height: 9.5rem; overflow-y: auto; display: flex; flex-direction: column-reverse; }
+</style>
+"""
+
+
+def visible(text: str) -> str:
+    """A token's text with its whitespace made visible, HTML-escaped."""
+    if text == "":
+        return "∅"
+    shown = text.replace("\n", "↵").replace("\t", "⇥")
+    if shown.strip(" ") == "":
+        shown = shown.replace(" ", "␣")
+    return escape(shown)
+
+
+def flowing(text: str) -> str:
+    """A token's text inside running text: newlines shown as ↵ and kept as line breaks."""
+    return escape(text).replace("\n", "↵\n").replace("\t", "⇥\t")
+
+
+LEGEND = ("accepted", "rejected", "unchecked", "corrected", "bonus", "first", "draft", "target")
+
+
+def swatch(kind: str) -> str:
+    return f'<span class="ms-dot" style="background:{COLOURS[kind]}"></span>'
+
+
+def legend(kinds: tuple[str, ...] = LEGEND) -> str:
+    items = "".join(f"<span>{swatch(k)}{NAMES[k]}</span>" for k in kinds)
+    return f'<div class="ms-legend">{items}</div>'
+
+
+def prompt_html(prompt_text: str, tail: int | None = None) -> str:
+    """The prompt in grey, with <bos> shown as the small marker it is; `tail`: its last chars."""
+    if tail is not None and len(prompt_text) > tail:
+        cut = prompt_text[-tail:]
+        cut = cut[cut.index("\n") + 1 :] if "\n" in cut[:-1] else cut
+        prompt_text = "… " + cut
+    body = flowing(prompt_text)
+    body = body.replace("&lt;bos&gt;", '<span class="ms-special">&lt;bos&gt;</span>')
+    return f'<span class="ms-prompt">{body}</span>'
+
+
+def token_span(t: Token, extra_class: str = "") -> str:
+    colour, tint = COLOURS[t.source], TINTS[t.source]
+    where = "prefill (before any step)" if t.step is None else f"step {t.step + 1}"
+    probs = []
+    if t.p is not None:
+        probs.append(f"p = {t.p:.3f}")
+    if t.q is not None:
+        probs.append(f"q = {t.q:.3f}")
+    title = f"{NAMES[t.source]} · {where}" + (" · " + ", ".join(probs) if probs else "")
+    title += f" · token {t.token} {t.text!r}"
+    return (
+        f'<span class="ms-tok {extra_class}" title="{escape(title)}" '
+        f'style="background:{tint};border-color:{colour}">{flowing(t.text)}</span>'
+    )
+
+
+def token_strip(story: Story, step: int | None = None, with_prompt: bool = True) -> str:
+    """The whole output, each token coloured by where it came from; hover shows step and p/q.
+
+    With `step`, the tokens that step emitted are outlined and later ones faded.
+    """
+    parts = [prompt_html(story.prompt_text, tail=160)] if with_prompt else []
+    for t in story.new:
+        cls = ""
+        if step is not None and t.step is not None:
+            cls = "ms-now" if t.step == step else ("ms-future" if t.step > step else "")
+        parts.append(token_span(t, cls))
+    return f'<div class="ms-strip">{"".join(parts)}</div>'
+
+
+def context_html(story: Story, step: int) -> str:
+    """The context before `step`: prompt in grey, new tokens coloured by source."""
+    before = story.new[: story.contexts[step]]
+    spans = "".join(token_span(t) for t in before)
+    return f'<div class="ms-ctx"><div>{prompt_html(story.prompt_text)}{spans}</div></div>'
+
+
+def chip(text: str, kind: str, sub: str = "", struck: bool = False, title: str = "") -> str:
+    cls = "ms-chip ms-struck" if struck else "ms-chip"
+    sub_html = f'<span class="ms-sub">{escape(sub)}</span>' if sub else ""
+    return (
+        f'<span class="{cls}" title="{escape(title)}" style="border-color:{COLOURS[kind]};'
+        f'background:{TINTS[kind]}">{visible(text)}{sub_html}</span>'
+    )
+
+
+def draft_chips(r: dict, with_verdict: bool) -> str:
+    """The drafted tokens with q(x); coloured by their fate once `with_verdict`."""
+    fates = draft_fate(r)
+    chips = []
+    for d, fate in zip(r["drafted"], fates, strict=True):
+        kind = fate if with_verdict else "draft"
+        sub = f"q = {d['q']:.2f}"
+        if with_verdict:
+            sub += (
+                " · " + {"accepted": "kept", "rejected": "rejected", "unchecked": "dropped"}[fate]
+            )
+        chips.append(chip(token_label(d), kind, sub, struck=with_verdict and fate != "accepted"))
+    return f'<div class="ms-chips">{"".join(chips)}</div>'
+
+
+def verification_pass(r: dict, newest: str) -> str:
+    """The one forward pass: inputs [newest, d_1..d_n] and the n+1 predictions it returns."""
+    drafted = r["drafted"]
+    n = len(drafted)
+    fates = draft_fate(r)
+    cells = []
+    inputs = [chip(newest, "target", "newest")]
+    inputs += [chip(token_label(d), "draft", f"d{i + 1}") for i, d in enumerate(drafted)]
+    outputs = []
+    for i, row in enumerate(r["target"]):
+        top = row["top_p"][0] if row["top_p"] else None
+        label = "bonus row" if i == n else f"for d{i + 1}"
+        if i < n and fates[i] == "unchecked":
+            label = "not needed"
+        text = token_label(top) if top else "?"
+        sub = f"{label} · {top['prob']:.2f}" if top else label
+        outputs.append(chip(text, "target", sub, struck=i < n and fates[i] == "unchecked"))
+    cols = f"grid-template-columns: 6.5rem repeat({n + 1}, minmax(4.2rem, max-content));"
+    cells.append('<span class="ms-h">Gemma reads</span>' + "".join(inputs))
+    cells.append('<span class="ms-h"></span>' + '<span class="ms-arrow">↓</span>' * (n + 1))
+    cells.append('<span class="ms-h">Gemma\'s top choice (p)</span>' + "".join(outputs))
+    return f'<div class="ms-pass" style="{cols}">{"".join(cells)}</div>'
+
+
+def cache_diagram(r: dict, newest: str) -> str:
+    """The KV cache around this step: what the verify pass wrote and what the rollback kept."""
+    before = r["kv_length_before"]
+    fates = draft_fate(r)
+    old = (
+        f'<span class="ms-cell ms-old">positions 0..{before - 1} ({before} earlier tokens)</span>'
+        if before
+        else ""
+    )
+    cells = [old, cell(newest, "target", f"{before}")]
+    for i, (d, fate) in enumerate(zip(r["drafted"], fates, strict=True)):
+        kind = "accepted" if fate == "accepted" else fate
+        cells.append(cell(token_label(d), kind, f"{before + 1 + i}", gone=fate != "accepted"))
+    return f'<div class="ms-cache">{"".join(cells)}</div>'
+
+
+def cell(text: str, kind: str, position: str, gone: bool = False) -> str:
+    cls = "ms-cell ms-gone" if gone else "ms-cell"
+    return (
+        f'<span class="{cls}" title="position {position}" style="border-color:{COLOURS[kind]};'
+        f'background:{TINTS[kind]}">{visible(text)}</span>'
+    )

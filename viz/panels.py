@@ -1,0 +1,442 @@
+"""The page's panels, each with its short plain-language explanation beside it.
+
+Every panel draws from a `Run` (its `Story`, rebuilt from the trace) and from numbers measured in
+this session; none reaches into the model.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from viz import charts, look, runs
+from viz.runs import Run
+from viz.story import Story, draft_fate, step_summary, token_label
+
+DRAFTER_WORDS = {
+    "ngram": (
+        "The **n-gram drafter** looks for the last few tokens earlier in the text and proposes "
+        "what followed them there. It is not a model and has no probabilities: q = 1 for its guess."
+    ),
+    "early-exit": (
+        "The **early-exit drafter** runs only Gemma's first layers (5 in 6) and a cut-down "
+        "output head that scores only likely candidates (16,384 of Gemma's 262,144 tokens): a "
+        "cheaper, rougher Gemma. It samples its guesses one by one from its own distribution q."
+    ),
+    "int8": (
+        "The **int8 drafter** is a copy of Gemma with 8-bit weights, a quarter of the bytes to "
+        "read. It samples its guesses one by one from its own distribution q."
+    ),
+}
+
+
+def drafter_family(name: str) -> str:
+    for family in DRAFTER_WORDS:
+        if name.startswith(family):
+            return family
+    return "int8" if "draft" in name else name
+
+
+def section(number: int, title: str, words: str) -> None:
+    st.markdown(f"#### {number} · {title}")
+    st.caption(words)
+
+
+# ------------------------------------------------------------------------------ the step view
+
+
+def step_panel(story: Story, i: int) -> None:
+    """One draft-verify step, in the order it happens."""
+    r = story.steps[i]
+    trace = story.trace
+    greedy = bool(trace.sampling.get("greedy"))
+    n, j = len(r["drafted"]), r["accepted"]
+    fates = draft_fate(r)
+    newest = story.new[story.contexts[i] - 1].text if story.contexts[i] else "…"
+    nxt = r["next_token"]
+    kind = nxt["kind"]
+    quiet = {"displayModeBar": False}
+
+    st.subheader(f"Step {i + 1} of {story.n_steps}")
+    st.markdown(step_summary(r))
+
+    left, right = st.columns(2, gap="large")
+    with left:
+        section(
+            1,
+            "The context so far",
+            f"What the model has read: {r['context_length']} tokens. Gemma keeps all but the "
+            "newest one in its KV cache, its memory of earlier positions; the newest token, at "
+            "the end, is read in this step.",
+        )
+        st.html(look.context_html(story, i))
+    with right:
+        section(
+            2,
+            f"The drafter guesses {n} token{'s' if n != 1 else ''} (k = {trace.k})",
+            DRAFTER_WORDS.get(drafter_family(trace.drafter), f"The drafter {trace.drafter}.")
+            + (" This time it had nothing to propose." if n == 0 else ""),
+        )
+        if n:
+            st.html(look.draft_chips(r, with_verdict=False))
+
+    forwards = "one forward pass" if r["verify_forwards"] == 1 else "two forward passes (k = 16)"
+    section(
+        3,
+        f"One verification pass over {n + 1} position{'s' if n else ''}",
+        f"Gemma reads the newest token and the {n} guesses together, in {forwards} "
+        f"({1000 * r['verify_s']:.0f} ms here). Each position sees only the tokens before it, so "
+        f"the pass returns {n + 1} next-token distributions p: one to check each guess, and one "
+        "more for the token after the last guess.",
+    )
+    st.html(f'<div style="overflow-x:auto">{look.verification_pass(r, newest)}</div>')
+
+    if n:
+        if greedy:
+            rule = (
+                "Temperature 0 (greedy): a guess is kept exactly when it is Gemma's own top "
+                "choice. The bars show p and q at temperature 1, to see how close each call was."
+            )
+        else:
+            rule = (
+                "For each guess x, compare p(x), how likely Gemma finds it, with q(x), how likely "
+                "the drafter found it. Keep x with probability min(1, p(x)/q(x)): draw a random u "
+                "between 0 and 1 and keep x if it lands left of the black line, in the green zone. "
+                "The first rejection ends the step; the guesses after it were built on a wrong "
+                "token, so they are dropped unchecked."
+            )
+        section(4, "Accept or reject, guess by guess", rule)
+        keys = [
+            look.swatch("target") + "p: Gemma's probabilities",
+            look.swatch("draft") + "q: the drafter's",
+            "▶ marks the guess",
+        ]
+        if not greedy:
+            keys.append("◆ the draw u, against the black line at min(1, p/q)")
+        st.html('<div class="ms-legend">' + "".join(f"<span>{k}</span>" for k in keys) + "</div>")
+        decisions = r["decisions"]
+        cols = st.columns(min(4, max(n, 2)), gap="medium")
+        for d in decisions:
+            pos = d["position"]
+            with cols[pos % len(cols)]:
+                fig = charts.p_vs_q(r["target"][pos], r["drafted"][pos], d, fates[pos])
+                st.plotly_chart(fig, config=quiet, key=f"pq-{i}-{pos}")
+                if not greedy:
+                    st.plotly_chart(charts.draw(d), config=quiet, key=f"u-{i}-{pos}")
+                st.markdown(verdict_line(d, greedy))
+        for pos in range(len(decisions), n):
+            with cols[pos % len(cols)]:
+                st.html(look.draft_chips({**r, "drafted": [r["drafted"][pos]]}, False))
+                st.caption(f"d{pos + 1} is never checked: it is dropped with the rejection.")
+
+    colour_kind = "bonus" if kind == "bonus" else "corrected"
+    if kind == "bonus":
+        words = (
+            f"All {n} guesses were accepted, so the last row of the same pass (p after the last "
+            "guess) gives one more token for free: the bonus."
+            if n
+            else "With no guesses the pass is a plain decoding step: its one row p gives the token."
+        )
+        title = "The bonus token"
+    elif greedy:
+        words = f"Guess d{j + 1} was not Gemma's top choice, so Gemma's top choice replaces it."
+        title = "The target's correction"
+    else:
+        words = (
+            f"Guess d{j + 1} was rejected, so Gemma supplies this token instead. It is drawn "
+            "not from p but from what is left of p where the drafter fell short, max(0, p − q), "
+            "rescaled to sum to 1. With the acceptances, that makes every token come out exactly "
+            "as if Gemma had sampled it alone."
+        )
+        title = "The target's correction"
+    before, after = r["kv_length_before"], r["kv_length_after"]
+    written = before + n + 1
+
+    left, right = st.columns(2, gap="large")
+    with left:
+        section(5, title, words)
+        chip = look.chip(token_label(nxt), colour_kind, f"{kind} · prob {nxt['prob']:.2f}")
+        st.html(f'<div class="ms-chips">{chip}</div>')
+        if r["residual_top"]:
+            entries, label = r["residual_top"], "norm(max(0, p − q)), the residual"
+        elif kind == "bonus":
+            entries, label = r["target"][n]["top_p"], f"p after d{n}" if n else "p"
+        else:
+            entries, label = r["target"][j]["top_p"], f"p at d{j + 1}"
+        fig = charts.distribution(entries, nxt["token"], colour_kind, label)
+        st.plotly_chart(fig, config=quiet, key=f"next-{i}")
+    with right:
+        section(
+            6,
+            "Roll back the KV cache",
+            f"The pass wrote {n + 1} positions into the cache. Those after the first rejection "
+            "hold keys and values computed from discarded guesses, so the cache is cut back. "
+            f"The new {kind} token is not in it yet: it is the newest token the next step reads.",
+        )
+        st.html(look.cache_diagram(r, newest))
+        st.markdown(
+            f"KV cache length: **{before}** before → **{written}** after verifying → "
+            f"**{after}** after the rollback"
+        )
+
+
+def verdict_line(d: dict, greedy: bool) -> str:
+    ok = ":green[**kept**]" if d["accepted"] else ":red[**rejected**]"
+    if greedy:
+        top = "it" if d["accepted"] else "another token"
+        return f"p = {d['p']:.3f}, q = {d['q']:.3f}; the top of p is {top} → {ok}"
+    ratio = d["ratio"]
+    ratio_s = f"{ratio:.2f}" if ratio is not None else "—"
+    sign = "<" if d["accepted"] else "≥"
+    return (
+        f"p = {d['p']:.3f} · q = {d['q']:.3f} · p/q = {ratio_s}  \n"
+        f"u = {d['u']:.3f} {sign} {d['accept_probability']:.3f} → {ok}"
+    )
+
+
+# ------------------------------------------------------------------------------ the summary
+
+
+def numbers(run: Run, store: runs.Store | None, model: object | None) -> None:
+    stats = run.story.stats
+    st.caption(
+        "Measured in this session, on this machine"
+        + (" (recorded when the trace was made)." if run.source == "replay" else ".")
+        + " Speeds include recording the trace, a few milliseconds per step."
+    )
+    c = st.columns(5)
+    c[0].metric(
+        "Acceptance rate α",
+        f"{stats.alpha:.0%}",
+        help="accepted drafts / checked drafts: the estimate of α",
+    )
+    c[1].metric(
+        "Tokens per target forward",
+        f"{stats.tau:.2f}",
+        delta=f"formula: {stats.expected_tau:.2f}",
+        delta_color="off",
+        delta_arrow="off",
+        help="(1 − α^(k+1)) / (1 − α): what i.i.d. acceptances with rate α would give for k drafts",
+    )
+    c[2].metric("Speculative decoding", f"{stats.tokens_per_s:.1f} tok/s")
+    plain = run.plain_tokens_per_s
+    c[3].metric("Plain decoding", f"{plain:.1f} tok/s" if plain else "—")
+    c[4].metric(
+        "Speedup",
+        f"{stats.tokens_per_s / plain:.2f}×" if plain else "—",
+        help="speculative tokens/s divided by plain tokens/s, same prompt, same settings",
+    )
+    st.markdown(
+        f"{stats.new_tokens} new tokens from **{stats.target_forwards}** target forward passes "
+        f"(the prompt's pass and {stats.verify_forwards} verifications); plain decoding needs one "
+        f"pass per token, {stats.new_tokens}. Drafting took {stats.draft_s:.2f} s, verifying "
+        f"{stats.verify_s:.2f} s."
+        + (
+            " Averaged over the draft lengths actually proposed (fewer than k near the end, or "
+            "none when the n-gram drafter finds no match), the formula gives "
+            f"{stats.expected_tau_as_drafted:.2f}."
+            if stats.expected_tau_as_drafted < stats.expected_tau - 0.005
+            else ""
+        )
+    )
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(charts.tau_curve(stats), config={"displayModeBar": False})
+        st.caption(
+            "If each guess is accepted with chance α, a step yields 1 + α + … + α^k tokens. "
+            "The dot is this run; it sits off the curve when acceptances are not independent or "
+            "when the drafter proposed fewer than k."
+        )
+    with right:
+        st.plotly_chart(charts.acceptance_by_position(stats), config={"displayModeBar": False})
+        st.caption("How often each drafted position survived, when it was checked at all.")
+
+    st.markdown("#### Why checking k guesses costs about one token")
+    st.caption(
+        "A forward pass reads all of Gemma's weights from memory once, whatever the number of "
+        "positions T it processes; on a CPU that reading, not the arithmetic, is most of the "
+        "time. So one pass over k + 1 positions costs little more than one over a single token."
+    )
+    if store is None or model is None:
+        st.info("The forward-time chart needs the model: choose **Run the model** in the sidebar.")
+        return
+    times = store.forward_ms.get(model.name)
+    if times is None:
+        slot = st.empty()
+        if slot.button("Measure forward time on this machine (about half a minute)", key="bench"):
+            slot.empty()
+            with st.spinner("Timing forward passes over T = 1, 2, 4, 8, 16 positions…"):
+                times = runs.measure_forward_times(store, model)
+    if times is not None:
+        st.plotly_chart(charts.forward_times(times), config={"displayModeBar": False})
+        ratio = times[max(times)]["median"] / times[min(times)]["median"]
+        st.caption(
+            f"One pass over {max(times)} positions took {ratio:.1f}× the time of a pass over one, "
+            f"not {max(times)}× (median of a few runs after a 256-token context; the whisker "
+            "reaches down to the fastest run)."
+        )
+
+
+# ------------------------------------------------------------------------------ comparing
+
+
+def comparison(rows: list[dict], plain: float | None) -> None:
+    table = [
+        {
+            "drafter": r["drafter"],
+            "α (acceptance)": round(r["alpha"], 3),
+            "tokens / forward": round(r["tau"], 2),
+            "formula": round(r["expected_tau"], 2),
+            "tokens/s": round(r["tokens_per_s"], 2),
+            "drafting s": round(r["draft_s"], 2),
+            "verifying s": round(r["verify_s"], 2),
+            "speedup": round(r["tokens_per_s"] / plain, 2) if plain else None,
+            "output": r["text"],
+        }
+        for r in rows
+    ]
+    st.dataframe(table, hide_index=True)
+    st.plotly_chart(charts.compare(rows, plain), config={"displayModeBar": False})
+    st.caption(
+        "A high α is not enough: each step also pays for the drafting. Compare the seconds spent "
+        "drafting with those spent verifying; the dashed line is plain decoding, one target "
+        "forward per token, measured on the same prompt in this session."
+    )
+
+
+def compare_tab(store: runs.Store, model: object, settings: runs.Settings) -> None:
+    state = st.session_state
+    st.caption(
+        "Each drafter on the prompt and settings in the sidebar, one after the other, against "
+        "plain decoding measured in this session. A good drafter is cheap *and* often right: "
+        "the n-gram drafter costs nothing but only helps when the text repeats itself; the model "
+        "drafters guess everywhere but each guess costs a forward pass of their own."
+    )
+    specs = st.multiselect("Drafters", list(runs.DRAFTERS), default=list(runs.DRAFTERS), key="cmp")
+    key = (model.name, settings, tuple(specs))
+    if st.button("Compare on this prompt", key="compare_go", disabled=not specs):
+        slot = st.empty()
+        try:
+            with slot.status("Plain decoding, the baseline…") as box:
+                plain_speed(store, model, settings)
+                state.compare[key] = runs.compare_drafters(
+                    store,
+                    model,
+                    settings,
+                    specs,
+                    on_start=lambda spec: box.update(label=f"Decoding with the {spec} drafter…"),
+                )
+        except ValueError as err:
+            st.error(str(err))
+        finally:
+            slot.empty()
+    rows = state.compare.get(key)
+    if rows:
+        comparison(rows, state.plain.get(runs.plain_key(model, settings)))
+
+
+def plain_speed(store: runs.Store, model: object, settings: runs.Settings) -> float:
+    """Plain decoding tokens/s for these settings, measured once per session."""
+    state = st.session_state
+    key = runs.plain_key(model, settings)
+    if key not in state.plain:
+        state.plain[key] = runs.plain_tokens_per_s(store, model, settings)
+    return state.plain[key]
+
+
+# ------------------------------------------------------------------------------ stepping
+
+
+def stepper(story: Story) -> None:
+    """The token strip, the step controls and the step panel, in a fragment that can play."""
+    state = st.session_state
+    playing = state.playing
+    seconds = float(state.get("speed", 1.0))
+
+    @st.fragment(run_every=seconds if playing else None)
+    def steps_view() -> None:
+        if state.playing != playing:  # Play or Pause pressed: rerun the page to (un)set the timer
+            st.rerun()
+        n = story.n_steps
+        # Advance when the timer is due (any other rerun of the fragment leaves the step alone).
+        now = time.monotonic()
+        if state.playing and now - state.get("played_at", 0.0) >= 0.8 * seconds:
+            if state.pop("just_started", False):
+                pass  # show the step Play was pressed on first
+            elif state.step < n - 1:
+                state.step += 1
+            else:  # the end: stop playing
+                state.playing = False
+                st.rerun()
+            state.played_at = now
+        state.step = min(max(state.step, 0), max(n - 1, 0))
+
+        st.markdown("#### The whole output")
+        st.caption(
+            "Every new token, coloured by where it came from; hover a token for its step and "
+            "probabilities. The step on show is outlined; later tokens are faded."
+        )
+        st.html(look.token_strip(story, state.step if n else None))
+        if n == 0:
+            st.info(
+                "This run has no speculative steps: its only token came from the prompt's pass."
+            )
+            return
+        controls(n)
+        step_panel(story, state.step)
+
+    steps_view()
+
+
+def controls(n: int) -> None:
+    state = st.session_state
+    prev, nxt, play, jump = st.columns([1.25, 1.1, 1, 3.6], vertical_alignment="bottom")
+    prev.button(
+        "Previous step",
+        key="prev",
+        icon=":material/skip_previous:",
+        disabled=state.step == 0,
+        on_click=go_to,
+        args=(state.step - 1,),
+        width="stretch",
+    )
+    nxt.button(
+        "Next step",
+        key="next",
+        icon=":material/skip_next:",
+        disabled=state.step >= n - 1,
+        on_click=go_to,
+        args=(state.step + 1,),
+        width="stretch",
+    )
+    play.button(
+        "Pause" if state.playing else "Play",
+        key="play",
+        icon=":material/pause:" if state.playing else ":material/play_arrow:",
+        on_click=toggle_play,
+        args=(n,),
+        type="primary",
+        width="stretch",
+    )
+    if n > 1:
+        state.jump = state.step + 1  # the slider follows Next, Previous and Play
+        jump.slider("Jump to step", 1, n, key="jump", on_change=jumped, disabled=state.playing)
+
+
+def go_to(step: int) -> None:
+    st.session_state.step, st.session_state.playing = step, False
+
+
+def jumped() -> None:
+    if st.session_state.jump - 1 != st.session_state.step:  # a move, not the slider catching up
+        go_to(st.session_state.jump - 1)
+
+
+def toggle_play(n: int) -> None:
+    state = st.session_state
+    state.playing = not state.playing
+    if state.playing:
+        state.just_started = True
+        if state.step >= n - 1:
+            state.step = 0

@@ -1,0 +1,239 @@
+"""Getting runs for the app: the model (loaded once per server), generations, measurements, uploads.
+
+Uses only minispec's public API: `load_model`, `tiny_model`, `make_drafter`,
+`speculative_generate`, `generate`, `bench.forward_times`, the tokenizer and the trace functions.
+Nothing here draws on the page except the loading progress, which the caller passes in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from minispec.bench import forward_times
+from minispec.drafters import make_drafter
+from minispec.generate import generate
+from minispec.loading import load_model
+from minispec.sampling import SamplingParams
+from minispec.speculative import speculative_generate
+from minispec.tiny import tiny_model
+from minispec.tokenizer import decode, encode
+from minispec.trace import Trace
+from viz.story import Story, story_from_trace
+
+if TYPE_CHECKING:
+    from minispec.model import Model
+
+# MINISPEC_APP_MODEL: "gemma" (default, Gemma 3 270M), "tiny" (a tiny random model with a byte
+# tokenizer: the tests use it, it runs in milliseconds), or a path to a checkpoint folder/.gguf.
+MODEL_ENV = "MINISPEC_APP_MODEL"
+
+DRAFTERS = {  # spec for make_drafter -> what it is, in plain words
+    "ngram": "copies what followed the same words earlier in the text (no model at all)",
+    "early-exit": "Gemma's own first 5/6 of layers, then a cut-down output head",
+    "int8": "a copy of Gemma with 8-bit weights: a quarter of the bytes to read",
+}
+
+
+def model_choice() -> str:
+    return os.environ.get(MODEL_ENV, "gemma").strip() or "gemma"
+
+
+def model_title(name: str) -> str:
+    return "Gemma 3 270M" if name.startswith("gemma-3-270m") else name
+
+
+@dataclass
+class Store:
+    """What the server keeps between page loads and users: one model, its drafters, timings.
+
+    One lock: a 2-core machine runs one generation at a time, and drafters keep state.
+    """
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    models: dict[str, Model] = field(default_factory=dict)
+    drafters: dict[tuple[str, str], object] = field(default_factory=dict)
+    forward_ms: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+
+
+def get_model(store: Store, choice: str, progress: Callable[[str, int, int], None] | None) -> Model:
+    """The model for `choice`, loaded on first use (converting the weights on the very first)."""
+    with store.lock:
+        if choice not in store.models:
+            if choice == "tiny":
+                model = tiny_model()
+            else:
+                model = load_model(None if choice == "gemma" else choice, progress=progress)
+            generate(model, encode(model.tokenizer, "Hi"), max_new_tokens=2)  # compile, warm up
+            store.models[choice] = model
+        return store.models[choice]
+
+
+def get_drafter(store: Store, model: Model, spec: str) -> object:
+    """Drafters are built once per model (the int8 copy takes seconds to quantize)."""
+    key = (model.name, spec)
+    if key not in store.drafters:
+        store.drafters[key] = make_drafter(spec, model)
+    return store.drafters[key]
+
+
+@dataclass(frozen=True)
+class Settings:
+    prompt: str
+    drafter: str
+    k: int
+    temperature: float
+    top_p: float
+    seed: int
+    max_new_tokens: int
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.temperature, 0, self.top_p)
+
+
+MAX_NEW_TOKENS = 512  # the app keeps runs short enough to step through
+
+
+def check_settings(s: Settings) -> None:
+    """Raise ValueError with a sentence to show when a setting cannot work."""
+    if not s.prompt.strip():
+        raise ValueError("The prompt is empty: type some text or pick one of the presets.")
+    if not 1 <= s.max_new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(f"New tokens must be between 1 and {MAX_NEW_TOKENS}.")
+    s.sampling  # noqa: B018 -- SamplingParams checks temperature and top-p
+
+
+@dataclass
+class Run:
+    """One generation as the page keeps it: the story to show and the live measurements."""
+
+    story: Story
+    source: str  # "model" (run in this session) or "replay" (a trace file)
+    model_name: str
+    settings: Settings | None = None
+    plain_tokens_per_s: float | None = None  # plain decoding, same prompt, same session
+
+
+def run_speculative(
+    store: Store, model: Model, s: Settings, on_text: Callable[[str], None] | None = None
+) -> Run:
+    """Speculative decoding with the trace on; on_text gets the text so far after every token."""
+    check_settings(s)
+    ids = encode(model.tokenizer, s.prompt)
+    new: list[int] = []
+
+    def on_token(token: int) -> None:
+        new.append(token)
+        if on_text is not None:
+            on_text(decode(model.tokenizer, new))
+
+    with store.lock:
+        drafter = get_drafter(store, model, s.drafter)
+        g = speculative_generate(
+            model,
+            ids,
+            drafter,
+            k=s.k,
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=s.seed,
+            on_token=on_token,
+            trace_top=6,
+        )
+    return Run(story_from_trace(g.trace), "model", model.name, s)
+
+
+def plain_key(model: Model, s: Settings) -> tuple:
+    """Plain decoding speed depends on the prompt, the length and the sampling, not the drafter."""
+    return (model.name, s.prompt, s.max_new_tokens, s.temperature, s.top_p, s.seed)
+
+
+def plain_tokens_per_s(store: Store, model: Model, s: Settings) -> float:
+    """Plain decoding (one forward per token) on the same prompt and settings: tokens/s."""
+    ids = encode(model.tokenizer, s.prompt)
+    with store.lock:
+        g = generate(model, ids, s.max_new_tokens, sampling=s.sampling, seed=s.seed)
+    return g.tokens_per_s
+
+
+def compare_drafters(
+    store: Store,
+    model: Model,
+    s: Settings,
+    specs: list[str],
+    on_start: Callable[[str], None] | None = None,
+) -> list[dict[str, object]]:
+    """The same prompt and settings with each drafter: the numbers for a side-by-side table."""
+    check_settings(s)
+    ids = encode(model.tokenizer, s.prompt)
+    rows = []
+    for spec in specs:
+        if on_start is not None:
+            on_start(spec)
+        with store.lock:
+            drafter = get_drafter(store, model, spec)
+            g = speculative_generate(
+                model,
+                ids,
+                drafter,
+                k=s.k,
+                max_new_tokens=s.max_new_tokens,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                seed=s.seed,
+                trace=False,
+            )
+        st_ = g.stats
+        rows.append(
+            {
+                "drafter": spec,
+                "alpha": st_.alpha,
+                "tau": st_.tau,
+                "expected_tau": st_.expected_tau,
+                "tokens_per_s": st_.tokens_per_s,
+                "draft_s": st_.draft_s,
+                "verify_s": st_.verify_s,
+                "text": g.text,
+                "new_tokens": len(g.ids),
+            }
+        )
+    return rows
+
+
+def measure_forward_times(store: Store, model: Model, repeats: int = 3) -> dict:
+    """Milliseconds per forward pass over T = 1..16 new positions, measured once per model."""
+    if model.name not in store.forward_ms:
+        with store.lock:
+            store.forward_ms[model.name] = forward_times(model, repeats=repeats)
+    return store.forward_ms[model.name]
+
+
+# ------------------------------------------------------------------------------------ replay
+
+
+def run_from_trace_file(data: bytes) -> Run:
+    """A run rebuilt from an uploaded trace; ValueError with a readable reason if it is not one."""
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"This file is not JSON, so not a minispec trace ({err}).") from err
+    if not isinstance(d, dict):
+        raise ValueError("This JSON file is not a minispec trace (it is not an object).")
+    try:
+        trace = Trace.from_dict(d)
+        story = story_from_trace(trace)
+    except (TypeError, KeyError, AttributeError, IndexError) as err:
+        raise ValueError(f"This file is not a complete minispec trace ({err!r}).") from err
+    except ValueError as err:
+        raise ValueError(f"This file is not a usable minispec trace: {err}") from err
+    return Run(story, "replay", str(trace.model))
+
+
+def trace_json(run: Run) -> str:
+    return json.dumps(run.story.trace.to_dict(), ensure_ascii=False, indent=1) + "\n"

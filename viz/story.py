@@ -1,0 +1,159 @@
+"""From a recorded trace to what the page shows: every token with where it came from, per step.
+
+Reads only the trace (its JSON schema is documented in `minispec/trace.py`), so a recorded run
+replays on a laptop that has no model. Nothing here imports Streamlit.
+
+Where a token comes from (its "source"), the colours the whole page uses for it:
+
+    first       the first new token: drawn from the prefill, before any speculation
+    accepted    a drafted token the target accepted
+    corrected   the target's own token after a rejection (drawn from norm(max(0, p - q)))
+    bonus       the target's extra token when every draft was accepted (drawn from p_{n+1})
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minispec.stats import Stats
+from minispec.trace import Trace, replay, stats_from_trace
+
+
+@dataclass
+class Token:
+    """One token of the run, as the token strip shows it."""
+
+    token: int
+    text: str
+    source: str  # "first", "accepted", "corrected" or "bonus"
+    step: int | None = None  # the step that emitted it (None: the prefill's token)
+    p: float | None = None  # the target's probability of it where it was decided
+    q: float | None = None  # the draft's probability (accepted drafts only)
+
+
+@dataclass
+class Story:
+    """A run, ready to show: the tokens in order and the step records beside them."""
+
+    trace: Trace
+    prompt_text: str
+    new: list[Token]  # every new token, the first (prefill) one included
+    steps: list[dict]  # the trace's step records
+    contexts: list[int] = field(default_factory=list)  # [i]: new tokens before step i
+    stats: Stats | None = None
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps)
+
+    def context_text(self, step: int) -> str:
+        """The prompt and every new token emitted before `step`, as one text."""
+        before = self.new[: self.contexts[step]]
+        return self.prompt_text + "".join(t.text for t in before)
+
+
+def token_label(entry: dict) -> str:
+    """The text of a trace entry ({token, text, ...}); its id when the trace has no text."""
+    text = entry.get("text")
+    return text if isinstance(text, str) else f"⟨{entry['token']}⟩"
+
+
+def story_from_trace(trace: Trace) -> Story:
+    """Rebuild the run from its records; raises ValueError if the records do not fit together.
+
+    Every field a panel reads is touched here, so a trace that passes is one the page can show.
+    """
+    check_header(trace)
+    prompt_text = trace.prompt_text
+    if not isinstance(prompt_text, str):  # a trace recorded without a tokenizer
+        prompt_text = " ".join(f"⟨{t}⟩" for t in trace.prompt_ids)
+    new: list[Token] = []
+    if trace.first_token is not None:
+        first = trace.first_token
+        p = next((e["prob"] for e in first.get("top_p", []) if e["token"] == first["token"]), None)
+        new.append(Token(int(first["token"]), token_label(first), "first", None, p))
+
+    contexts = []
+    try:
+        for s in replay(trace):
+            r = s.record
+            contexts.append(len(new))
+            check_step_record(r)
+            for i, _ in enumerate(s.kept):
+                d = r["decisions"][i]
+                new.append(Token(d["token"], token_label(d), "accepted", r["step"], d["p"], d["q"]))
+            if len(s.emitted) > len(s.kept):  # an end-of-sequence token can cut the step short
+                nxt = r["next_token"]
+                kind = nxt["kind"]
+                new.append(Token(nxt["token"], token_label(nxt), kind, r["step"], nxt["prob"]))
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"a step record is missing or mangles a field ({err!r})") from err
+    return Story(trace, prompt_text, new, list(trace.steps), contexts, stats_from_trace(trace))
+
+
+def check_header(trace: Trace) -> None:
+    """The run-wide fields the page shows must have their documented types."""
+    s = trace.sampling
+    if not isinstance(s, dict) or not all(name in s for name in ("greedy", "temperature", "top_p")):
+        raise ValueError("its 'sampling' must hold greedy, temperature and top_p")
+    if not all(isinstance(s[name], int | float) for name in ("temperature", "top_p")):
+        raise ValueError("its temperature and top_p must be numbers")
+    if not isinstance(trace.k, int) or not isinstance(trace.prompt_ids, list):
+        raise ValueError("its 'k' must be a number and 'prompt_ids' a list")
+
+
+STEP_FIELDS = (
+    "step context_length kv_length_before drafted target decisions accepted next_token "
+    "residual_top emitted kv_length_after verify_forwards draft_s verify_s"
+).split()
+
+
+def check_step_record(r: dict) -> None:
+    missing = [name for name in STEP_FIELDS if name not in r]
+    if missing:
+        raise ValueError(f"step {r.get('step', '?')} has no {', '.join(missing)}")
+    n, j = len(r["drafted"]), r["accepted"]
+    if len(r["target"]) != n + 1:
+        raise ValueError(f"step {r['step']}: {n} drafts need {n + 1} target rows")
+    if not 0 <= j <= n or len(r["decisions"]) < j:
+        raise ValueError(f"step {r['step']}: {j} accepted drafts out of {n} does not add up")
+    if r["next_token"]["kind"] not in ("corrected", "bonus"):
+        raise ValueError(f"step {r['step']}: next token kind {r['next_token']['kind']!r}")
+    for row in r["target"]:
+        for e in row["top_p"]:
+            float(e["prob"]), int(e["token"])
+    for d in r["drafted"]:
+        float(d["q"]), int(d["token"])
+    for d in r["decisions"]:
+        float(d["p"]), float(d["q"]), bool(d["accepted"]), float(d["accept_probability"])
+
+
+# ------------------------------------------------------------------ what one step amounts to
+
+
+def step_summary(r: dict) -> str:
+    """One sentence: what this step drafted, kept and added."""
+    n, j = len(r["drafted"]), r["accepted"]
+    kind = r["next_token"]["kind"]
+    added = "a bonus token" if kind == "bonus" else "the target's correction"
+    emitted = len(r["emitted"])
+    forwards = "one target forward" if r["verify_forwards"] == 1 else "two target forwards"
+    if n == 0:
+        return f"No draft this step: {forwards} gives one token, as in plain decoding."
+    return (
+        f"{j} of {n} drafted tokens accepted, plus {added}: "
+        f"{emitted} token{'s' if emitted != 1 else ''} for {forwards}."
+    )
+
+
+def draft_fate(r: dict) -> list[str]:
+    """For each drafted token: "accepted", "rejected" or "unchecked" (after a rejection)."""
+    fates = []
+    for i, _ in enumerate(r["drafted"]):
+        if i < r["accepted"]:
+            fates.append("accepted")
+        elif i == r["accepted"] and i < len(r["decisions"]):
+            fates.append("rejected")
+        else:
+            fates.append("unchecked")
+    return fates
