@@ -163,6 +163,26 @@ def run_bench(
     }
 
 
+def quantization_error(reference: Model, quantized: Model, texts: list[str]) -> dict:
+    """How much int8 weights change the model: over every position of the texts, the largest
+    logit change against float32 and how often the greedy (argmax) token differs."""
+    from minispec.tokenizer import encode
+
+    max_change, changed, positions = 0.0, 0, 0
+    for text in texts:
+        ids = encode(reference.tokenizer, text)
+        a = forward(reference, ids, new_cache(reference.config, len(ids)))  # (T, vocab)
+        b = forward(quantized, ids, new_cache(quantized.config, len(ids)))
+        max_change = max(max_change, float(np.abs(a - b).max()))
+        changed += int((a.argmax(-1) != b.argmax(-1)).sum())
+        positions += len(ids)
+    return {
+        "max_logit_change": max_change,
+        "greedy_token_changed": changed / positions,
+        "positions": positions,
+    }
+
+
 def compare_drafters(
     model: Model,
     specs: list[str],

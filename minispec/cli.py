@@ -45,9 +45,13 @@ def load(args: argparse.Namespace) -> Model:
     return model
 
 
-def prompt_ids(model: Model, prompt: str) -> list[int]:
+def check_prompt_text(prompt: str) -> None:
     if not prompt.strip():
         raise CliError("the prompt is empty: pass some text with --prompt")
+
+
+def prompt_ids(model: Model, prompt: str) -> list[int]:
+    check_prompt_text(prompt)
     if model.tokenizer is None:
         raise CliError(f"{model.name} has no tokenizer.json: cannot encode a text prompt")
     return encode(model.tokenizer, prompt)
@@ -178,6 +182,14 @@ def cmd_bench(args: argparse.Namespace) -> dict | None:
         say("the same without the Numba kernels (NumPy's BLAS for every T) ...")
         with bench.numpy_only():
             result["numpy"] = bench.run_bench(model, args.context, args.repeats, args.decode_tokens)
+    if model.weights == "int8":
+        say("int8 against float32: logit changes and greedy-token changes ...")
+        from minispec.loading import load_model
+
+        reference = load_model(args.model)
+        result["int8_vs_float32"] = bench.quantization_error(
+            reference, model, list(bench.PROMPTS.values())
+        )
     if args.drafter:
         say(f"speculative decoding with {', '.join(args.drafter)}, k = {args.k} ...")
         result["drafters"] = bench.compare_drafters(model, args.drafter, args.k, args.new_tokens)
@@ -208,6 +220,12 @@ def print_bench(r: dict) -> None:
         f"weights per token -> bound {r['bound_tokens_per_s']:.1f} tokens/s "
         f"(decode reaches {r['fraction_of_bound']:.0%})"
     )
+    if "int8_vs_float32" in r:
+        q = r["int8_vs_float32"]
+        print(
+            f"int8 vs float32 over {q['positions']} positions: largest logit change "
+            f"{q['max_logit_change']:.3f}, greedy token changed at {q['greedy_token_changed']:.1%}"
+        )
     for d in r.get("drafters", []):
         print(
             f"{d['prompt']:>10} {d['drafter']:>12} k={d['k']}: "
@@ -299,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if hasattr(args, "temperature"):
             check_sampling(args.temperature, args.top_k, args.top_p)
+        if hasattr(args, "prompt"):
+            check_prompt_text(args.prompt)  # before the seconds of loading the model
         result = args.run(args)
     except (CliError, ValueError, FileNotFoundError) as e:
         print(f"minispec: error: {e}", file=sys.stderr)

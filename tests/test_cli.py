@@ -1,0 +1,84 @@
+"""The command line: its JSON keys are a public contract, and bad input is one clear line."""
+
+import json
+
+import pytest
+
+from minispec import bench
+from minispec.cli import main
+from minispec.tiny import tiny_model
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--prompt", "   "], "prompt is empty"),
+        (["generate", "--prompt", "hi", "--temperature", "-1"], "temperature must be >= 0"),
+        (["generate", "--prompt", "hi", "--top-p", "0"], "top-p must be in (0, 1]"),
+        (["generate", "--prompt", "hi", "--top-p", "1.5"], "top-p must be in (0, 1]"),
+        (["generate", "--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+        (["generate", "--prompt", "hi", "--k", "17", "--drafter", "ngram"], "k (tokens drafted"),
+        (["generate", "--prompt", "hi", "--model", "/no/such/model"], "no such model"),
+        (["predict", "--prompt", ""], "prompt is empty"),
+        (["predict", "--prompt", "hi", "--top", "0"], "--top must be >= 1"),
+        (["bench", "--context", "0"], "--context"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minispec: error: ") and message in err[0], err
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(cmd in out for cmd in ("generate", "predict", "bench"))
+
+
+def test_bench_measures_on_a_tiny_model():
+    model = tiny_model()
+    r = bench.run_bench(model, context=16, repeats=1, decode_tokens=4)
+    for key in ("forward_ms", "tokens_per_s", "bandwidth_gb_s", "bytes_per_token"):
+        assert key in r
+    assert set(r["forward_ms"]) == {"1", "2", "4", "8", "16"}
+    assert all(0 < v["min"] <= v["median"] for v in r["forward_ms"].values())
+    params = model.params
+    n_floats = params.embed.size + params.final_norm.size
+    n_floats += sum(w.size for layer in params.layers for w in vars(layer).values())
+    assert r["bytes_per_token"] == 4 * n_floats
+    assert r["bound_tokens_per_s"] == pytest.approx(r["bandwidth_gb_s"] * 1e9 / (4 * n_floats))
+
+
+def test_int8_error_is_small_but_not_zero():
+    q = bench.quantization_error(tiny_model(), tiny_model(weights="int8"), ["abc", "hello"])
+    assert 0 < q["max_logit_change"] < 0.5 and q["positions"] == 10
+
+
+@pytest.mark.slow
+def test_generate_and_predict_json_on_the_real_model(real_checkpoint, capsys):
+    assert main(["generate", "--prompt", "The capital of France is", "--max-new-tokens", "5",
+                 "--json"]) == 0  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert {"prompt_ids", "ids", "text", "prefill_s", "tokens_per_s"} <= set(out)
+    assert out["prompt_ids"][0] == 2 and len(out["ids"]) == 5 and out["tokens_per_s"] > 0
+
+    assert main(["predict", "--prompt", "The capital of France is", "--top", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prompt_ids"] == [2, 818, 5279, 529, 7001, 563]
+    assert [set(row) for row in out["top"]] == [{"id", "token", "logit", "prob"}] * 3
+    probs = [row["prob"] for row in out["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
+
+
+@pytest.mark.slow
+def test_bench_json_keys_on_the_real_model(real_checkpoint, capsys):
+    argv = ["bench", "--repeats", "1", "--decode-tokens", "3", "--no-numpy", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["forward_ms"]) == {"1", "2", "4", "8", "16"}
+    assert set(out["forward_ms"]["4"]) == {"min", "median"}
+    assert out["bytes_per_token"] > 1_000_000_000  # float32: about 1.07 GB of weights per token
+    assert out["bound_tokens_per_s"] > 0 and out["tokens_per_s"] > 0
