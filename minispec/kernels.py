@@ -52,6 +52,8 @@ from numba.extending import intrinsic
 MAX_KERNEL_ROWS = 16  # float32 products with more rows (prompt prefill) go to BLAS
 N_CHUNKS = 64  # contiguous ranges of blocks handed to the threads by prange
 DYNAMIC_CHUNKS = 1  # 0: static split of the chunks over threads; n: hand out n at a time
+PREFETCH_LOCALITY = 3  # llvm.prefetch locality: 3 = into L1 (prefetcht0), 2 = L2, 1 = L3
+PREFETCH_MIN_ROWS = 4  # below this the hardware prefetcher keeps up on its own
 PREFETCH_AHEAD = 8  # how many blocks ahead the software prefetch runs
 
 # Reassociation lets LLVM vectorize each dot product (8 float32 lanes, summed at the end);
@@ -136,21 +138,14 @@ def _check_shapes(x: np.ndarray, w: np.ndarray | Int8Weight) -> None:
 
 
 def _run_kernel(x: np.ndarray, w: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
-    """Pad x to an even number of rows, run the kernel, drop the padding row."""
-    T, d_in = x.shape
-    padded = T + T % 2
-    if padded == T:
-        xp = np.ascontiguousarray(x)
-    else:
-        xp = np.zeros((padded, d_in), np.float32)  # (padded, d_in), zero rows at the end
-        xp[:T] = x
-    out = np.empty((padded, w.shape[0]), np.float32)  # (padded, d_out)
+    """Run the streaming kernel: x (T, d_in), w (d_out, d_in) float32 or int8 -> (T, d_out)."""
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)  # (T, d_out)
     previous = set_parallel_chunksize(DYNAMIC_CHUNKS)
     try:
-        _matmul_kernel(xp, w, scale, out)
+        _matmul_kernel(np.ascontiguousarray(x), w, scale, out)
     finally:
         set_parallel_chunksize(previous)
-    return out[:T]
+    return out
 
 
 @intrinsic
@@ -166,57 +161,48 @@ def _prefetch(typingctx, flat, i):
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        rw, locality, data_cache = (ir.Constant(i32, v) for v in (0, 3, 1))
+        rw, locality, data_cache = (ir.Constant(i32, v) for v in (0, PREFETCH_LOCALITY, 1))
         builder.call(fn, [builder.bitcast(ptr, i8p), rw, locality, data_cache])
         return context.get_dummy_value()
 
     return types.void(flat, i), codegen
 
 
-@njit(fastmath=_FASTMATH, cache=True)
-def _tile_2x4(x, t, w, j, out):
-    """out[t:t+2, j:j+4] = x[t:t+2] @ w[j:j+4].T with 8 independent accumulators.
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _dot_1x8(x, t, w, j, out):
+    """out[t, j:j+8] = w[j:j+8] @ x[t]: one input row against a block of 8 weight rows.
 
-    Each weight value is loaded once and used for both input rows; each input value once and
-    used for all four weight rows: 6 loads feed 8 multiply-adds. LLVM vectorizes the k loop
-    (8 lanes per accumulator), identically for every call, so every output element is the same
-    sequence of instructions whatever T is.
+    Eight independent accumulators; each x value is loaded once and used eight times. LLVM
+    vectorizes the k loop (8 float32 lanes per accumulator, summed at the end). It is the same
+    compiled loop for every (t, block), so an output element's rounding cannot depend on T.
     """
-    a0 = a1 = a2 = a3 = np.float32(0.0)  # input row t   against weight rows j..j+3
-    b0 = b1 = b2 = b3 = np.float32(0.0)  # input row t+1 against weight rows j..j+3
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
     for k in range(x.shape[1]):
-        xa = x[t, k]
-        xb = x[t + 1, k]
-        w0 = np.float32(w[j, k])  # int8 -> float32 is exact; a no-op for float32
-        w1 = np.float32(w[j + 1, k])
-        w2 = np.float32(w[j + 2, k])
-        w3 = np.float32(w[j + 3, k])
-        a0 += xa * w0
-        a1 += xa * w1
-        a2 += xa * w2
-        a3 += xa * w3
-        b0 += xb * w0
-        b1 += xb * w1
-        b2 += xb * w2
-        b3 += xb * w3
-    out[t, j], out[t, j + 1], out[t, j + 2], out[t, j + 3] = a0, a1, a2, a3
-    out[t + 1, j], out[t + 1, j + 1], out[t + 1, j + 2], out[t + 1, j + 3] = b0, b1, b2, b3
+        xk = x[t, k]
+        s0 += np.float32(w[j, k]) * xk  # int8 -> float32 is exact; a no-op for float32
+        s1 += np.float32(w[j + 1, k]) * xk
+        s2 += np.float32(w[j + 2, k]) * xk
+        s3 += np.float32(w[j + 3, k]) * xk
+        s4 += np.float32(w[j + 4, k]) * xk
+        s5 += np.float32(w[j + 5, k]) * xk
+        s6 += np.float32(w[j + 6, k]) * xk
+        s7 += np.float32(w[j + 7, k]) * xk
+    out[t, j], out[t, j + 1], out[t, j + 2], out[t, j + 3] = s0, s1, s2, s3
+    out[t, j + 4], out[t, j + 5], out[t, j + 6], out[t, j + 7] = s4, s5, s6, s7
 
 
-@njit(fastmath=_FASTMATH, cache=True)
-def _tile_2x1(x, t, w, j, out):
-    """out[t:t+2, j] = x[t:t+2] @ w[j]: the last d_out % 4 weight rows (same for every T)."""
-    a = b = np.float32(0.0)
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _dot_1x1(x, t, w, j, out):
+    """out[t, j] = w[j] @ x[t]: for the last d_out % 8 weight rows (the same rows for every T)."""
+    s = np.float32(0.0)
     for k in range(x.shape[1]):
-        wk = np.float32(w[j, k])
-        a += x[t, k] * wk
-        b += x[t + 1, k] * wk
-    out[t, j], out[t + 1, j] = a, b
+        s += np.float32(w[j, k]) * x[t, k]
+    out[t, j] = s
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _apply_scale(out, scale, j0, j1):
-    """out[:, j0:j1] *= scale[j0:j1] (int8 weights); nothing for float32 (scale is None)."""
+    """out[:, j0:j1] *= scale[j0:j1] for int8 weights; nothing for float32 (scale is None)."""
     if scale is not None:
         for t in range(out.shape[0]):
             for j in range(j0, j1):
@@ -225,33 +211,35 @@ def _apply_scale(out, scale, j0, j1):
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _matmul_kernel(x, w, scale, out):
-    """out = x @ w.T (times scale per column for int8): each weight row streamed once.
+    """out = x @ w.T (times scale[j] for int8), streaming each weight row from memory once.
 
-    x (Tp, d_in) float32 with Tp even, w (d_out, d_in) float32 or int8 C-contiguous,
-    scale (d_out,) float32 or None, out (Tp, d_out) float32.
-    The blocks of 4 weight rows are split into N_CHUNKS contiguous ranges for the threads; for
-    each block, all row pairs of x are multiplied while the block sits in L1. Before each pair
-    we prefetch 1/n_pairs of the block PREFETCH_AHEAD blocks ahead, so memory keeps streaming
-    while the cores do arithmetic (at T = 16 that arithmetic is most of the time).
+    x (T, d_in) float32, w (d_out, d_in) float32 or int8, both C-contiguous; scale (d_out,)
+    float32 or None; out (T, d_out) float32.
+    The weight is cut into blocks of 8 rows (20 KB of float32, fits L1), the blocks into
+    N_CHUNKS contiguous ranges that prange hands to the threads. For each block, every input
+    row is multiplied while the block sits in L1. Before row t we prefetch the t-th of T slices
+    of the block PREFETCH_AHEAD blocks ahead, so memory keeps streaming while the core does
+    arithmetic (at T = 16 arithmetic is most of the time; without this the two alternate).
     """
+    T = x.shape[0]
     d_out, d_in = w.shape
-    n_pairs = x.shape[0] // 2
-    n_blocks = d_out // 4
+    n_blocks = d_out // 8
     flat = w.reshape(-1)  # (d_out * d_in,) the same memory, for the prefetch
-    block_len = 4 * d_in  # floats (or int8s) in one block, contiguous
+    block_len = 8 * d_in  # elements in one block, contiguous
+    line = 64 // flat.itemsize  # elements per 64-byte cache line
     n_chunks = min(N_CHUNKS, max(n_blocks, 1))
+    prefetch = T >= PREFETCH_MIN_ROWS
     for c in prange(n_chunks):
         for b in range(c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks):
             ahead = (b + PREFETCH_AHEAD) * block_len  # first element of the block ahead
-            for p in range(n_pairs):
-                if b + PREFETCH_AHEAD < n_blocks:
-                    lo = ahead + p * block_len // n_pairs
-                    hi = ahead + (p + 1) * block_len // n_pairs
-                    for i in range(lo, hi, 64 // flat.itemsize):  # one per 64-byte line
+            for t in range(T):
+                if prefetch and b + PREFETCH_AHEAD < n_blocks:
+                    lo, hi = ahead + t * block_len // T, ahead + (t + 1) * block_len // T
+                    for i in range(lo - lo % line, hi, line):
                         _prefetch(flat, i)
-                _tile_2x4(x, 2 * p, w, 4 * b, out)
-            _apply_scale(out, scale, 4 * b, 4 * b + 4)
-    for j in range(4 * n_blocks, d_out):  # the last d_out % 4 rows
-        for p in range(n_pairs):
-            _tile_2x1(x, 2 * p, w, j, out)
-    _apply_scale(out, scale, 4 * n_blocks, d_out)
+                _dot_1x8(x, t, w, 8 * b, out)
+            _apply_scale(out, scale, 8 * b, 8 * b + 8)
+    for j in range(8 * n_blocks, d_out):  # the last d_out % 8 rows
+        for t in range(T):
+            _dot_1x1(x, t, w, j, out)
+    _apply_scale(out, scale, 8 * n_blocks, d_out)
