@@ -49,7 +49,7 @@ from numba import njit, prange, set_parallel_chunksize, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-MAX_KERNEL_ROWS = 16  # float32 products with more rows (prompt prefill) go to BLAS
+MAX_KERNEL_ROWS = 17  # k + 1 verify rows for the largest k (16); prefill of longer prompts: BLAS
 N_CHUNKS = 64  # contiguous ranges of blocks handed to the threads by prange
 DYNAMIC_CHUNKS = 1  # 0: static split of the chunks over threads; n: hand out n at a time
 PREFETCH_LOCALITY = 3  # llvm.prefetch locality: 3 = into L1 (prefetcht0), 2 = L2, 1 = L3

@@ -158,7 +158,7 @@ class StepResult:
     emitted: list[int]  # accepted drafts, then the corrected/bonus token (cut after an EOS)
     kv_before: int
     kv_after: int
-    n_forwards: int  # target forwards the verification took (1, or 2 for k = 16)
+    n_forwards: int  # target forwards the verification took (1 for k <= 16)
     draft_s: float
     verify_s: float
 
@@ -187,9 +187,10 @@ def verify(
 ) -> tuple[ForwardOutput, int]:
     """One target forward over [newest, d_1..d_n]: n+1 rows of logits; the cache grows n+1.
 
-    Returns the rows and the number of forwards. The batch-invariant kernels take at most
-    MAX_KERNEL_ROWS = 16 rows, so for k = 16 the 17th row goes in a second forward: each row is
-    then computed exactly as plain decoding would (the reason greedy outputs match bit for bit).
+    Returns the rows and the number of forwards (always 1 for k <= 16). The batch-invariant
+    kernels take up to MAX_KERNEL_ROWS = 17 rows (k + 1 for the largest k), so each row is
+    computed exactly as plain decoding would (the reason greedy outputs match bit for bit); a
+    longer draft would be verified in chunks of that size.
     """
     tokens = [newest, *drafts]
     chunks = [tokens[i : i + MAX_KERNEL_ROWS] for i in range(0, len(tokens), MAX_KERNEL_ROWS)]

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 class Stats:
     k: int
     steps: int = 0  # draft-verify steps
-    verify_forwards: int = 0  # target forwards that verified: one per step (two when k = 16)
+    verify_forwards: int = 0  # target forwards that verified: one per step
     drafted: int = 0  # tokens the drafter proposed
     verified: int = 0  # drafted positions the acceptance rule tested
     accepted: int = 0  # drafted tokens the target accepted

@@ -28,7 +28,7 @@ A step record (`step_record`):
     residual_top       on a sampled rejection: the top few of norm(max(0, p - q)); else null
     emitted, emitted_text   the tokens this step added (accepted drafts + next_token)
     kv_length_after    positions kept after the rollback (kv_length_before + 1 + j)
-    verify_forwards    target forwards the verification took: 1 (2 when k = 16, see `verify`)
+    verify_forwards    target forwards the verification took: 1 (see `verify`)
     draft_s, verify_s  seconds spent drafting and verifying
 
 Greedy runs: p and q in the records are softmax(logits) at temperature 1, for display; the rule

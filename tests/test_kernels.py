@@ -69,7 +69,7 @@ def test_non_contiguous_x(T: int) -> None:
 
 @pytest.mark.parametrize("d_out,d_in", [(7, 7), (33, 257), (641, 640), (1030, 641)])
 def test_batch_invariance_float32(d_out: int, d_in: int) -> None:
-    """Row t of a T-row product is bit-identical to the 1-row product, for every T <= 16."""
+    """Row t of a T-row product is bit-identical to the 1-row product, for every T <= 17."""
     rng = _rng(4)
     x = rng.standard_normal((MAX_KERNEL_ROWS, d_in), dtype=np.float32)
     w = rng.standard_normal((d_out, d_in), dtype=np.float32)
@@ -125,7 +125,7 @@ def test_dispatch_uses_blas_above_max_rows(monkeypatch: pytest.MonkeyPatch) -> N
     for T in (1, MAX_KERNEL_ROWS, MAX_KERNEL_ROWS + 1, 40):
         x = rng.standard_normal((T, 64), dtype=np.float32)
         _assert_close(linear(x, w), x, w)
-    assert calls == [(1, 64), (MAX_KERNEL_ROWS, 64)]  # T > 16 went to BLAS
+    assert calls == [(1, 64), (MAX_KERNEL_ROWS, 64)]  # T > MAX_KERNEL_ROWS went to BLAS
 
 
 def test_nan_propagates() -> None:
