@@ -287,13 +287,6 @@ def test_sampled_loop_test_fails_for_a_wrong_rule(sampled_setup, monkeypatch):
     assert chi_square_p_value(counts, joint, n) < 1e-4
 
 
-@pytest.mark.slow
-def test_sampled_loop_has_the_targets_joint_distribution_100k(sampled_setup, monkeypatch):
-    n = 100_000
-    counts, joint = run_sampled(sampled_setup, monkeypatch, n)
-    assert chi_square_p_value(counts, joint, n) > 1e-4
-
-
 # ---------------------------------------------------------------------------------- bad input
 
 
@@ -353,7 +346,7 @@ def real(real_checkpoint):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [*range(1, 9), 16])
+@pytest.mark.parametrize("k", [1, 2, 5, 8, 16])  # the tiny models cover every k in 1..8
 def test_real_greedy_with_scripted_drafts(real, k):
     """Always right, always wrong, partly right: the output is plain greedy's, token for token."""
     model, plain = real
@@ -365,13 +358,13 @@ def test_real_greedy_with_scripted_drafts(real, k):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [1, 2, 4, 8])
+@pytest.mark.parametrize("k", [1, 4, 8])
 @pytest.mark.parametrize("spec", ["ngram", "int8", "early-exit:3", "early-exit:15:16384"])
 def test_real_greedy_with_every_drafter(real, spec, k):
     model, plain = real
     drafter = make_drafter(spec, model)
     for name, (ids, expected) in plain.items():
-        got = speculative_generate(model, ids, drafter, k, REAL_NEW, stop_at_eos=False)
+        got = speculative_generate(model, ids, drafter, k, REAL_NEW, stop_at_eos=False, trace=False)
         assert got.ids == expected, f"{spec}, k={k}, {name}"
 
 
