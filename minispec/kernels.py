@@ -1,42 +1,51 @@
 """Every product with a weight matrix, `y = x @ w.T`, for the few rows that decoding multiplies.
 
 Why not just `x @ w.T`?
-    BLAS is built for big square-ish GEMMs: it copies ("packs") blocks of both operands into
-    cache-sized panels and runs a micro-kernel over them. For a skinny product (T = 1..16 rows
-    against the 262,144 x 640 output head) there is almost no arithmetic to amortize the packing
-    over, and depending on how the library blocks the problem it may stream the 671 MB weight
-    through the caches several times. Measured on our 2-core machine: 1 row ~50-60 ms, 2-16 rows
-    150-290 ms. Yet a decoding step is *memory-bound*: the floor is the time to read the weight
-    once (671 MB at ~35 GB/s ~ 19 ms).
+    BLAS is built for big, square-ish GEMMs: it copies ("packs") blocks of both operands into
+    cache-sized panels and runs a micro-kernel over them. A decoding step is the opposite shape:
+    T = 1..17 rows against, e.g., the 262,144 x 640 output head. There is almost no arithmetic
+    to pay for the packing, and depending on how the library blocks the problem it may stream
+    the 671 MB weight through the caches more than once. Measured on our 2-core machine:
+    1 row ~50-60 ms, 2 to 16 rows 150-290 ms. Yet such a product is *memory-bound*: its floor
+    is the time to read the weight once (671 MB at ~35 GB/s, about 19 ms).
 
-What the kernel here does instead
-    Stream every weight row from memory exactly once. While a small block of weight rows is in
-    L1 cache, multiply it by *all* T input rows (they are tiny: 16 x 640 floats = 40 KB). Reading
-    dominates, so T rows cost about the same as one. That is the whole economics of speculative
-    decoding: verifying k drafted tokens (T = k + 1 rows) costs barely more than decoding one.
-    The remaining cost at T = 16 is arithmetic (5.4 GFLOP), which we keep close to the machine's
-    FMA peak with a register tile (2 input rows x 4 weight rows = 8 vector accumulators) and hide
-    behind memory with a software prefetch of the weight rows a few blocks ahead.
+What the kernel does instead
+    Stream every weight row from memory exactly once. While a block of 8 weight rows (20 KB)
+    sits in L1 cache, multiply it by *all* T input rows (they are tiny: 17 x 640 floats is
+    44 KB). Reading dominates, so T rows cost about the same as one. That is the economics of
+    speculative decoding: verifying k drafted tokens (T = k + 1 rows) costs little more than
+    decoding one. What remains at larger T is arithmetic (5.4 GFLOP for the head at T = 16),
+    kept near the FMA peak by register tiles (2 input rows x 4 weight rows: 6 loads feed
+    8 fused multiply-adds), and partly hidden behind memory by prefetching the block a few
+    blocks ahead.
 
 Batch invariance, and why it matters
-    Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)` for every T <= 16. Each
-    output element is one dot product, always computed by the same machine instructions in the
-    same order: rows are processed in pairs (an odd T is padded with a zero row), weight rows in
-    blocks of 4 whose positions do not depend on T. So the logits of position t in a
-    speculative verification pass are exactly the logits plain decoding would compute for that
-    position, and greedy speculative decoding emits exactly the same tokens as plain greedy
-    decoding, by construction rather than "up to float noise". BLAS gives no such guarantee: a
-    different T can select a different blocking and thus a different summation order.
+    Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)` for every
+    T <= MAX_KERNEL_ROWS. Every output element is one dot product computed the same way
+    whatever T is: weight-row blocks sit at positions that do not depend on T, and each
+    accumulator is the same 8-lane vector loop over k followed by the same summation tree,
+    whether its row went through the pair tile (`_dot_2x4`) or the lone-row tile
+    (`_dot_1x8`, for T = 1 and the last row of an odd T). So in a speculative verification pass
+    the logits of position t are exactly the logits plain decoding computes for that position,
+    and greedy speculative decoding emits exactly the tokens of plain greedy decoding, by
+    construction rather than "up to float noise". BLAS promises nothing of the kind: another T
+    may select another blocking and so another summation order. (The tests check the property
+    for every T from 1 to MAX_KERNEL_ROWS, for odd and even sizes.)
 
 Int8 weights
     `Int8Weight` stores each weight row as int8 with one float32 scale (symmetric,
-    scale = max|row| / 127). The kernel converts the int8 values to float32 on the fly (exact),
-    runs the same dot products, and multiplies each result by its row's scale. It reads a
-    quarter of the bytes, so decoding is faster, and it is batch invariant for the same reason.
+    scale = max|row| / 127). The kernel reads a block of 8 int8 rows (5 KB instead of 20 KB),
+    dequantizes it into a float32 buffer in L1 (float32(q) * scale: exactly the values
+    `dequantize_int8` gives) and runs the same float32 tiles on the buffer. Decoding reads a
+    quarter of the bytes, the result is batch invariant for the same reason, and it equals
+    `linear(x, dequantize_int8(wq))` bit for bit.
 
-Threads: the kernels use Numba's thread pool (`numba.set_num_threads(n)` to change it; results
-do not depend on the thread count). Compiled code is cached on disk (`cache=True`, in
-`__pycache__` next to this file or in NUMBA_CACHE_DIR), so only the very first run compiles.
+Threads and compilation: the kernels run on Numba's thread pool (`numba.set_num_threads(n)`
+changes it; results do not depend on the thread count). The chunks are split statically over
+the threads: Numba's dynamic scheduling (`set_parallel_chunksize`) cost ~8 ms per call on a
+busy machine. Compiled code is cached on disk (`cache=True`: in `__pycache__` next to this
+file, or under NUMBA_CACHE_DIR), so only the very first run compiles (about 10 s; `warmup()`
+does it up front).
 """
 
 from __future__ import annotations
@@ -45,16 +54,15 @@ from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, set_parallel_chunksize, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 MAX_KERNEL_ROWS = 17  # k + 1 verify rows for the largest k (16); prefill of longer prompts: BLAS
 N_CHUNKS = 64  # contiguous ranges of blocks handed to the threads by prange
-DYNAMIC_CHUNKS = 1  # 0: static split of the chunks over threads; n: hand out n at a time
 PREFETCH_LOCALITY = 3  # llvm.prefetch locality: 3 = into L1 (prefetcht0), 2 = L2, 1 = L3
 PREFETCH_MIN_ROWS = 4  # below this the hardware prefetcher keeps up on its own
-PREFETCH_AHEAD = 8  # how many blocks ahead the software prefetch runs
+PREFETCH_AHEAD = 2  # how many blocks ahead the software prefetch runs
 
 # Reassociation lets LLVM vectorize each dot product (8 float32 lanes, summed at the end);
 # contraction lets it use fused multiply-add. No "nnan"/"ninf": a NaN must still come out as NaN.
@@ -140,11 +148,7 @@ def _check_shapes(x: np.ndarray, w: np.ndarray | Int8Weight) -> None:
 def _run_kernel(x: np.ndarray, w: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
     """Run the streaming kernel: x (T, d_in), w (d_out, d_in) float32 or int8 -> (T, d_out)."""
     out = np.empty((x.shape[0], w.shape[0]), np.float32)  # (T, d_out)
-    previous = set_parallel_chunksize(DYNAMIC_CHUNKS)
-    try:
-        _matmul_kernel(np.ascontiguousarray(x), w, scale, out)
-    finally:
-        set_parallel_chunksize(previous)
+    _matmul_kernel(np.ascontiguousarray(x), w, scale, out)
     return out
 
 
@@ -169,77 +173,145 @@ def _prefetch(typingctx, flat, i):
 
 
 @njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _dot_1x8(x, t, w, j, out):
-    """out[t, j:j+8] = w[j:j+8] @ x[t]: one input row against a block of 8 weight rows.
+def _dot_2x4(x, t, w, wj, out, oj):
+    """out[t:t+2, oj:oj+4] = x[t:t+2] @ w[wj:wj+4].T: two input rows, four weight rows.
 
-    Eight independent accumulators; each x value is loaded once and used eight times. LLVM
-    vectorizes the k loop (8 float32 lanes per accumulator, summed at the end). It is the same
-    compiled loop for every (t, block), so an output element's rounding cannot depend on T.
+    Eight independent accumulators. Each loaded weight value serves both input rows and each
+    input value all four weight rows: 6 loads feed 8 fused multiply-adds, the best ratio that
+    fits the 16 AVX2 registers. LLVM vectorizes the k loop: every accumulator is 8 float32
+    lanes over k = 0, 8, 16, ... then, at the end, the 8 lanes are summed in a fixed tree.
+    """
+    a0 = a1 = a2 = a3 = np.float32(0.0)  # row t   against weight rows wj..wj+3
+    b0 = b1 = b2 = b3 = np.float32(0.0)  # row t+1 against weight rows wj..wj+3
+    for k in range(x.shape[1]):
+        xa = x[t, k]
+        xb = x[t + 1, k]
+        w0 = w[wj, k]
+        w1 = w[wj + 1, k]
+        w2 = w[wj + 2, k]
+        w3 = w[wj + 3, k]
+        a0 += w0 * xa
+        a1 += w1 * xa
+        a2 += w2 * xa
+        a3 += w3 * xa
+        b0 += w0 * xb
+        b1 += w1 * xb
+        b2 += w2 * xb
+        b3 += w3 * xb
+    out[t, oj], out[t, oj + 1], out[t, oj + 2], out[t, oj + 3] = a0, a1, a2, a3
+    out[t + 1, oj], out[t + 1, oj + 1], out[t + 1, oj + 2], out[t + 1, oj + 3] = b0, b1, b2, b3
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _dot_1x8(x, t, w, wj, out, oj):
+    """out[t, oj:oj+8] = x[t] @ w[wj:wj+8].T: a lone input row (T = 1, or the last of odd T).
+
+    Also eight accumulators, so LLVM gives each the very same 8-lane loop and final tree as in
+    `_dot_2x4`: an output element comes out bit-identical whichever tile computed it (the tests
+    check this for every T from 1 to 16). A lone row needs no zero padding, so T = 1 does half
+    the arithmetic a padded pair would.
     """
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
     for k in range(x.shape[1]):
         xk = x[t, k]
-        s0 += np.float32(w[j, k]) * xk  # int8 -> float32 is exact; a no-op for float32
-        s1 += np.float32(w[j + 1, k]) * xk
-        s2 += np.float32(w[j + 2, k]) * xk
-        s3 += np.float32(w[j + 3, k]) * xk
-        s4 += np.float32(w[j + 4, k]) * xk
-        s5 += np.float32(w[j + 5, k]) * xk
-        s6 += np.float32(w[j + 6, k]) * xk
-        s7 += np.float32(w[j + 7, k]) * xk
-    out[t, j], out[t, j + 1], out[t, j + 2], out[t, j + 3] = s0, s1, s2, s3
-    out[t, j + 4], out[t, j + 5], out[t, j + 6], out[t, j + 7] = s4, s5, s6, s7
+        s0 += w[wj, k] * xk
+        s1 += w[wj + 1, k] * xk
+        s2 += w[wj + 2, k] * xk
+        s3 += w[wj + 3, k] * xk
+        s4 += w[wj + 4, k] * xk
+        s5 += w[wj + 5, k] * xk
+        s6 += w[wj + 6, k] * xk
+        s7 += w[wj + 7, k] * xk
+    out[t, oj], out[t, oj + 1], out[t, oj + 2], out[t, oj + 3] = s0, s1, s2, s3
+    out[t, oj + 4], out[t, oj + 5], out[t, oj + 6], out[t, oj + 7] = s4, s5, s6, s7
 
 
 @njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _dot_1x1(x, t, w, j, out):
-    """out[t, j] = w[j] @ x[t]: for the last d_out % 8 weight rows (the same rows for every T)."""
+def _dot_1x1(x, t, w, wj, out, oj):
+    """out[t, oj] = x[t] @ w[wj]: the last d_out % 8 weight rows, one row of x at a time."""
     s = np.float32(0.0)
     for k in range(x.shape[1]):
-        s += np.float32(w[j, k]) * x[t, k]
-    out[t, j] = s
+        s += w[wj, k] * x[t, k]
+    out[t, oj] = s
 
 
 @njit(cache=True, inline="always")
-def _apply_scale(out, scale, j0, j1):
-    """out[:, j0:j1] *= scale[j0:j1] for int8 weights; nothing for float32 (scale is None)."""
-    if scale is not None:
-        for t in range(out.shape[0]):
-            for j in range(j0, j1):
-                out[t, j] *= scale[j]
+def _dequantize_rows(q, scale, j, n, buf):
+    """buf[:n] = q[j:j+n] * scale[j:j+n, None] in float32: exactly what dequantize_int8 gives."""
+    for r in range(n):
+        s = scale[j + r]
+        for k in range(q.shape[1]):
+            buf[r, k] = np.float32(q[j + r, k]) * s
+
+
+@njit(cache=True, inline="always")
+def _prefetch_part(flat, start, length, part, n_parts):
+    """Prefetch the part-th of n_parts slices of flat[start:start+length], line by line."""
+    line = 64 // flat.itemsize  # elements per 64-byte cache line
+    lo = start + part * length // n_parts
+    hi = start + (part + 1) * length // n_parts
+    for i in range(lo - lo % line, hi, line):
+        _prefetch(flat, i)
+
+
+@njit(fastmath=_FASTMATH, cache=True, inline="always")
+def _block_times_rows(x, w, wj, out, oj, flat, ahead, ahead_len):
+    """out[:, oj:oj+8] = x @ w[wj:wj+8].T; row pairs go through _dot_2x4, an odd last row _dot_1x8.
+
+    If ahead_len > 0, the slice flat[ahead:ahead+ahead_len] (a block further on) is prefetched
+    in as many parts as there are tile calls, a few cache lines before each: small bursts keep
+    the core's ~20 outstanding-miss slots busy without stalling it.
+    """
+    T = x.shape[0]
+    n_calls = T // 2 * 2 + T % 2
+    call = 0
+    for half in range(2):  # weight rows wj..wj+3, then wj+4..wj+7
+        for t in range(0, T - 1, 2):
+            if ahead_len > 0:
+                _prefetch_part(flat, ahead, ahead_len, call, n_calls)
+            _dot_2x4(x, t, w, wj + 4 * half, out, oj + 4 * half)
+            call += 1
+    if T % 2 == 1:
+        if ahead_len > 0:
+            _prefetch_part(flat, ahead, ahead_len, call, n_calls)
+        _dot_1x8(x, T - 1, w, wj, out, oj)
 
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _matmul_kernel(x, w, scale, out):
-    """out = x @ w.T (times scale[j] for int8), streaming each weight row from memory once.
+    """out = x @ w.T, or x @ (w * scale[:, None]).T for int8, streaming w from memory once.
 
     x (T, d_in) float32, w (d_out, d_in) float32 or int8, both C-contiguous; scale (d_out,)
-    float32 or None; out (T, d_out) float32.
-    The weight is cut into blocks of 8 rows (20 KB of float32, fits L1), the blocks into
-    N_CHUNKS contiguous ranges that prange hands to the threads. For each block, every input
-    row is multiplied while the block sits in L1. Before row t we prefetch the t-th of T slices
-    of the block PREFETCH_AHEAD blocks ahead, so memory keeps streaming while the core does
-    arithmetic (at T = 16 arithmetic is most of the time; without this the two alternate).
+    float32, or None for float32 weights; out (T, d_out) float32.
+    The weight is cut into blocks of 8 rows (20 KB in float32: they fit L1), the blocks into
+    N_CHUNKS contiguous ranges that prange hands to the threads. Each block is multiplied by
+    all T input rows while it sits in L1. An int8 block is first dequantized into a float32
+    buffer (one pass, reading 5 KB instead of 20 KB) and the same float32 tiles run on that.
+    From PREFETCH_MIN_ROWS rows on, we also prefetch the block PREFETCH_AHEAD blocks ahead,
+    so memory keeps streaming while the core does arithmetic.
     """
     T = x.shape[0]
     d_out, d_in = w.shape
     n_blocks = d_out // 8
     flat = w.reshape(-1)  # (d_out * d_in,) the same memory, for the prefetch
     block_len = 8 * d_in  # elements in one block, contiguous
-    line = 64 // flat.itemsize  # elements per 64-byte cache line
     n_chunks = min(N_CHUNKS, max(n_blocks, 1))
-    prefetch = T >= PREFETCH_MIN_ROWS
     for c in prange(n_chunks):
+        buf = np.empty((8, d_in), np.float32)  # one dequantized block (int8 weights only)
         for b in range(c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks):
-            ahead = (b + PREFETCH_AHEAD) * block_len  # first element of the block ahead
-            for t in range(T):
-                if prefetch and b + PREFETCH_AHEAD < n_blocks:
-                    lo, hi = ahead + t * block_len // T, ahead + (t + 1) * block_len // T
-                    for i in range(lo - lo % line, hi, line):
-                        _prefetch(flat, i)
-                _dot_1x8(x, t, w, 8 * b, out)
-            _apply_scale(out, scale, 8 * b, 8 * b + 8)
-    for j in range(8 * n_blocks, d_out):  # the last d_out % 8 rows
+            ahead = (b + PREFETCH_AHEAD) * block_len
+            prefetch = T >= PREFETCH_MIN_ROWS and b + PREFETCH_AHEAD < n_blocks
+            ahead_len = block_len if prefetch else 0
+            if scale is None:
+                _block_times_rows(x, w, 8 * b, out, 8 * b, flat, ahead, ahead_len)
+            else:
+                _dequantize_rows(w, scale, 8 * b, 8, buf)
+                _block_times_rows(x, buf, 0, out, 8 * b, flat, ahead, ahead_len)
+    row = np.empty((1, d_in), np.float32)
+    for j in range(8 * n_blocks, d_out):  # the last d_out % 8 rows, the same way for every T
         for t in range(T):
-            _dot_1x1(x, t, w, j, out)
-    _apply_scale(out, scale, 8 * n_blocks, d_out)
+            if scale is None:
+                _dot_1x1(x, t, w, j, out, j)
+            else:
+                _dequantize_rows(w, scale, j, 1, row)
+                _dot_1x1(x, t, row, 0, out, j)
