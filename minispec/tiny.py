@@ -10,7 +10,8 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, processors
 
 from minispec.config import GemmaConfig
-from minispec.model import Model, params_from_state_dict, state_dict_names
+from minispec.model import Model, params_from_state_dict
+from minispec.weights import expected_shapes
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0..3, as in Gemma
 
@@ -42,7 +43,7 @@ def random_state_dict(
     """Random tensors for every checkpoint name; norms around 0 as Gemma stores them."""
     rng = np.random.default_rng(seed)
     tensors = {}
-    for name, shape in _shapes(config).items():
+    for name, shape in expected_shapes(config).items():
         if len(shape) == 1:
             tensors[name] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:
@@ -51,33 +52,6 @@ def random_state_dict(
                 np.float32
             )
     return tensors
-
-
-def _shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
-    d, hd, ff = config.hidden_size, config.head_dim, config.intermediate_size
-    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
-    by_suffix = {
-        "q_proj.weight": (q, d),
-        "k_proj.weight": (kv, d),
-        "v_proj.weight": (kv, d),
-        "o_proj.weight": (d, q),
-        "q_norm.weight": (hd,),
-        "k_norm.weight": (hd,),
-        "gate_proj.weight": (ff, d),
-        "up_proj.weight": (ff, d),
-        "down_proj.weight": (d, ff),
-        "embed_tokens.weight": (config.vocab_size, d),
-    }
-    shapes = {}
-    for name in state_dict_names(config):
-        suffix = ".".join(name.split(".")[-2:])
-        shapes[name] = by_suffix.get(suffix, (d,))
-    return shapes
-
-
-def expected_shapes(config: GemmaConfig) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor a checkpoint of this config must have."""
-    return _shapes(config)
 
 
 def byte_tokenizer() -> Tokenizer:
