@@ -5,19 +5,21 @@ Why not just `x @ w.T`?
     cache-sized panels and runs a micro-kernel over them. A decoding step is the opposite shape:
     T = 1..17 rows against, e.g., the 262,144 x 640 output head. There is almost no arithmetic
     to pay for the packing, and depending on how the library blocks the problem it may stream
-    the 671 MB weight through the caches more than once. Measured on our 2-core machine:
-    1 row ~50-60 ms, 2 to 16 rows 150-290 ms. Yet such a product is *memory-bound*: its floor
-    is the time to read the weight once (671 MB at ~35 GB/s, about 19 ms).
+    the 671 MB weight through the caches more than once. Measured on our 2-core machine: 1 row
+    ~26 ms, 2 to 17 rows 70-110 ms (on a busy machine up to 60 and 290 ms). Yet such a product
+    is *memory-bound*: its floor is the time to read the weight once (671 MB at ~37 GB/s,
+    about 18 ms).
 
 What the kernel does instead
     Stream every weight row from memory exactly once. While a block of 8 weight rows (20 KB)
     sits in L1 cache, multiply it by *all* T input rows (they are tiny: 17 x 640 floats is
-    44 KB). Reading dominates, so T rows cost about the same as one. That is the economics of
+    44 KB). Reading dominates, so a few rows cost little more than one. That is the economics of
     speculative decoding: verifying k drafted tokens (T = k + 1 rows) costs little more than
-    decoding one. What remains at larger T is arithmetic (5.4 GFLOP for the head at T = 16),
-    kept near the FMA peak by register tiles (2 input rows x 4 weight rows: 6 loads feed
-    8 fused multiply-adds), and partly hidden behind memory by prefetching the block a few
-    blocks ahead.
+    decoding one. What remains at larger T is arithmetic (5.4 GFLOP for the head at T = 16,
+    ~2.3 ms per row on two cores), kept near the FMA peak by register tiles (2 input rows x
+    4 weight rows: 6 loads feed 8 fused multiply-adds) and, from 8 rows on, partly hidden
+    behind memory by prefetching blocks ahead. Measured on the head (min of several runs):
+    T = 1: ~20-23 ms, T = 5: ~32 ms, T = 16: ~45-50 ms; int8: ~11, ~22, ~45 ms.
 
 Batch invariance, and why it matters
     Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)` for every
@@ -61,7 +63,7 @@ from numba.extending import intrinsic
 MAX_KERNEL_ROWS = 17  # k + 1 verify rows for the largest k (16); prefill of longer prompts: BLAS
 N_CHUNKS = 64  # contiguous ranges of blocks handed to the threads by prange
 PREFETCH_LOCALITY = 3  # llvm.prefetch locality: 3 = into L1 (prefetcht0), 2 = L2, 1 = L3
-PREFETCH_MIN_ROWS = 4  # below this the hardware prefetcher keeps up on its own
+PREFETCH_MIN_ROWS = 8  # fewer rows: software prefetch measured no gain (or a loss)
 PREFETCH_AHEAD = 2  # how many blocks ahead the software prefetch runs
 
 # Reassociation lets LLVM vectorize each dot product (8 float32 lanes, summed at the end);
@@ -208,8 +210,8 @@ def _dot_1x8(x, t, w, wj, out, oj):
 
     Also eight accumulators, so LLVM gives each the very same 8-lane loop and final tree as in
     `_dot_2x4`: an output element comes out bit-identical whichever tile computed it (the tests
-    check this for every T from 1 to 16). A lone row needs no zero padding, so T = 1 does half
-    the arithmetic a padded pair would.
+    check this for every T from 1 to MAX_KERNEL_ROWS). A lone row needs no zero padding, so
+    T = 1 does half the arithmetic a padded pair would.
     """
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
     for k in range(x.shape[1]):
@@ -259,8 +261,8 @@ def _block_times_rows(x, w, wj, out, oj, flat, ahead, ahead_len):
     """out[:, oj:oj+8] = x @ w[wj:wj+8].T; row pairs go through _dot_2x4, an odd last row _dot_1x8.
 
     If ahead_len > 0, the slice flat[ahead:ahead+ahead_len] (a block further on) is prefetched
-    in as many parts as there are tile calls, a few cache lines before each: small bursts keep
-    the core's ~20 outstanding-miss slots busy without stalling it.
+    in as many parts as there are tile calls, a few cache lines before each. Spread out like
+    this it helped (head, T = 16: ~48 instead of ~65 ms); one burst per block did not.
     """
     T = x.shape[0]
     n_calls = T // 2 * 2 + T % 2
@@ -288,7 +290,8 @@ def _matmul_kernel(x, w, scale, out):
     all T input rows while it sits in L1. An int8 block is first dequantized into a float32
     buffer (one pass, reading 5 KB instead of 20 KB) and the same float32 tiles run on that.
     From PREFETCH_MIN_ROWS rows on, we also prefetch the block PREFETCH_AHEAD blocks ahead,
-    so memory keeps streaming while the core does arithmetic.
+    so memory keeps streaming while the core does arithmetic. (Below that, the arithmetic and
+    the memory traffic mostly take turns: each extra row adds ~2.3 ms on the head.)
     """
     T = x.shape[0]
     d_out, d_in = w.shape
@@ -307,11 +310,12 @@ def _matmul_kernel(x, w, scale, out):
             else:
                 _dequantize_rows(w, scale, 8 * b, 8, buf)
                 _block_times_rows(x, buf, 0, out, 8 * b, flat, ahead, ahead_len)
-    row = np.empty((1, d_in), np.float32)
+    row = np.empty((1, d_in), np.float32)  # one dequantized row (int8 weights only)
     for j in range(8 * n_blocks, d_out):  # the last d_out % 8 rows, the same way for every T
-        for t in range(T):
-            if scale is None:
+        if scale is None:
+            for t in range(T):
                 _dot_1x1(x, t, w, j, out, j)
-            else:
-                _dequantize_rows(w, scale, j, 1, row)
+        else:
+            _dequantize_rows(w, scale, j, 1, row)
+            for t in range(T):
                 _dot_1x1(x, t, row, 0, out, j)
