@@ -19,7 +19,7 @@ What the kernel does instead
     ~2.3 ms per row on two cores), kept near the FMA peak by register tiles (2 input rows x
     4 weight rows: 6 loads feed 8 fused multiply-adds) and, from 8 rows on, partly hidden
     behind memory by prefetching blocks ahead. Measured on the head (min of several runs):
-    T = 1: ~20-23 ms, T = 5: ~32 ms, T = 16: ~45-50 ms; int8: ~11, ~22, ~45 ms.
+    T = 1: 20-22 ms, T = 5: 33-35 ms, T = 16: 44-48 ms; int8: 9-11, 18-20, ~40 ms.
 
 Batch invariance, and why it matters
     Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)` for every
