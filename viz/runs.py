@@ -132,9 +132,15 @@ def run_speculative(
         if on_text is not None:
             on_text(decode(model.tokenizer, new))
 
+    g = speculate(store, model, ids, s, s.drafter, on_token=on_token, trace_top=6)
+    return Run(story_from_trace(g.trace), "model", model.name, s)
+
+
+def speculate(store: Store, model: Model, ids: list[int], s: Settings, spec: str, **options):
+    """One speculative run with these settings and the drafter named by spec (one at a time)."""
     with store.lock:
-        drafter = get_drafter(store, model, s.drafter)
-        g = speculative_generate(
+        drafter = get_drafter(store, model, spec)
+        return speculative_generate(
             model,
             ids,
             drafter,
@@ -143,10 +149,8 @@ def run_speculative(
             temperature=s.temperature,
             top_p=s.top_p,
             seed=s.seed,
-            on_token=on_token,
-            trace_top=6,
+            **options,
         )
-    return Run(story_from_trace(g.trace), "model", model.name, s)
 
 
 def plain_key(model: Model, s: Settings) -> tuple:
@@ -176,19 +180,7 @@ def compare_drafters(
     for spec in specs:
         if on_start is not None:
             on_start(spec)
-        with store.lock:
-            drafter = get_drafter(store, model, spec)
-            g = speculative_generate(
-                model,
-                ids,
-                drafter,
-                k=s.k,
-                max_new_tokens=s.max_new_tokens,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                seed=s.seed,
-                trace=False,
-            )
+        g = speculate(store, model, ids, s, spec, trace=False)
         st_ = g.stats
         rows.append(
             {
