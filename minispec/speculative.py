@@ -33,7 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, Drafter, probabilities
-from minispec.generate import Generation, check_max_new_tokens, check_prompt, decode_text
+from minispec.generate import (
+    Generation,
+    check_max_new_tokens,
+    check_prompt,
+    decode_text,
+    next_token,
+)
 from minispec.kernels import MAX_KERNEL_ROWS
 from minispec.kv_cache import KVCache, new_cache
 from minispec.model import ForwardOutput, Model, forward_hidden
@@ -174,10 +180,7 @@ def prefill(
     cache = new_cache(model.config, capacity=capacity)
     out = forward_hidden(model, prompt_ids, cache, last_only=True)
     logits = out.logits[-1]  # (vocab,)
-    if sampling.greedy:
-        first = int(np.argmax(logits))
-    else:
-        first = sample(probabilities(logits, sampling), rng)
+    first = next_token(logits, sampling, rng)
     state = DecodeState(list(prompt_ids) + [first], len(prompt_ids), cache, out.hidden[-1])
     return state, logits
 

@@ -169,3 +169,44 @@ def test_bad_int8_weight_raises() -> None:
 
 def test_warmup_runs() -> None:
     kernels.warmup()
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _attention_case(T: int, n_heads: int, n_kv: int, window: int | None, seed: int = 0):
+    from minispec.model import visible_keys
+
+    rng = _rng(seed)
+    start, head_dim = 40, 24
+    q = rng.standard_normal((T, n_heads, head_dim), dtype=np.float32)
+    keys = rng.standard_normal((start + T + 5, n_kv, head_dim), dtype=np.float32)
+    values = rng.standard_normal(keys.shape, dtype=np.float32)
+    seen = [visible_keys(start + t, window) for t in range(T)]
+    return q, keys, values, seen
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 17])
+@pytest.mark.parametrize("n_heads,n_kv,window", [(4, 1, None), (4, 2, 8), (3, 3, None)])
+def test_attention_kernel_matches_attend(T: int, n_heads: int, n_kv: int, window) -> None:
+    from minispec.model import attend
+
+    q, keys, values, seen = _attention_case(T, n_heads, n_kv, window)
+    bounds = np.array([(s.start, s.stop) for s in seen])
+    got = kernels.attention(q, keys, values, bounds)
+    want = np.stack([attend(q[t], keys[s], values[s]) for t, s in enumerate(seen)])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_kernel_is_batch_invariant() -> None:
+    q, keys, values, seen = _attention_case(9, 4, 2, 12)
+    bounds = np.array([(s.start, s.stop) for s in seen])
+    together = kernels.attention(q, keys, values, bounds)
+    alone = [kernels.attention(q[t : t + 1], keys, values, bounds[t : t + 1]) for t in range(9)]
+    assert np.array_equal(together, np.concatenate(alone))
+
+
+def test_attention_kernel_bad_shapes() -> None:
+    q, keys, values, _ = _attention_case(2, 4, 1, None)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.attention(q, keys[:, :, :5], values, np.array([(0, 41), (0, 42)]))
