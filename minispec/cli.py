@@ -168,8 +168,8 @@ def cmd_predict(args: argparse.Namespace) -> dict | None:
 def cmd_bench(args: argparse.Namespace) -> dict | None:
     from minispec import bench
 
-    if args.context < 1 or args.repeats < 1:
-        raise CliError("--context and --repeats must be >= 1")
+    if args.context < 1 or args.repeats < 1 or args.runs < 1:
+        raise CliError("--context, --repeats and --runs must be >= 1")
     if args.drafter:
         check_k(args.k)
         for spec in args.drafter:
@@ -192,7 +192,9 @@ def cmd_bench(args: argparse.Namespace) -> dict | None:
         )
     if args.drafter:
         say(f"speculative decoding with {', '.join(args.drafter)}, k = {args.k} ...")
-        result["drafters"] = bench.compare_drafters(model, args.drafter, args.k, args.new_tokens)
+        result["drafters"] = bench.compare_drafters(
+            model, args.drafter, args.k, args.new_tokens, runs=args.runs
+        )
     if args.json:
         return result
     print_bench(result)
@@ -306,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--k", type=int, default=4, help="tokens drafted per step (default 4)")
     b.add_argument("--new-tokens", type=int, default=64, help="tokens per drafter run (64)")
+    b.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="alternating runs of plain and of each drafter per prompt; medians count (3)",
+    )
     add_model_args(b)
     b.set_defaults(run=cmd_bench)
     return parser

@@ -22,6 +22,7 @@ from minispec.tiny import tiny_model
         (["predict", "--prompt", ""], "prompt is empty"),
         (["predict", "--prompt", "hi", "--top", "0"], "--top must be >= 1"),
         (["bench", "--context", "0"], "--context"),
+        (["bench", "--runs", "0"], "--runs"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
@@ -50,6 +51,18 @@ def test_bench_measures_on_a_tiny_model():
     n_floats += sum(w.size for layer in params.layers for w in vars(layer).values())
     assert r["bytes_per_token"] == 4 * n_floats
     assert r["bound_tokens_per_s"] == pytest.approx(r["bandwidth_gb_s"] * 1e9 / (4 * n_floats))
+
+
+def test_compare_drafters_alternates_runs_on_a_tiny_model():
+    model = tiny_model()
+    prompts = {"repeats": "abcabcabcabcabc", "other": "hello world"}
+    rows = bench.compare_drafters(model, ["ngram"], k=3, new_tokens=6, prompts=prompts, runs=2)
+    assert [r["prompt"] for r in rows] == ["repeats", "other"]
+    for r in rows:
+        assert r["same_as_plain"] and r["runs"] == 2
+        assert len(r["tokens_per_s_runs"]) == len(r["plain_tokens_per_s_runs"]) == 2
+        assert min(r["tokens_per_s_runs"]) <= r["tokens_per_s"] <= max(r["tokens_per_s_runs"])
+        assert r["speedup"] == pytest.approx(r["tokens_per_s"] / r["plain_tokens_per_s"])
 
 
 def test_int8_error_is_small_but_not_zero():
