@@ -193,7 +193,7 @@ def embed(tokens: np.ndarray, embedding: Weight, d_model: int) -> np.ndarray:
 
 @dataclass
 class ForwardOutput:
-    logits: np.ndarray  # (T, vocab), or (1, vocab) with last_only
+    logits: np.ndarray | None  # (T, vocab), (1, vocab) with last_only, None with head=False
     hidden: np.ndarray  # (T, d_model): the last block's output, before the final norm
 
 
@@ -204,10 +204,12 @@ def forward_hidden(
     *,
     n_layers: int | None = None,
     last_only: bool = False,
+    head: bool = True,
 ) -> ForwardOutput:
     """`forward`, also returning the hidden state; `n_layers` stops early (self-speculation).
 
     With n_layers < all, only those layers' caches are written; the caller rolls the cache back.
+    head=False skips the output head (logits None): an early exit scores its own tokens.
     """
     tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if tokens.size == 0:
@@ -220,6 +222,8 @@ def forward_hidden(
     for i, layer in enumerate(params.layers[:n_layers]):
         x = block(x, layer, cache, i, config)
     cache.length += tokens.size
+    if not head:
+        return ForwardOutput(logits=None, hidden=x)
     h = x[-1:] if last_only else x
     logits = linear(rms_norm(h, params.final_norm, config.rms_norm_eps), params.embed)
     return ForwardOutput(logits=logits, hidden=x)

@@ -34,7 +34,7 @@ import numpy as np
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft
 from minispec.kernels import Int8Weight, linear
 from minispec.kv_cache import KVCache
-from minispec.model import Model, Weight, block, embed, rms_norm
+from minispec.model import Model, Weight, forward_hidden, rms_norm
 from minispec.sampling import SamplingParams
 
 
@@ -50,16 +50,10 @@ def take_rows(w: Weight, rows: np.ndarray) -> Weight:
 def early_exit_hidden(model: Model, tokens: list[int], cache: KVCache, n_layers: int) -> np.ndarray:
     """The first n_layers blocks, then the final norm: the early exit's h, shape (T, d_model).
 
-    The same steps as `forward_hidden(..., n_layers=...)`, without the full output head.
     Writes keys/values of layers [0, n_layers) to the cache and advances its length.
     """
-    config, params = model.config, model.params
-    cache.reserve(len(tokens))
-    x = embed(np.asarray(tokens, dtype=np.int64), params.embed, config.hidden_size)  # (T, d)
-    for i, layer in enumerate(params.layers[:n_layers]):
-        x = block(x, layer, cache, i, config)
-    cache.length += len(tokens)
-    return rms_norm(x, params.final_norm, config.rms_norm_eps)
+    out = forward_hidden(model, tokens, cache, n_layers=n_layers, head=False)
+    return rms_norm(out.hidden, model.params.final_norm, model.config.rms_norm_eps)
 
 
 class EarlyExitDrafter:
