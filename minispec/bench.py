@@ -30,7 +30,7 @@ from minispec.kernels import Int8Weight
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward
 
-T_VALUES = (1, 2, 4, 8, 16)
+T_VALUES = (1, 2, 4, 5, 8, 16)  # 5 = verifying k = 4 drafts
 
 # Two prompts with opposite characters: the code-editing one repeats a block with changes
 # (prompt lookup finds long matches), the prose one does not.

@@ -266,7 +266,7 @@ def numbers(run: Run, store: runs.Store | None, model: object | None) -> None:
         slot = st.empty()
         if slot.button("Measure forward time on this machine (about half a minute)", key="bench"):
             slot.empty()
-            with st.spinner("Timing forward passes over T = 1, 2, 4, 8, 16 positions…"):
+            with st.spinner("Timing forward passes over T = 1, 2, 4, 5, 8, 16 positions…"):
                 times = runs.measure_forward_times(store, model)
     if times is not None:
         st.plotly_chart(charts.forward_times(times), config={"displayModeBar": False})
