@@ -18,8 +18,10 @@ What the kernel does instead
     decoding one. What remains at larger T is arithmetic (5.4 GFLOP for the head at T = 16,
     ~2.3 ms per row on two cores), kept near the FMA peak by register tiles (2 input rows x
     4 weight rows: 6 loads feed 8 fused multiply-adds) and, from 8 rows on, partly hidden
-    behind memory by prefetching blocks ahead. Measured on the head (min of several runs):
-    T = 1: 20-22 ms, T = 5: 33-35 ms, T = 16: 44-48 ms; int8: 9-11, 18-20, ~40 ms.
+    behind memory by prefetching blocks ahead. Measured on the head (min of several runs, on
+    different days): T = 1: 20-24 ms, T = 5: 33-41 ms, T = 16: 44-57 ms; int8: 9-11, 18-20,
+    ~40 ms. Below 8 rows the memory traffic and the arithmetic take turns rather than overlap,
+    so each extra row still costs its arithmetic (docs/benchmarks.md has the measurements).
 
 Batch invariance, and why it matters
     Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)` for every
@@ -41,6 +43,10 @@ Int8 weights
     `dequantize_int8` gives) and runs the same float32 tiles on the buffer. Decoding reads a
     quarter of the bytes, the result is batch invariant for the same reason, and it equals
     `linear(x, dequantize_int8(wq))` bit for bit.
+
+Attention
+    `attention` does the arithmetic of `model.attend` for the few queries of decoding and
+    verification, batch invariant for the same reason (its docstring says why it exists).
 
 Threads and compilation: the kernels run on Numba's thread pool (`numba.set_num_threads(n)`
 changes it; results do not depend on the thread count). The chunks are split statically over
