@@ -47,7 +47,7 @@ from minispec.sampling import SamplingParams, sample
 from minispec.stats import Stats
 from minispec.trace import Trace, first_token_record, step_record
 
-MAX_K = 16
+MAX_K = MAX_KERNEL_ROWS - 1  # 16: k drafts + the newest token fit one batch-invariant pass
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -185,24 +185,13 @@ def prefill(
     return state, logits
 
 
-def verify(
-    model: Model, cache: KVCache, newest: int, drafts: list[int]
-) -> tuple[ForwardOutput, int]:
+def verify(model: Model, cache: KVCache, newest: int, drafts: list[int]) -> ForwardOutput:
     """One target forward over [newest, d_1..d_n]: n+1 rows of logits; the cache grows n+1.
 
-    Returns the rows and the number of forwards (always 1 for k <= 16). The batch-invariant
-    kernels take up to MAX_KERNEL_ROWS = 17 rows (k + 1 for the largest k), so each row is
-    computed exactly as plain decoding would (the reason greedy outputs match bit for bit); a
-    longer draft would be verified in chunks of that size.
+    n + 1 <= MAX_K + 1 = MAX_KERNEL_ROWS, so every row goes through the batch-invariant kernels
+    and is computed exactly as plain decoding would (why greedy outputs match bit for bit).
     """
-    tokens = [newest, *drafts]
-    chunks = [tokens[i : i + MAX_KERNEL_ROWS] for i in range(0, len(tokens), MAX_KERNEL_ROWS)]
-    outs = [forward_hidden(model, chunk, cache) for chunk in chunks]
-    if len(outs) == 1:
-        return outs[0], 1
-    logits = np.concatenate([o.logits for o in outs])  # (n+1, vocab)
-    hidden = np.concatenate([o.hidden for o in outs])  # (n+1, d_model)
-    return ForwardOutput(logits=logits, hidden=hidden), len(outs)
+    return forward_hidden(model, [newest, *drafts], cache)
 
 
 def speculative_step(
@@ -225,7 +214,7 @@ def speculative_step(
         check_draft(draft, k, vocab, state.cache, n_before)
     t1 = time.perf_counter()
 
-    out, n_forwards = verify(model, state.cache, state.tokens[-1], draft.tokens)
+    out = verify(model, state.cache, state.tokens[-1], draft.tokens)
     n = len(draft.tokens)
     if sampling.greedy:
         p = q = None
@@ -254,7 +243,7 @@ def speculative_step(
         emitted=emitted,
         kv_before=n_before,
         kv_after=state.cache.length,
-        n_forwards=n_forwards,
+        n_forwards=1,
         draft_s=t1 - t0,
         verify_s=t2 - t1,
     )

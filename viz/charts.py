@@ -47,22 +47,15 @@ def p_vs_q(target_row: dict, drafted: dict, decision: dict | None, verdict: str)
     order.reverse()  # plotly draws the first category at the bottom
     labels = [("▶ " if t == x else "") + tokens[t]["label"] for t in order]
     fig = go.Figure()
-    fig.add_bar(
-        y=labels,
-        x=[tokens[t].get("p") for t in order],
-        name="p (target)",
-        orientation="h",
-        marker_color=COLOURS["target"],
-        hovertemplate="%{y}: p = %{x:.3f}<extra></extra>",
-    )
-    fig.add_bar(
-        y=labels,
-        x=[tokens[t].get("q") for t in order],
-        name="q (draft)",
-        orientation="h",
-        marker_color=COLOURS["draft"],
-        hovertemplate="%{y}: q = %{x:.3f}<extra></extra>",
-    )
+    for key, side in (("p", "target"), ("q", "draft")):
+        fig.add_bar(
+            y=labels,
+            x=[tokens[t].get(key) for t in order],
+            name=f"{key} ({side})",
+            orientation="h",
+            marker_color=COLOURS[side],
+            hovertemplate=f"%{{y}}: {key} = %{{x:.3f}}<extra></extra>",
+        )
     title_colour = COLOURS.get(verdict, COLOURS["unchecked"])
     fig.update_xaxes(range=[0, 1.02], tickformat=".0%", showgrid=True)
     fig.update_yaxes(tickfont=dict(family="ui-monospace, monospace", size=12))
