@@ -16,6 +16,7 @@ Timing claims live here, never in tests.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -26,9 +27,8 @@ from numba import njit, prange
 
 from minispec import kernels
 from minispec.generate import generate
-from minispec.kernels import Int8Weight
 from minispec.kv_cache import new_cache
-from minispec.model import Model, forward
+from minispec.model import Model, forward, map_matrices
 
 T_VALUES = (1, 2, 4, 5, 8, 16)  # 5 = verifying k = 4 drafts
 
@@ -60,12 +60,16 @@ def average(values):
 
 
 @contextmanager
-def numpy_only() -> Iterator[None]:
-    """Run float32 products through NumPy's BLAS for every T (the comparison without kernels)."""
+def numpy_only(model: Model) -> Iterator[Model]:
+    """The model with plain float32 matrices and NumPy attention: the comparison without kernels.
+
+    `linear` multiplies a plain matrix with NumPy's BLAS; attention of any T goes through
+    `model.attend`. The copy holds unpacked weights (as much memory again as the model).
+    """
     saved = kernels.MAX_KERNEL_ROWS
     kernels.MAX_KERNEL_ROWS = 0
     try:
-        yield
+        yield dataclasses.replace(model, params=map_matrices(model.params, kernels.unpack))
     finally:
         kernels.MAX_KERNEL_ROWS = saved
 
@@ -124,13 +128,10 @@ def bytes_per_token(model: Model) -> int:
     The embedding lookup reads only a row, so the (vocab, d_model) matrix counts once, as the head.
     """
 
-    def nbytes(w: np.ndarray | Int8Weight) -> int:
-        return w.q.nbytes + w.scale.nbytes if isinstance(w, Int8Weight) else w.nbytes
-
     p = model.params
-    total = nbytes(p.embed) + p.final_norm.nbytes
+    total = p.embed.nbytes + p.final_norm.nbytes
     for layer in p.layers:
-        total += sum(nbytes(w) for w in vars(layer).values())
+        total += sum(w.nbytes for w in vars(layer).values())
     return total
 
 

@@ -10,46 +10,48 @@ Why not just `x @ w.T`?
     is *memory-bound*: its floor is the time to read the weight once (671 MB at ~37 GB/s,
     about 18 ms).
 
-What the kernel does instead
-    Stream every weight row from memory exactly once. While a block of 8 weight rows (20 KB)
-    sits in L1 cache, multiply it by *all* T input rows (they are tiny: 17 x 640 floats is
-    44 KB). Reading dominates, so a few rows cost little more than one. That is the economics of
-    speculative decoding: verifying k drafted tokens (T = k + 1 rows) costs little more than
-    decoding one. What remains at larger T is arithmetic (5.4 GFLOP for the head at T = 16,
-    ~2.3 ms per row on two cores), kept near the FMA peak by register tiles (2 input rows x
-    4 weight rows: 6 loads feed 8 fused multiply-adds) and, from 8 rows on, partly hidden
-    behind memory by prefetching blocks ahead. Measured on the head (min of several runs, on
-    different days): T = 1: 20-24 ms, T = 5: 33-41 ms, T = 16: 44-57 ms; int8: 9-11, 18-20,
-    ~40 ms. Below 8 rows the memory traffic and the arithmetic take turns rather than overlap,
-    so each extra row still costs its arithmetic (docs/benchmarks.md has the measurements).
+What we do instead: pack once, then stream
+    BLAS packs on every call; we pack once, when the model is loaded (`pack`). A weight is cut
+    into panels of 8 rows and each panel is stored k-major: `panels[p, k, l] = w[8p + l, k]`.
+    Walking k through a panel then meets, at each k, the 8 weights of 8 output columns side by
+    side: one 8-lane AVX2 register. The register tile (`_make_tile`) takes two panels
+    (16 output columns) and up to TILE_ROWS = 6 input rows, and for every k does
+
+        acc[r, :] += x[t0 + r, k] * panels[p:p+2, k, :]       for r < rows  (12 vector FMAs)
+
+    12 accumulators + 2 weight vectors + 1 broadcast input fill the 16 AVX2 registers. Each
+    weight is read from memory once, in one sequential stream per thread, and used by every row
+    at once, while the hardware prefetcher keeps the stream flowing: verifying k drafted tokens
+    (T = k + 1 rows) costs little more than decoding one. That is the economics of speculative
+    decoding. More than 6 rows go through the same panels again, from cache.
 
 Batch invariance, and why it matters
-    Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)` for every
-    T <= MAX_KERNEL_ROWS. Every output element is one dot product computed the same way
-    whatever T is: weight-row blocks sit at positions that do not depend on T, and each
-    accumulator is the same 8-lane vector loop over k followed by the same summation tree,
-    whether its row went through the pair tile (`_dot_2x4`) or the lone-row tile
-    (`_dot_1x8`, for T = 1 and the last row of an odd T). So in a speculative verification pass
-    the logits of position t are exactly the logits plain decoding computes for that position,
-    and greedy speculative decoding emits exactly the tokens of plain greedy decoding, by
-    construction rather than "up to float noise". BLAS promises nothing of the kind: another T
-    may select another blocking and so another summation order. (The tests check the property
-    for every T from 1 to MAX_KERNEL_ROWS, for odd and even sizes.)
+    Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)`, for every T. Every output
+    element is one accumulator lane that sums its products in the same order (k = 0, 1, 2, ...,
+    one fused multiply-add each) whichever tile, row position or thread computed it. So in a
+    speculative verification pass the logits of position t are exactly the logits plain
+    decoding computes for that position, and greedy speculative decoding emits exactly the
+    tokens of plain greedy decoding, by construction rather than "up to float noise". BLAS
+    promises nothing of the kind: another T may select another blocking and so another
+    summation order. (tests/test_kernels.py checks the property for T = 1 to 40.)
 
 Int8 weights
-    `Int8Weight` stores each weight row as int8 with one float32 scale (symmetric,
-    scale = max|row| / 127). The kernel reads a block of 8 int8 rows (5 KB instead of 20 KB),
-    dequantizes it into a float32 buffer in L1 (float32(q) * scale: exactly the values
-    `dequantize_int8` gives) and runs the same float32 tiles on the buffer. Decoding reads a
-    quarter of the bytes, the result is batch invariant for the same reason, and it equals
-    `linear(x, dequantize_int8(wq))` bit for bit.
+    `quantize_int8` stores each weight row as int8 with one float32 scale (symmetric,
+    scale = max|row| / 127), in the same panels. The tile loads 8 int8 weights (8 bytes instead
+    of 32), converts them to float32 and multiplies by their rows' scales: exactly the values
+    `unpack` gives, so the result equals `linear(x, pack(unpack(wq)))` bit for bit and decoding
+    reads a quarter of the bytes.
 
-Attention
-    `attention` does the arithmetic of `model.attend` for the few queries of decoding and
-    verification, batch invariant for the same reason (its docstring says why it exists).
+A plain NumPy matrix still works: `linear(x, w)` with an ndarray is `x @ w.T` through BLAS,
+the reference the kernel is tested against (and what `minispec bench` reports as "NumPy only").
+
+Why the tile is written in LLVM IR
+    Numba has no vector type, and LLVM keeps scalar accumulators in registers but not small
+    arrays. `_make_tile` therefore writes the loop above directly as LLVM IR (12 accumulators,
+    `llvm.fma.v8f32`), ~40 lines. Everything around it is ordinary Numba.
 
 Threads and compilation: the kernels run on Numba's thread pool (`numba.set_num_threads(n)`
-changes it; results do not depend on the thread count). The chunks are split statically over
+changes it; results do not depend on the thread count). The tiles are split statically over
 the threads: Numba's dynamic scheduling (`set_parallel_chunksize`) cost ~8 ms per call on a
 busy machine. Compiled code is cached on disk (`cache=True`: in `__pycache__` next to this
 file, or under NUMBA_CACHE_DIR), so only the very first run compiles (about 10 s; `warmup()`
@@ -66,59 +68,99 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-MAX_KERNEL_ROWS = 17  # k + 1 verify rows for the largest k (16); prefill of longer prompts: BLAS
-N_CHUNKS = 64  # contiguous ranges of blocks handed to the threads by prange
-PREFETCH_LOCALITY = 3  # llvm.prefetch locality: 3 = into L1 (prefetcht0), 2 = L2, 1 = L3
-PREFETCH_MIN_ROWS = 8  # fewer rows: software prefetch measured no gain (or a loss)
-PREFETCH_AHEAD = 2  # how many blocks ahead the software prefetch runs
+MAX_KERNEL_ROWS = 17  # the rows of one verify pass (k = 16 drafts + 1): attention's kernel
+PANEL = 8  # weight rows per panel: one AVX2 register of float32
+TILE_PANELS = 2  # panels per register tile: 16 output columns
+TILE_ROWS = 6  # input rows per register tile, at most
+ROW_BLOCK = 48  # a long prompt's rows go through the weight 48 at a time (they stay in L2)
+N_CHUNKS = 64  # contiguous ranges of tiles handed to the threads by prange
 
-# Reassociation lets LLVM vectorize each dot product (8 float32 lanes, summed at the end);
-# contraction lets it use fused multiply-add. No "nnan"/"ninf": a NaN must still come out as NaN.
+# Attention's kernel: reassociation lets LLVM vectorize its dot products; contraction lets it
+# use fused multiply-add. No "nnan"/"ninf": a NaN must still come out as NaN.
 _FASTMATH = {"reassoc", "contract", "nsz"}
 
 
 @dataclass(frozen=True)
-class Int8Weight:
-    """A (d_out, d_in) weight stored as int8 with one float32 scale per output row."""
+class PackedWeight:
+    """A (d_out, d_in) weight in panels of 8 rows, k-major: panels[p, k, l] = w[8p + l, k].
 
-    q: np.ndarray  # (d_out, d_in) int8, w[j] ~= q[j] * scale[j]
-    scale: np.ndarray  # (d_out,) float32
+    float32 panels with scale None, or int8 panels with one float32 scale per row:
+    w[j] ~= q[j] * scale[j]. Rows are padded with zeros to a multiple of 16 (two panels).
+    """
+
+    panels: np.ndarray  # (n_panels, d_in, 8) float32 or int8
+    scale: np.ndarray | None  # (8 * n_panels,) float32 for int8 panels, else None
+    d_out: int
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.q.shape
+        return self.d_out, self.panels.shape[1]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.panels.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.panels.nbytes + (0 if self.scale is None else self.scale.nbytes)
 
 
-def quantize_int8(w: np.ndarray) -> Int8Weight:
-    """Symmetric per-row int8: scale = max|w_row| / 127, q = round(w / scale)."""
-    if w.ndim != 2:
-        raise ValueError(f"quantize_int8 expects a 2-D (d_out, d_in) weight, got shape {w.shape}")
-    w = np.asarray(w, dtype=np.float32)
+def pack(w: np.ndarray) -> PackedWeight:
+    """A float32 (d_out, d_in) matrix as panels for the kernel (a copy; done once at load)."""
+    w = _as_matrix(w, "pack")
+    return PackedWeight(_to_panels(w.astype(np.float32, copy=False)), None, w.shape[0])
+
+
+def quantize_int8(w: np.ndarray) -> PackedWeight:
+    """Symmetric per-row int8: scale = max|w_row| / 127, q = round(w / scale), in panels."""
+    w = _as_matrix(w, "quantize_int8").astype(np.float32, copy=False)
     amax = np.abs(w).max(axis=1)  # (d_out,)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
     q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)  # (d_out, d_in)
-    return Int8Weight(q=np.ascontiguousarray(q), scale=scale)
+    panels = _to_panels(q)
+    padded_scale = np.ones(panels.shape[0] * PANEL, np.float32)
+    padded_scale[: len(scale)] = scale
+    return PackedWeight(panels, padded_scale, w.shape[0])
 
 
-def dequantize_int8(wq: Int8Weight) -> np.ndarray:
-    """The float32 matrix an Int8Weight stands for: q * scale, shape (d_out, d_in)."""
-    return wq.q.astype(np.float32) * wq.scale[:, None]
+def unpack(w: PackedWeight) -> np.ndarray:
+    """The float32 (d_out, d_in) matrix a PackedWeight stands for (int8: q * scale)."""
+    return take_rows(w, np.arange(w.d_out))
 
 
-def linear(x: np.ndarray, w: np.ndarray | Int8Weight) -> np.ndarray:
-    """y = x @ w.T for x (T, d_in) float32 and w (d_out, d_in) float32 or Int8Weight -> (T, d_out).
+def take_rows(w: PackedWeight, rows: np.ndarray) -> np.ndarray:
+    """Rows w[rows] as float32, shape (len(rows), d_in): e.g. the embedding lookup."""
+    rows = np.asarray(rows, dtype=np.int64)
+    m = w.panels[rows // PANEL, :, rows % PANEL]  # (n, d_in)
+    if w.scale is None:
+        return np.ascontiguousarray(m)
+    return m.astype(np.float32) * w.scale[rows, None]
 
-    T <= MAX_KERNEL_ROWS uses the batch-invariant streaming kernel; a float32 product with more
-    rows uses BLAS (fast for wide products, but its rounding depends on T). Int8 always uses
-    the kernel: it never materializes the float32 matrix.
+
+def select_rows(w: PackedWeight, rows: np.ndarray) -> PackedWeight:
+    """A smaller PackedWeight of rows w[rows] only, float32 or int8 as w is."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if w.scale is None:
+        return pack(take_rows(w, rows))
+    q = w.panels[rows // PANEL, :, rows % PANEL]  # (n, d_in) int8
+    panels = _to_panels(q)
+    scale = np.ones(panels.shape[0] * PANEL, np.float32)
+    scale[: len(rows)] = w.scale[rows]
+    return PackedWeight(panels, scale, len(rows))
+
+
+def linear(x: np.ndarray, w: np.ndarray | PackedWeight) -> np.ndarray:
+    """y = x @ w.T for x (T, d_in) float32 -> (T, d_out).
+
+    A PackedWeight goes through the batch-invariant streaming kernel, for every T; a plain
+    (d_out, d_in) float32 ndarray through NumPy's BLAS (the reference, not batch invariant).
     """
     _check_shapes(x, w)
-    T = x.shape[0]
-    if isinstance(w, Int8Weight):
-        return _run_kernel(x, np.ascontiguousarray(w.q), w.scale.astype(np.float32, copy=False))
-    if T > MAX_KERNEL_ROWS:
+    if isinstance(w, np.ndarray):
         return np.ascontiguousarray(x) @ w.T
-    return _run_kernel(x, np.ascontiguousarray(w), None)
+    out = np.empty((x.shape[0], w.panels.shape[0] * PANEL), np.float32)  # (T, padded d_out)
+    _matmul_kernel(np.ascontiguousarray(x), w.panels, w.scale, out)
+    return out if out.shape[1] == w.d_out else np.ascontiguousarray(out[:, : w.d_out])
 
 
 def warmup() -> None:
@@ -126,23 +168,41 @@ def warmup() -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 8), dtype=np.float32)
     w = rng.standard_normal((9, 8), dtype=np.float32)
-    read_only = w.copy()
-    read_only.flags.writeable = False  # weights read from a file are often read-only arrays
-    linear(x, w)
-    linear(x, read_only)
+    linear(x, pack(w))
     linear(x, quantize_int8(w))
 
 
-def _check_shapes(x: np.ndarray, w: np.ndarray | Int8Weight) -> None:
-    """Raise a ValueError that names the shapes when x @ w.T is not a float32 product we do."""
+def _as_matrix(w: np.ndarray, who: str) -> np.ndarray:
+    if not isinstance(w, np.ndarray) or w.ndim != 2:
+        got = f"shape {w.shape}" if isinstance(w, np.ndarray) else type(w).__name__
+        raise ValueError(f"{who} expects a 2-D (d_out, d_in) weight, got {got}")
+    return w
+
+
+def _to_panels(m: np.ndarray) -> np.ndarray:
+    """(d_out, d_in) -> (n_panels, d_in, 8), zero rows appended to a multiple of 16 rows."""
+    d_out, d_in = m.shape
+    pad = -d_out % (PANEL * TILE_PANELS)
+    if pad:
+        m = np.concatenate([m, np.zeros((pad, d_in), m.dtype)])
+    return np.ascontiguousarray(m.reshape(-1, PANEL, d_in).transpose(0, 2, 1))
+
+
+def _check_shapes(x: np.ndarray, w: np.ndarray | PackedWeight) -> None:
+    """Raise a ValueError that names the shapes when x @ w.T is not a product we do."""
     if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype != np.float32:
         got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
         raise ValueError(f"linear: x must be a 2-D float32 array (T, d_in), got {got}")
-    if isinstance(w, Int8Weight):
-        if w.q.dtype != np.int8 or w.q.ndim != 2 or w.scale.shape != (w.q.shape[0],):
+    if isinstance(w, PackedWeight):
+        p, s = w.panels, w.scale
+        int8_ok = p.dtype == np.int8 and s is not None and s.shape == (p.shape[0] * PANEL,)
+        if p.ndim != 3 or p.shape[2] != PANEL or p.shape[0] % TILE_PANELS != 0:
+            raise ValueError(f"linear: panels must be (2n, d_in, {PANEL}), got {p.shape}")
+        if not (p.dtype == np.float32 and s is None or int8_ok):
             raise ValueError(
-                f"linear: Int8Weight needs q int8 (d_out, d_in) and scale (d_out,), "
-                f"got q {w.q.dtype} {w.q.shape}, scale {w.scale.shape}"
+                "linear: a PackedWeight holds float32 panels without scale, or int8 panels "
+                f"with one float32 scale per row; got {p.dtype} panels, scale "
+                f"{None if s is None else s.shape}"
             )
     elif not isinstance(w, np.ndarray) or w.ndim != 2 or w.dtype != np.float32:
         got = f"{w.dtype} {w.shape}" if isinstance(w, np.ndarray) else type(w).__name__
@@ -153,178 +213,129 @@ def _check_shapes(x: np.ndarray, w: np.ndarray | Int8Weight) -> None:
         )
 
 
-def _run_kernel(x: np.ndarray, w: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
-    """Run the streaming kernel: x (T, d_in), w (d_out, d_in) float32 or int8 -> (T, d_out)."""
-    out = np.empty((x.shape[0], w.shape[0]), np.float32)  # (T, d_out)
-    _matmul_kernel(np.ascontiguousarray(x), w, scale, out)
-    return out
+# ------------------------------------------------------------------ the register tile, in LLVM IR
+
+_F32X8 = ir.VectorType(ir.FloatType(), PANEL)
+_I64 = ir.IntType(64)
 
 
-@intrinsic
-def _prefetch(typingctx, flat, i):
-    """Ask the CPU to start loading the cache line holding flat[i] (llvm.prefetch, read, L1)."""
+def _make_tile(rows: int):
+    """A Numba intrinsic: out[t0:t0+rows, 8p:8p+16] = x[t0:t0+rows] @ w[8p:8p+16].T.
 
-    def codegen(context, builder, signature, args):
-        arrty = signature.args[0]
-        arr = context.make_array(arrty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(
-            context, builder, arrty, arr, [args[1]], wraparound=False, boundscheck=False
-        )
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        rw, locality, data_cache = (ir.Constant(i32, v) for v in (0, PREFETCH_LOCALITY, 1))
-        builder.call(fn, [builder.bitcast(ptr, i8p), rw, locality, data_cache])
-        return context.get_dummy_value()
+    Called as tile(x, t0, panels, p, scale, out) with x (T, d_in) float32, panels of a
+    PackedWeight, scale its scales (or None) and out (T, 8 * n_panels) float32. The loop:
 
-    return types.void(flat, i), codegen
-
-
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _dot_2x4(x, t, w, wj, out, oj):
-    """out[t:t+2, oj:oj+4] = x[t:t+2] @ w[wj:wj+4].T: two input rows, four weight rows.
-
-    Eight independent accumulators. Each loaded weight value serves both input rows and each
-    input value all four weight rows: 6 loads feed 8 fused multiply-adds, the best ratio that
-    fits the 16 AVX2 registers. LLVM vectorizes the k loop: every accumulator is 8 float32
-    lanes over k = 0, 8, 16, ... then, at the end, the 8 lanes are summed in a fixed tree.
+        acc = zeros((rows, 2, 8))
+        for k in range(d_in):
+            w = panels[p:p+2, k, :]                   (int8: float32(q) * scale[8p:8p+16])
+            for r in range(rows):
+                acc[r] = fma(x[t0 + r, k], w, acc[r])   (one rounding per step, in k order)
+        out[t0:t0+rows, 8p:8p+16] = acc
     """
-    a0 = a1 = a2 = a3 = np.float32(0.0)  # row t   against weight rows wj..wj+3
-    b0 = b1 = b2 = b3 = np.float32(0.0)  # row t+1 against weight rows wj..wj+3
-    for k in range(x.shape[1]):
-        xa = x[t, k]
-        xb = x[t + 1, k]
-        w0 = w[wj, k]
-        w1 = w[wj + 1, k]
-        w2 = w[wj + 2, k]
-        w3 = w[wj + 3, k]
-        a0 += w0 * xa
-        a1 += w1 * xa
-        a2 += w2 * xa
-        a3 += w3 * xa
-        b0 += w0 * xb
-        b1 += w1 * xb
-        b2 += w2 * xb
-        b3 += w3 * xb
-    out[t, oj], out[t, oj + 1], out[t, oj + 2], out[t, oj + 3] = a0, a1, a2, a3
-    out[t + 1, oj], out[t + 1, oj + 1], out[t + 1, oj + 2], out[t + 1, oj + 3] = b0, b1, b2, b3
+
+    @intrinsic
+    def tile(typingctx, x, t0, panels, p, scale, out):
+        int8 = panels.dtype == types.int8
+
+        def codegen(context, builder, signature, args):
+            def array(i):
+                return context.make_array(signature.args[i])(context, builder, args[i])
+
+            def index(i):
+                return context.cast(builder, args[i], signature.args[i], types.int64)
+
+            xs, ws, outs = array(0), array(2), array(5)
+            t0, p = index(1), index(3)
+            d_in = builder.extract_value(ws.shape, 1)
+            n_cols = builder.extract_value(outs.shape, 1)
+
+            def at(ptr, *terms):  # &ptr[sum of products of terms]
+                offset = ir.Constant(_I64, 0)
+                for factors in terms:
+                    product = ir.Constant(_I64, 1)
+                    for f in factors:
+                        product = builder.mul(
+                            product, f if isinstance(f, ir.Value) else ir.Constant(_I64, f)
+                        )
+                    offset = builder.add(offset, product)
+                return builder.gep(ptr, [offset])
+
+            def vector(ptr):  # the 8 values from ptr on, as one <8 x float>
+                ptr_type = ir.VectorType(ptr.type.pointee, PANEL).as_pointer()
+                values = builder.load(builder.bitcast(ptr, ptr_type), align=1)
+                return builder.sitofp(values, _F32X8) if int8 else values
+
+            fma_type = ir.FunctionType(_F32X8, [_F32X8] * 3)
+            fma = cgutils.get_or_insert_function(builder.module, fma_type, "llvm.fma.v8f32")
+            panel_ids = [builder.add(p, ir.Constant(_I64, j)) for j in range(TILE_PANELS)]
+            scales = [vector(at(array(4).data, (q, PANEL))) for q in panel_ids] if int8 else None
+            acc = [[cgutils.alloca_once(builder, _F32X8) for _ in panel_ids] for _ in range(rows)]
+            for a in (a for row in acc for a in row):
+                builder.store(ir.Constant(_F32X8, None), a)  # zeroinitializer
+            with cgutils.for_range(builder, d_in) as loop:
+                k = loop.index
+                w = [vector(at(ws.data, (q, d_in, PANEL), (k, PANEL))) for q in panel_ids]
+                if int8:
+                    w = [builder.fmul(wj, sj) for wj, sj in zip(w, scales, strict=True)]
+                for r in range(rows):
+                    xr = builder.load(at(xs.data, (t0, d_in), (r, d_in), (k,)))
+                    xr = builder.insert_element(ir.Constant(_F32X8, None), xr, ir.Constant(_I64, 0))
+                    xr = builder.shuffle_vector(
+                        xr, xr, ir.Constant(ir.VectorType(ir.IntType(32), PANEL), None)
+                    )
+                    for a, wj in zip(acc[r], w, strict=True):
+                        builder.store(builder.call(fma, [xr, wj, builder.load(a)]), a)
+            for r in range(rows):
+                for a, q in zip(acc[r], panel_ids, strict=True):
+                    ptr = at(outs.data, (t0, n_cols), (r, n_cols), (q, PANEL))
+                    builder.store(
+                        builder.load(a), builder.bitcast(ptr, _F32X8.as_pointer()), align=1
+                    )
+            return context.get_dummy_value()
+
+        return types.void(x, t0, panels, p, scale, out), codegen
+
+    return tile
 
 
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _dot_1x8(x, t, w, wj, out, oj):
-    """out[t, oj:oj+8] = x[t] @ w[wj:wj+8].T: a lone input row (T = 1, or the last of odd T).
-
-    Also eight accumulators, so LLVM gives each the very same 8-lane loop and final tree as in
-    `_dot_2x4`: an output element comes out bit-identical whichever tile computed it (the tests
-    check this for every T from 1 to MAX_KERNEL_ROWS). A lone row needs no zero padding, so
-    T = 1 does half the arithmetic a padded pair would.
-    """
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-    for k in range(x.shape[1]):
-        xk = x[t, k]
-        s0 += w[wj, k] * xk
-        s1 += w[wj + 1, k] * xk
-        s2 += w[wj + 2, k] * xk
-        s3 += w[wj + 3, k] * xk
-        s4 += w[wj + 4, k] * xk
-        s5 += w[wj + 5, k] * xk
-        s6 += w[wj + 6, k] * xk
-        s7 += w[wj + 7, k] * xk
-    out[t, oj], out[t, oj + 1], out[t, oj + 2], out[t, oj + 3] = s0, s1, s2, s3
-    out[t, oj + 4], out[t, oj + 5], out[t, oj + 6], out[t, oj + 7] = s4, s5, s6, s7
-
-
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _dot_1x1(x, t, w, wj, out, oj):
-    """out[t, oj] = x[t] @ w[wj]: the last d_out % 8 weight rows, one row of x at a time."""
-    s = np.float32(0.0)
-    for k in range(x.shape[1]):
-        s += w[wj, k] * x[t, k]
-    out[t, oj] = s
+_tile_1, _tile_2, _tile_3, _tile_4, _tile_5, _tile_6 = (_make_tile(r) for r in range(1, 7))
 
 
 @njit(cache=True, inline="always")
-def _dequantize_rows(q, scale, j, n, buf):
-    """buf[:n] = q[j:j+n] * scale[j:j+n, None] in float32: exactly what dequantize_int8 gives."""
-    for r in range(n):
-        s = scale[j + r]
-        for k in range(q.shape[1]):
-            buf[r, k] = np.float32(q[j + r, k]) * s
+def _tile(x, t0, rows, panels, p, scale, out):
+    """The register tile for `rows` (1..TILE_ROWS) input rows: one compiled loop per row count."""
+    if rows == 6:
+        _tile_6(x, t0, panels, p, scale, out)
+    elif rows == 5:
+        _tile_5(x, t0, panels, p, scale, out)
+    elif rows == 4:
+        _tile_4(x, t0, panels, p, scale, out)
+    elif rows == 3:
+        _tile_3(x, t0, panels, p, scale, out)
+    elif rows == 2:
+        _tile_2(x, t0, panels, p, scale, out)
+    else:
+        _tile_1(x, t0, panels, p, scale, out)
 
 
-@njit(cache=True, inline="always")
-def _prefetch_part(flat, start, length, part, n_parts):
-    """Prefetch the part-th of n_parts slices of flat[start:start+length], line by line."""
-    line = 64 // flat.itemsize  # elements per 64-byte cache line
-    lo = start + part * length // n_parts
-    hi = start + (part + 1) * length // n_parts
-    for i in range(lo - lo % line, hi, line):
-        _prefetch(flat, i)
+@njit(parallel=True, cache=True)
+def _matmul_kernel(x, panels, scale, out):
+    """out = x @ w.T for the PackedWeight (panels, scale), streaming the panels once per block.
 
-
-@njit(fastmath=_FASTMATH, cache=True, inline="always")
-def _block_times_rows(x, w, wj, out, oj, flat, ahead, ahead_len):
-    """out[:, oj:oj+8] = x @ w[wj:wj+8].T; row pairs go through _dot_2x4, an odd last row _dot_1x8.
-
-    If ahead_len > 0, the slice flat[ahead:ahead+ahead_len] (a block further on) is prefetched
-    in as many parts as there are tile calls, a few cache lines before each. Spread out like
-    this it helped (head, T = 16: ~48 instead of ~65 ms); one burst per block did not.
+    x (T, d_in) float32 C-contiguous; panels (n_panels, d_in, 8) float32 or int8; scale
+    (8 * n_panels,) float32 or None; out (T, 8 * n_panels) float32. The tiles (pairs of panels)
+    are cut into N_CHUNKS contiguous ranges that prange hands to the threads; within a range,
+    every tile is multiplied by all rows of a block of ROW_BLOCK rows, TILE_ROWS at a time.
     """
     T = x.shape[0]
-    n_calls = T // 2 * 2 + T % 2
-    call = 0
-    for half in range(2):  # weight rows wj..wj+3, then wj+4..wj+7
-        for t in range(0, T - 1, 2):
-            if ahead_len > 0:
-                _prefetch_part(flat, ahead, ahead_len, call, n_calls)
-            _dot_2x4(x, t, w, wj + 4 * half, out, oj + 4 * half)
-            call += 1
-    if T % 2 == 1:
-        if ahead_len > 0:
-            _prefetch_part(flat, ahead, ahead_len, call, n_calls)
-        _dot_1x8(x, T - 1, w, wj, out, oj)
-
-
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _matmul_kernel(x, w, scale, out):
-    """out = x @ w.T, or x @ (w * scale[:, None]).T for int8, streaming w from memory once.
-
-    x (T, d_in) float32, w (d_out, d_in) float32 or int8, both C-contiguous; scale (d_out,)
-    float32, or None for float32 weights; out (T, d_out) float32.
-    The weight is cut into blocks of 8 rows (20 KB in float32: they fit L1), the blocks into
-    N_CHUNKS contiguous ranges that prange hands to the threads. Each block is multiplied by
-    all T input rows while it sits in L1. An int8 block is first dequantized into a float32
-    buffer (one pass, reading 5 KB instead of 20 KB) and the same float32 tiles run on that.
-    From PREFETCH_MIN_ROWS rows on, we also prefetch the block PREFETCH_AHEAD blocks ahead,
-    so memory keeps streaming while the core does arithmetic. (Below that, the arithmetic and
-    the memory traffic mostly take turns: each extra row adds ~2.3 ms on the head.)
-    """
-    T = x.shape[0]
-    d_out, d_in = w.shape
-    n_blocks = d_out // 8
-    flat = w.reshape(-1)  # (d_out * d_in,) the same memory, for the prefetch
-    block_len = 8 * d_in  # elements in one block, contiguous
-    n_chunks = min(N_CHUNKS, max(n_blocks, 1))
+    n_tiles = panels.shape[0] // TILE_PANELS
+    n_chunks = min(N_CHUNKS, max(n_tiles, 1))
     for c in prange(n_chunks):
-        buf = np.empty((8, d_in), np.float32)  # one dequantized block (int8 weights only)
-        for b in range(c * n_blocks // n_chunks, (c + 1) * n_blocks // n_chunks):
-            ahead = (b + PREFETCH_AHEAD) * block_len
-            prefetch = T >= PREFETCH_MIN_ROWS and b + PREFETCH_AHEAD < n_blocks
-            ahead_len = block_len if prefetch else 0
-            if scale is None:
-                _block_times_rows(x, w, 8 * b, out, 8 * b, flat, ahead, ahead_len)
-            else:
-                _dequantize_rows(w, scale, 8 * b, 8, buf)
-                _block_times_rows(x, buf, 0, out, 8 * b, flat, ahead, ahead_len)
-    row = np.empty((1, d_in), np.float32)  # one dequantized row (int8 weights only)
-    for j in range(8 * n_blocks, d_out):  # the last d_out % 8 rows, the same way for every T
-        if scale is None:
-            for t in range(T):
-                _dot_1x1(x, t, w, j, out, j)
-        else:
-            _dequantize_rows(w, scale, j, 1, row)
-            for t in range(T):
-                _dot_1x1(x, t, row, 0, out, j)
+        for r0 in range(0, T, ROW_BLOCK):
+            r1 = min(T, r0 + ROW_BLOCK)
+            for j in range(c * n_tiles // n_chunks, (c + 1) * n_tiles // n_chunks):
+                for t0 in range(r0, r1, TILE_ROWS):
+                    _tile(x, t0, min(TILE_ROWS, r1 - t0), panels, TILE_PANELS * j, scale, out)
 
 
 # ------------------------------------------------------------------ attention over the KV cache

@@ -8,22 +8,25 @@ Read beside the Gemma 3 technical report (2025) and Hugging Face's `modeling_gem
         x = x + post_ffw_norm(mlp(pre_ffw_norm(x)))
     logits = final_norm(x) @ embed.T              (the output head is the embedding, tied)
 
-Every product with a weight matrix goes through `kernels.linear`, which picks a Numba kernel for
-the few-token products of decoding and verification and NumPy's BLAS for long prompts.
+Every product with a weight matrix goes through `kernels.linear`. The loaded weights are packed
+for its Numba kernel (`kernels.pack`), which reads each weight once per pass whatever the number
+of tokens; a plain NumPy matrix there is `x @ w.T` through BLAS.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from minispec import kernels
 from minispec.config import GemmaConfig
-from minispec.kernels import Int8Weight, linear, quantize_int8
+from minispec.kernels import PackedWeight, linear, pack, quantize_int8, take_rows
 from minispec.kv_cache import KVCache
 
-Weight = np.ndarray | Int8Weight  # (d_out, d_in): float32, or int8 with one scale per row
+# (d_out, d_in): packed float32 or int8 (one scale per row), or a plain float32 matrix
+Weight = PackedWeight | np.ndarray
 
 
 @dataclass
@@ -184,10 +187,7 @@ def block(x: np.ndarray, layer: Layer, cache: KVCache, i: int, config: GemmaConf
 
 def embed(tokens: np.ndarray, embedding: Weight, d_model: int) -> np.ndarray:
     """Token embedding, scaled by sqrt(d_model) as in Gemma (the head uses the unscaled matrix)."""
-    if isinstance(embedding, Int8Weight):
-        rows = embedding.q[tokens].astype(np.float32) * embedding.scale[tokens, None]
-    else:
-        rows = embedding[tokens]
+    rows = embedding[tokens] if isinstance(embedding, np.ndarray) else take_rows(embedding, tokens)
     return rows * np.float32(np.sqrt(d_model))  # (T, d_model)
 
 
@@ -258,16 +258,21 @@ _LAYER_TENSORS = {
 def params_from_state_dict(
     config: GemmaConfig, tensors: dict[str, np.ndarray], weights: str = "float32"
 ) -> Params:
-    """Arrange Hugging Face-named tensors into Params; `weights="int8"` quantizes every matrix."""
+    """Arrange Hugging Face-named tensors into Params, every matrix packed for the kernels.
+
+    weights="float32" packs each matrix as it is; "int8" quantizes it (one scale per row).
+    """
     if weights not in ("float32", "int8"):
         raise ValueError(f"weights must be 'float32' or 'int8', not {weights!r}")
 
     def get(name: str) -> Weight:
-        # A copy in ordinary memory, not a view of the memory-mapped checkpoint: every decoding
-        # step reads all weights, and mapped file pages can be dropped and faulted back in
-        # mid-decode (measured with `minispec bench`: 8-12 tokens/s mapped, 16-17 copied).
-        w = np.array(tensors[name], dtype=np.float32, order="C")
-        return quantize_int8(w) if weights == "int8" and w.ndim == 2 else w
+        # A copy in ordinary memory (packing makes one), not a view of the memory-mapped
+        # checkpoint: every decoding step reads all weights, and mapped file pages can be dropped
+        # and faulted back in mid-decode (`minispec bench`: 8-12 tokens/s mapped, 16-17 copied).
+        w = np.asarray(tensors[name], dtype=np.float32)
+        if w.ndim == 1:
+            return w.copy()
+        return quantize_int8(w) if weights == "int8" else pack(w)
 
     layers = [
         Layer(
@@ -281,6 +286,16 @@ def params_from_state_dict(
     return Params(
         embed=get("model.embed_tokens.weight"), layers=layers, final_norm=get("model.norm.weight")
     )
+
+
+def map_matrices(params: Params, fn: Callable[[Weight], Weight]) -> Params:
+    """New Params with fn applied to every weight matrix; the norm vectors are copied."""
+
+    def one(w: Weight) -> Weight:
+        return w.copy() if isinstance(w, np.ndarray) and w.ndim == 1 else fn(w)
+
+    layers = [Layer(**{f: one(getattr(L, f)) for f in vars(L)}) for L in params.layers]
+    return Params(embed=fn(params.embed), layers=layers, final_norm=params.final_norm.copy())
 
 
 def state_dict_names(config: GemmaConfig) -> list[str]:

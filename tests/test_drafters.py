@@ -15,7 +15,7 @@ from minispec.drafters import (
     quantized_copy,
 )
 from minispec.drafters.ngram import lookup
-from minispec.kernels import Int8Weight
+from minispec.kernels import PackedWeight
 from minispec.kv_cache import new_cache
 from minispec.model import forward, forward_hidden
 from minispec.sampling import SamplingParams
@@ -127,7 +127,7 @@ def test_cheap_head_scores_frequent_and_context_tokens_only(target):
 
 def test_cheap_head_works_on_int8_weights():
     model = tiny_model(seed=0, weights="int8")
-    assert isinstance(model.params.embed, Int8Weight)
+    assert model.params.embed.dtype == np.int8
     ctx = context_for(model, model.tokenizer.encode("int8 head").ids)
     draft = EarlyExitDrafter(model, n_layers=2, head_size=100).propose(ctx, 2, GREEDY, None)
     assert len(draft.tokens) == 2
@@ -152,7 +152,7 @@ def test_int8_copy_shares_no_arrays(target):
         for w in [params.embed, params.final_norm] + [
             getattr(layer, f) for layer in params.layers for f in layer.__dataclass_fields__
         ]:
-            yield from (w.q, w.scale) if isinstance(w, Int8Weight) else (w,)
+            yield from (w.panels, w.scale) if isinstance(w, PackedWeight) else (w,)
 
     ours = list(arrays(target.params))
     for a in arrays(draft.params):

@@ -6,10 +6,13 @@ import pytest
 from minispec import kernels
 from minispec.kernels import (
     MAX_KERNEL_ROWS,
-    Int8Weight,
-    dequantize_int8,
+    PackedWeight,
     linear,
+    pack,
     quantize_int8,
+    select_rows,
+    take_rows,
+    unpack,
 )
 
 RTOL = 1e-5
@@ -42,7 +45,7 @@ def test_float32_matches_numpy(T: int, d_out: int, d_in: int) -> None:
     rng = _rng(T * 1000 + d_out)
     x = rng.standard_normal((T, d_in), dtype=np.float32)
     w = rng.standard_normal((d_out, d_in), dtype=np.float32)
-    _assert_close(linear(x, w), x, w)
+    _assert_close(linear(x, pack(w)), x, w)
 
 
 @pytest.mark.parametrize("T", [1, 2, 5, 8, 9, 16, 17, 40])
@@ -51,7 +54,7 @@ def test_int8_matches_dequantized(T: int, d_out: int, d_in: int) -> None:
     rng = _rng(T * 1000 + d_out + 1)
     x = rng.standard_normal((T, d_in), dtype=np.float32)
     wq = quantize_int8(rng.standard_normal((d_out, d_in), dtype=np.float32))
-    _assert_close(linear(x, wq), x, dequantize_int8(wq))
+    _assert_close(linear(x, wq), x, unpack(wq))
 
 
 @pytest.mark.parametrize("T", [1, 5, 16, 17])
@@ -63,18 +66,18 @@ def test_non_contiguous_x(T: int) -> None:
     transposed = np.ascontiguousarray(wide[:, :33].T).T  # (T, 33), Fortran order
     for x in (column_slice, transposed):
         assert T == 1 or not x.flags.c_contiguous
-        _assert_close(linear(x, w), x, w)
-        _assert_close(linear(x, quantize_int8(w)), x, dequantize_int8(quantize_int8(w)))
+        _assert_close(linear(x, pack(w)), x, w)
+        _assert_close(linear(x, quantize_int8(w)), x, unpack(quantize_int8(w)))
 
 
 @pytest.mark.parametrize("d_out,d_in", [(7, 7), (33, 257), (641, 640), (1030, 641)])
 def test_batch_invariance_float32(d_out: int, d_in: int) -> None:
-    """Row t of a T-row product is bit-identical to the 1-row product, for every T <= 17."""
+    """Row t of a T-row product is bit-identical to the 1-row product, for every T up to 40."""
     rng = _rng(4)
-    x = rng.standard_normal((MAX_KERNEL_ROWS, d_in), dtype=np.float32)
-    w = rng.standard_normal((d_out, d_in), dtype=np.float32)
-    single = np.concatenate([linear(x[t : t + 1], w) for t in range(MAX_KERNEL_ROWS)])
-    for T in range(1, MAX_KERNEL_ROWS + 1):
+    x = rng.standard_normal((40, d_in), dtype=np.float32)
+    w = pack(rng.standard_normal((d_out, d_in), dtype=np.float32))
+    single = np.concatenate([linear(x[t : t + 1], w) for t in range(40)])
+    for T in [*range(1, MAX_KERNEL_ROWS + 1), 18, 40]:  # 40: a second block of ROW_BLOCK rows
         assert np.array_equal(linear(x[:T], w), single[:T]), f"T={T}"
         assert np.array_equal(linear(x[T - 1 : T], w), single[T - 1 : T])
 
@@ -85,17 +88,17 @@ def test_batch_invariance_int8(d_out: int, d_in: int) -> None:
     x = rng.standard_normal((40, d_in), dtype=np.float32)
     wq = quantize_int8(rng.standard_normal((d_out, d_in), dtype=np.float32))
     single = np.concatenate([linear(x[t : t + 1], wq) for t in range(40)])
-    for T in [*range(1, MAX_KERNEL_ROWS + 1), 18, 40]:  # int8 uses the kernel for every T
+    for T in [*range(1, MAX_KERNEL_ROWS + 1), 18, 40]:
         assert np.array_equal(linear(x[:T], wq), single[:T]), f"T={T}"
 
 
 @pytest.mark.parametrize("d_out,d_in", [(7, 7), (33, 257), (1030, 641)])
 def test_int8_equals_float32_on_dequantized(d_out: int, d_in: int) -> None:
-    """The int8 kernel dequantizes each block and runs the float32 tiles: the same bits."""
+    """The int8 tile dequantizes each weight, then does the float32 arithmetic: the same bits."""
     rng = _rng(9)
     x = rng.standard_normal((MAX_KERNEL_ROWS, d_in), dtype=np.float32)
     wq = quantize_int8(rng.standard_normal((d_out, d_in), dtype=np.float32))
-    w = dequantize_int8(wq)
+    w = pack(unpack(wq))
     for T in (1, 2, 5, MAX_KERNEL_ROWS):
         assert np.array_equal(linear(x[:T], wq), linear(x[:T], w)), f"T={T}"
 
@@ -103,7 +106,7 @@ def test_int8_equals_float32_on_dequantized(d_out: int, d_in: int) -> None:
 def test_batch_invariance_any_position() -> None:
     """A row gives the same bits wherever it sits in the batch (first, middle, last, padded)."""
     rng = _rng(6)
-    w = rng.standard_normal((300, 96), dtype=np.float32)
+    w = pack(rng.standard_normal((300, 96), dtype=np.float32))
     row = rng.standard_normal((1, 96), dtype=np.float32)
     alone = linear(row, w)
     for T in (2, 3, 7, 16):
@@ -118,31 +121,49 @@ def test_int8_quantization_error_bound() -> None:
     w = rng.standard_normal((500, 300), dtype=np.float32) * rng.uniform(0.01, 3, (500, 1))
     w[3] = 0.0  # an all-zero row must not divide by zero
     wq = quantize_int8(w)
-    assert wq.q.dtype == np.int8 and wq.q.shape == w.shape
-    assert wq.scale.dtype == np.float32 and wq.scale.shape == (500,)
-    assert np.abs(wq.q).max() <= 127
-    np.testing.assert_allclose(wq.scale[4:], np.abs(w[4:]).max(axis=1) / 127, rtol=1e-6)
-    err = np.abs(dequantize_int8(wq) - w)
-    assert np.all(err <= wq.scale[:, None] * (0.5 + 1e-4))  # at most half a step per weight
-    assert not dequantize_int8(wq)[3].any()
+    assert wq.dtype == np.int8 and wq.shape == w.shape and wq.panels.shape == (64, 300, 8)
+    scale = wq.scale[:500]  # (512,): rows padded to a multiple of 16
+    assert wq.scale.dtype == np.float32 and wq.scale.shape == (512,)
+    assert np.abs(wq.panels).max() <= 127
+    np.testing.assert_allclose(scale[4:], np.abs(w[4:]).max(axis=1) / 127, rtol=1e-6)
+    err = np.abs(unpack(wq) - w)
+    assert np.all(err <= scale[:, None] * (0.5 + 1e-4))  # at most half a step per weight
+    assert not unpack(wq)[3].any()
 
 
-def test_dispatch_uses_blas_above_max_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dispatch_packed_to_the_kernel_plain_to_blas(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = _rng(8)
     w = rng.standard_normal((300, 64), dtype=np.float32)
     calls = []
-    real = kernels._run_kernel
-    monkeypatch.setattr(kernels, "_run_kernel", lambda *a: calls.append(a[0].shape) or real(*a))
-    for T in (1, MAX_KERNEL_ROWS, MAX_KERNEL_ROWS + 1, 40):
+    real = kernels._matmul_kernel
+    monkeypatch.setattr(kernels, "_matmul_kernel", lambda *a: calls.append(a[0].shape) or real(*a))
+    for T in (1, MAX_KERNEL_ROWS, 40):
         x = rng.standard_normal((T, 64), dtype=np.float32)
-        _assert_close(linear(x, w), x, w)
-    assert calls == [(1, 64), (MAX_KERNEL_ROWS, 64)]  # T > MAX_KERNEL_ROWS went to BLAS
+        _assert_close(linear(x, pack(w)), x, w)
+        _assert_close(linear(x, w), x, w)  # a plain matrix: x @ w.T, NumPy's BLAS
+    assert calls == [(1, 64), (MAX_KERNEL_ROWS, 64), (40, 64)]
+
+
+def test_pack_unpack_and_rows() -> None:
+    """Panels hold w[8p + l, k] at [p, k, l]; rows and sub-matrices come back exactly."""
+    rng = _rng(10)
+    w = rng.standard_normal((37, 11), dtype=np.float32)
+    pw = pack(w)
+    assert pw.shape == (37, 11) and pw.panels.shape == (6, 11, 8)  # 37 rows padded to 48
+    assert pw.panels[1, 4, 3] == w[11, 4] and not pw.panels[4:, :, 5:].any()
+    assert np.array_equal(unpack(pw), w)
+    rows = np.array([36, 0, 9, 9])
+    assert np.array_equal(take_rows(pw, rows), w[rows])
+    assert np.array_equal(unpack(select_rows(pw, rows)), w[rows])
+    wq = quantize_int8(w)
+    assert np.array_equal(take_rows(wq, rows), unpack(wq)[rows])
+    assert np.array_equal(unpack(select_rows(wq, rows)), unpack(wq)[rows])
 
 
 def test_nan_propagates() -> None:
     x = np.ones((2, 16), np.float32)
     x[1, 3] = np.nan
-    y = linear(x, np.ones((8, 16), np.float32))
+    y = linear(x, pack(np.ones((8, 16), np.float32)))
     assert np.isfinite(y[0]).all() and np.isnan(y[1]).all()
 
 
@@ -161,10 +182,15 @@ def test_bad_input_raises(x, w, match: str) -> None:
         linear(x, w)
 
 
-def test_bad_int8_weight_raises() -> None:
-    bad = Int8Weight(q=np.ones((4, 8), np.int16), scale=np.ones(4, np.float32))
-    with pytest.raises(ValueError, match="int8"):
-        linear(np.ones((1, 8), np.float32), bad)
+def test_bad_packed_weight_raises() -> None:
+    x = np.ones((1, 8), np.float32)
+    no_scale = PackedWeight(np.ones((2, 8, 8), np.int8), None, 16)
+    with pytest.raises(ValueError, match="int8 panels with one float32 scale"):
+        linear(x, no_scale)
+    with pytest.raises(ValueError, match=r"panels must be \(2n, d_in, 8\)"):
+        linear(x, PackedWeight(np.ones((1, 8, 8), np.float32), None, 8))
+    with pytest.raises(ValueError, match="2-D"):
+        pack(np.ones(8, np.float32))
 
 
 def test_warmup_runs() -> None:

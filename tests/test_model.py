@@ -1,8 +1,11 @@
 """The forward pass on tiny random Gemma 3 models: cache, rollback, masks, a dense reference."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
+from minispec.kernels import PackedWeight, unpack
 from minispec.kv_cache import new_cache
 from minispec.model import forward, rms_norm, rope
 from minispec.tiny import tiny_model
@@ -16,8 +19,16 @@ def dense_reference_logits(model, tokens):
     tokens = np.asarray(tokens)
     T, hd = len(tokens), c.head_dim
     i, j = np.arange(T)[:, None], np.arange(T)[None, :]
-    x = p.embed[tokens] * np.sqrt(c.hidden_size)
+
+    def plain(w):  # the packed matrices as plain (d_out, d_in) ones
+        return unpack(w) if isinstance(w, PackedWeight) else w
+
+    embed = plain(p.embed)  # (vocab, d_model)
+    x = embed[tokens] * np.sqrt(c.hidden_size)
     for n, L in enumerate(p.layers):
+        L = SimpleNamespace(
+            **{f: unpack(w) if isinstance(w, PackedWeight) else w for f, w in vars(L).items()}
+        )
         sliding = c.layer_types[n] == "sliding_attention"
         mask = (j <= i) & ((i - j < c.sliding_window) if sliding else True)
         base = c.rope_local_base_freq if sliding else c.rope_theta
@@ -42,7 +53,7 @@ def dense_reference_logits(model, tokens):
         gelu = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
         m = (gelu * (h @ L.up_proj.T)) @ L.down_proj.T
         x = x + rms_norm(m, L.post_feedforward_layernorm, c.rms_norm_eps)
-    return rms_norm(x, p.final_norm, c.rms_norm_eps) @ p.embed.T
+    return rms_norm(x, p.final_norm, c.rms_norm_eps) @ embed.T
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft
-from minispec.kernels import quantize_int8
+from minispec.kernels import quantize_int8, unpack
 from minispec.kv_cache import KVCache, new_cache
-from minispec.model import Layer, Model, Params, forward
+from minispec.model import Model, Weight, forward, map_matrices
 from minispec.sampling import SamplingParams
 
 
@@ -78,11 +78,9 @@ def quantized_copy(model: Model) -> Model:
     if model.weights != "float32":
         raise ValueError(f"quantized_copy needs a float32 model, this one is {model.weights}")
 
-    def q(w: np.ndarray) -> object:
-        return quantize_int8(np.ascontiguousarray(w)) if w.ndim == 2 else w.copy()
+    def q(w: Weight) -> Weight:
+        return quantize_int8(w if isinstance(w, np.ndarray) else unpack(w))
 
-    p = model.params
-    layers = [Layer(**{f: q(getattr(L, f)) for f in L.__dataclass_fields__}) for L in p.layers]
-    params = Params(embed=q(p.embed), layers=layers, final_norm=p.final_norm.copy())
+    params = map_matrices(model.params, q)
     name = f"{model.name}-int8" if model.name else "int8"
     return Model(model.config, params, model.tokenizer, name=name, weights="int8")

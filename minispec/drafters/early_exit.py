@@ -27,24 +27,18 @@ Two honest caveats, both measured (greedy argmax agreement with the full model):
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft
-from minispec.kernels import Int8Weight, linear
+from minispec.kernels import linear, select_rows
 from minispec.kv_cache import KVCache
 from minispec.model import Model, Weight, forward_hidden, rms_norm
 from minispec.sampling import SamplingParams
 
 
 def take_rows(w: Weight, rows: np.ndarray) -> Weight:
-    """Rows of a weight matrix as a new contiguous matrix (float32 or int8 with its scales)."""
-    if isinstance(w, Int8Weight):
-        return dataclasses.replace(
-            w, q=np.ascontiguousarray(w.q[rows]), scale=np.ascontiguousarray(w.scale[rows])
-        )
-    return np.ascontiguousarray(w[rows])
+    """Rows of a weight matrix as a new, smaller one (packed float32 or int8, or plain)."""
+    return np.ascontiguousarray(w[rows]) if isinstance(w, np.ndarray) else select_rows(w, rows)
 
 
 def early_exit_hidden(model: Model, tokens: list[int], cache: KVCache, n_layers: int) -> np.ndarray:
