@@ -19,8 +19,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit, prange
@@ -59,19 +58,12 @@ def average(values):
 }
 
 
-@contextmanager
-def numpy_only(model: Model) -> Iterator[Model]:
-    """The model with plain float32 matrices and NumPy attention: the comparison without kernels.
+def numpy_model(model: Model) -> Model:
+    """The model with plain float32 matrices: NumPy's BLAS products and NumPy attention.
 
-    `linear` multiplies a plain matrix with NumPy's BLAS; attention of any T goes through
-    `model.attend`. The copy holds unpacked weights (as much memory again as the model).
+    The comparison without kernels; the copy holds as much memory again as the model.
     """
-    saved = kernels.MAX_KERNEL_ROWS
-    kernels.MAX_KERNEL_ROWS = 0
-    try:
-        yield dataclasses.replace(model, params=map_matrices(model.params, kernels.unpack))
-    finally:
-        kernels.MAX_KERNEL_ROWS = saved
+    return dataclasses.replace(model, params=map_matrices(model.params, kernels.unpack))
 
 
 def forward_times(

@@ -180,8 +180,9 @@ def cmd_bench(args: argparse.Namespace) -> dict | None:
     result = bench.run_bench(model, args.context, args.repeats, args.decode_tokens)
     if args.numpy and model.weights == "float32":
         say("the same without the Numba kernels (NumPy's BLAS for every T) ...")
-        with bench.numpy_only(model) as plain:
-            result["numpy"] = bench.run_bench(plain, args.context, args.repeats, args.decode_tokens)
+        plain = bench.numpy_model(model)
+        result["numpy"] = bench.run_bench(plain, args.context, args.repeats, args.decode_tokens)
+        del plain
     if model.weights == "int8":
         say("int8 against float32: logit changes and greedy-token changes ...")
         from minispec.loading import load_model

@@ -156,18 +156,18 @@ def attention(
     cache.values[i, start : start + T] = v
 
     # One query at a time, each over exactly the keys it may see: a position's result is then
-    # the same computation whether it is decoded alone or verified with k others. For the few
-    # queries of decoding, a Numba kernel does `attend`'s arithmetic without NumPy's per-call
-    # overhead; a long prompt goes through `attend` itself.
+    # the same computation whether it is decoded alone or verified with k others. A model with
+    # packed weights runs `attend`'s arithmetic in a Numba kernel (NumPy's per-call overhead is
+    # most of the time here); a plain NumPy model, the reference, calls `attend` itself.
     window = config.sliding_window if sliding else None
     seen = [visible_keys(int(pos), window) for pos in positions]
-    if T <= kernels.MAX_KERNEL_ROWS:
-        bounds = np.array([(s.start, s.stop) for s in seen])  # (T, 2)
-        out = kernels.attention(q, cache.keys[i], cache.values[i], bounds)
-    else:
+    if isinstance(layer.o_proj, np.ndarray):
         out = np.stack(
             [attend(q[t], cache.keys[i, s], cache.values[i, s]) for t, s in enumerate(seen)]
         )
+    else:
+        bounds = np.array([(s.start, s.stop) for s in seen])  # (T, 2)
+        out = kernels.attention(q, cache.keys[i], cache.values[i], bounds)
     return linear(out.reshape(T, n_heads * hd), layer.o_proj)  # (T, d_model)
 
 

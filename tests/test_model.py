@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from minispec.bench import numpy_model
 from minispec.kernels import PackedWeight, unpack
 from minispec.kv_cache import new_cache
 from minispec.model import forward, rms_norm, rope
@@ -70,6 +71,16 @@ def test_forward_matches_dense_reference(model, n):
     ids = tokens(n)
     ours = forward(model, ids, new_cache(model.config))
     np.testing.assert_allclose(ours, dense_reference_logits(model, ids), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 30])
+def test_plain_numpy_model_matches_the_packed_one(model, n):
+    """Plain matrices take NumPy's route (BLAS products, `attend`): the same logits, to rounding."""
+    ids = tokens(n)
+    plain = numpy_model(model)
+    assert isinstance(plain.params.layers[0].q_proj, np.ndarray)
+    ours = forward(model, ids, new_cache(model.config))
+    np.testing.assert_allclose(forward(plain, ids, new_cache(model.config)), ours, atol=1e-5)
 
 
 def test_incremental_decoding_equals_one_full_forward(model):
