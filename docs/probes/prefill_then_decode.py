@@ -1,4 +1,4 @@
-"""A 256-token prefill (NumPy's BLAS) and the first decoding step after it, four times."""
+"""A 256-token prefill and the first decoding step after it, four times."""
 
 import time
 
