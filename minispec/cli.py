@@ -177,12 +177,11 @@ def cmd_bench(args: argparse.Namespace) -> dict | None:
     model = load(args)
     say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     say(f"timing forward passes after a {args.context}-token context, then decoding ...")
-    result = bench.run_bench(model, args.context, args.repeats, args.decode_tokens)
+    timing = dict(repeats=args.repeats, decode_tokens=args.decode_tokens, decode_runs=args.runs)
+    result = bench.run_bench(model, args.context, **timing)
     if args.numpy and model.weights == "float32":
         say("the same without the Numba kernels (NumPy's BLAS for every T) ...")
-        plain = bench.numpy_model(model)
-        result["numpy"] = bench.run_bench(plain, args.context, args.repeats, args.decode_tokens)
-        del plain
+        result["numpy"] = bench.run_bench(bench.numpy_model(model), args.context, **timing)
     if model.weights == "int8":
         say("int8 against float32: logit changes and greedy-token changes ...")
         from minispec.loading import load_model
@@ -214,9 +213,10 @@ def print_bench(r: dict) -> None:
         if numpy:
             line += f"  {numpy['forward_ms'][T]['min']:>7.1f} ms ({numpy['forward_ratio'][T]:.2f}x)"
         print(line)
+    runs = ", ".join(f"{x:.1f}" for x in r["tokens_per_s_runs"])
     print(
-        f"decode: {r['tokens_per_s']:.1f} tokens/s"
-        + (f" (NumPy only: {numpy['tokens_per_s']:.1f})" if numpy else "")
+        f"decode: {r['tokens_per_s']:.1f} tokens/s (median of {runs})"
+        + (f"; NumPy only: {numpy['tokens_per_s']:.1f}" if numpy else "")
     )
     print(
         f"memory bandwidth {r['bandwidth_gb_s']:.1f} GB/s, {r['bytes_per_token'] / 1e6:.0f} MB of "
@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs",
         type=int,
         default=3,
-        help="alternating runs of plain and of each drafter per prompt; medians count (3)",
+        help="runs of the decoding speed, and alternating runs of plain decoding and of each "
+        "drafter per prompt; medians count (3)",
     )
     add_model_args(b)
     b.set_defaults(run=cmd_bench)

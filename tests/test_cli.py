@@ -42,9 +42,11 @@ def test_help_lists_every_command(capsys):
 
 def test_bench_measures_on_a_tiny_model():
     model = tiny_model()
-    r = bench.run_bench(model, context=16, repeats=1, decode_tokens=4)
+    r = bench.run_bench(model, context=16, repeats=1, decode_tokens=4, decode_runs=3)
     for key in ("forward_ms", "tokens_per_s", "bandwidth_gb_s", "bytes_per_token"):
         assert key in r
+    runs = r["tokens_per_s_runs"]
+    assert len(runs) == 3 and sorted(runs)[1] == r["tokens_per_s"]  # the median
     assert set(r["forward_ms"]) == {"1", "2", "4", "5", "8", "16"}
     assert all(0 < v["min"] <= v["median"] for v in r["forward_ms"].values())
     params = model.params
