@@ -44,7 +44,7 @@ def real_model(real_checkpoint):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("T", [2, 5, 17])
+@pytest.mark.parametrize("T", [2, 5, 17, 60])  # 60: a prompt's worth, two row blocks
 def test_real_model_is_batch_invariant(real_model, T):
     model = real_model
     rng = np.random.default_rng(T)
