@@ -1,9 +1,8 @@
 """The output head for T rows against a plain streaming read of the same 671 MB matrix."""
 
-import time
-
 import numpy as np
 from numba import njit, prange
+from timing import best_ms
 
 from minispec import kernels
 
@@ -18,16 +17,6 @@ def row_sums(w: np.ndarray, out: np.ndarray) -> None:
             for k in range(w.shape[1]):
                 s += w[j, k]
             out[j] = s
-
-
-def best_ms(f, n: int = 9) -> float:
-    f()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return 1000 * min(times)
 
 
 rng = np.random.default_rng(0)

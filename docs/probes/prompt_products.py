@@ -4,22 +4,10 @@ All kernel timings come first: after a BLAS call, OpenBLAS's threads keep spinni
 and a Numba kernel started then competes with them for the cores (~8 ms per call here).
 """
 
-import time
-
 import numpy as np
+from timing import best_ms
 
 from minispec import kernels
-
-
-def best_ms(f, n: int = 3) -> float:
-    f()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return 1000 * min(times)
-
 
 rng = np.random.default_rng(0)
 cases = []
@@ -27,8 +15,8 @@ for d_out, d_in in ((262144, 640), (2048, 640), (640, 2048)):
     w = rng.standard_normal((d_out, d_in), dtype=np.float32)
     for T in (32, 256):
         cases.append((w, kernels.pack(w), rng.standard_normal((T, d_in), dtype=np.float32)))
-ours = [best_ms(lambda x=x, p=p: kernels.linear(x, p)) for _, p, x in cases]
-blas = [best_ms(lambda x=x, w=w: x @ w.T) for w, _, x in cases]
+ours = [best_ms(lambda x=x, p=p: kernels.linear(x, p), 3) for _, p, x in cases]
+blas = [best_ms(lambda x=x, w=w: x @ w.T, 3) for w, _, x in cases]
 for (w, _, x), a, b in zip(cases, ours, blas, strict=True):
     shape = f"{w.shape[0]} x {w.shape[1]}, T={x.shape[0]}"
     print(f"{shape}: kernel {a:.1f} ms, BLAS {b:.1f} ms (min of 3)")
