@@ -115,16 +115,27 @@ def pack(w: np.ndarray) -> PackedWeight:
     return PackedWeight(_to_panels(w.astype(np.float32, copy=False)), None, w.shape[0])
 
 
-def quantize_int8(w: np.ndarray) -> PackedWeight:
-    """Symmetric per-row int8: scale = max|w_row| / 127, q = round(w / scale), in panels."""
-    w = _as_matrix(w, "quantize_int8").astype(np.float32, copy=False)
-    amax = np.abs(w).max(axis=1)  # (d_out,)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)  # (d_out, d_in)
-    panels = _to_panels(q)
-    padded_scale = np.ones(panels.shape[0] * PANEL, np.float32)
-    padded_scale[: len(scale)] = scale
-    return PackedWeight(panels, padded_scale, w.shape[0])
+def quantize_int8(w: np.ndarray | PackedWeight) -> PackedWeight:
+    """Symmetric per-row int8: scale = max|w_row| / 127, q = round(w / scale), in panels.
+
+    Takes a float32 matrix or its PackedWeight; works on the panels, where row 8p + l is
+    panels[p, :, l], so a packed weight is never unpacked.
+    """
+    if isinstance(w, np.ndarray):
+        w = pack(_as_matrix(w, "quantize_int8"))
+    if w.scale is not None:
+        raise ValueError("quantize_int8: this weight is int8 already")
+    n_panels, d_in, _ = w.panels.shape
+    q = np.empty((n_panels, d_in, PANEL), np.int8)
+    scale = np.empty((n_panels, PANEL), np.float32)  # one per row
+    # 256 panels (5 MB) at a time: whole-matrix temporaries would each fault in 671 MB of fresh
+    # pages for the head (measured: 2.4-5.0 s in all, against 1.3-1.5 s in blocks).
+    for lo in range(0, n_panels, 256):
+        block = w.panels[lo : lo + 256]  # (256, d_in, 8)
+        amax = np.abs(block).max(axis=1)  # (256, 8): max |w| of each row
+        scale[lo : lo + 256] = np.where(amax > 0, amax / 127.0, 1.0)
+        q[lo : lo + 256] = np.clip(np.rint(block / scale[lo : lo + 256, None, :]), -127, 127)
+    return PackedWeight(q, scale.reshape(-1), w.d_out)
 
 
 def unpack(w: PackedWeight) -> np.ndarray:

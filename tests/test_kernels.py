@@ -131,6 +131,19 @@ def test_int8_quantization_error_bound() -> None:
     assert not unpack(wq)[3].any()
 
 
+def test_int8_from_packed_equals_int8_from_plain() -> None:
+    """Quantizing works on the panels: from a packed weight, the same q and scales, per row."""
+    rng = _rng(11)
+    w = (rng.standard_normal((37, 29)) * rng.uniform(0.1, 2, (37, 1))).astype(np.float32)
+    a, b = quantize_int8(w), quantize_int8(pack(w))
+    assert np.array_equal(a.panels, b.panels) and np.array_equal(a.scale, b.scale)
+    scale = (np.abs(w).max(axis=1) / np.float32(127)).astype(np.float32)  # row by row
+    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    assert np.array_equal(unpack(a), q.astype(np.float32) * scale[:, None])
+    with pytest.raises(ValueError, match="int8 already"):
+        quantize_int8(a)
+
+
 def test_dispatch_packed_to_the_kernel_plain_to_blas(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = _rng(8)
     w = rng.standard_normal((300, 64), dtype=np.float32)

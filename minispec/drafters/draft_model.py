@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft
-from minispec.kernels import quantize_int8, unpack
+from minispec.kernels import quantize_int8
 from minispec.kv_cache import KVCache, new_cache
-from minispec.model import Model, Weight, forward, map_matrices
+from minispec.model import Model, forward, map_matrices
 from minispec.sampling import SamplingParams
 
 
@@ -78,9 +78,6 @@ def quantized_copy(model: Model) -> Model:
     if model.weights != "float32":
         raise ValueError(f"quantized_copy needs a float32 model, this one is {model.weights}")
 
-    def q(w: Weight) -> Weight:
-        return quantize_int8(w if isinstance(w, np.ndarray) else unpack(w))
-
-    params = map_matrices(model.params, q)
+    params = map_matrices(model.params, quantize_int8)
     name = f"{model.name}-int8" if model.name else "int8"
     return Model(model.config, params, model.tokenizer, name=name, weights="int8")
