@@ -131,10 +131,10 @@ def quantize_int8(w: np.ndarray | PackedWeight) -> PackedWeight:
     # 256 panels (5 MB) at a time: whole-matrix temporaries would each fault in 671 MB of fresh
     # pages for the head (measured: 2.4-5.0 s in all, against 1.3-1.5 s in blocks).
     for lo in range(0, n_panels, 256):
-        block = w.panels[lo : lo + 256]  # (256, d_in, 8)
-        amax = np.abs(block).max(axis=1)  # (256, 8): max |w| of each row
-        scale[lo : lo + 256] = np.where(amax > 0, amax / 127.0, 1.0)
-        q[lo : lo + 256] = np.clip(np.rint(block / scale[lo : lo + 256, None, :]), -127, 127)
+        part = slice(lo, lo + 256)
+        amax = np.abs(w.panels[part]).max(axis=1)  # (256, 8): max |w| of each row
+        scale[part] = np.where(amax > 0, amax / 127.0, 1.0)
+        q[part] = np.clip(np.rint(w.panels[part] / scale[part, None, :]), -127, 127)
     return PackedWeight(q, scale.reshape(-1), w.d_out)
 
 
