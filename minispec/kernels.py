@@ -5,10 +5,10 @@ Why not just `x @ w.T`?
     cache-sized panels and runs a micro-kernel over them. A decoding step is the opposite shape:
     T = 1..17 rows against, e.g., the 262,144 x 640 output head. There is almost no arithmetic
     to pay for the packing, and depending on how the library blocks the problem it may stream
-    the 671 MB weight through the caches more than once. Measured on our 2-core machine: 1 row
-    ~26 ms, 2 to 17 rows 70-110 ms (on a busy machine up to 60 and 290 ms). Yet such a product
-    is *memory-bound*: its floor is the time to read the weight once (671 MB at ~37 GB/s,
-    about 18 ms).
+    the 671 MB weight through the caches more than once. Yet such a product is *memory-bound*:
+    its floor is the time to read the weight once (on our 2-core machine a streaming read of it
+    takes 21-24 ms, and 32 rows through BLAS 162 ms against 92 ms here; the commands and all
+    figures are in docs/benchmarks.md).
 
 What we do instead: pack once, then stream
     BLAS packs on every call; we pack once, when the model is loaded (`pack`). A weight is cut
@@ -25,7 +25,7 @@ What we do instead: pack once, then stream
     the hardware prefetcher keeps the stream flowing: verifying k drafted tokens (T = k + 1
     rows) costs little more than decoding one. That is the economics of speculative decoding.
     More than 6 rows go through the same panels again, from cache; a long prompt goes through
-    in blocks of ROW_BLOCK rows (a 256-token prompt on the head: ~1.1x BLAS's time).
+    in blocks of ROW_BLOCK rows (256 rows on the head: 1.07x BLAS's time).
 
 Batch invariance, and why it matters
     Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)`, for every T. Every output
@@ -57,9 +57,9 @@ Why the tile is written in LLVM IR
 
 Threads and compilation: the kernels run on Numba's thread pool (`numba.set_num_threads(n)`
 changes it; results do not depend on the thread count). The tiles are split statically over
-the threads: Numba's dynamic scheduling (`set_parallel_chunksize`) cost ~8 ms per call on a
-busy machine. Compiled code is cached on disk (`cache=True`: in `__pycache__` next to this
-file, or under NUMBA_CACHE_DIR), so only the very first run compiles (about 10 s; `warmup()`
+the threads: Numba's dynamic scheduling (`set_parallel_chunksize`) was slower when we tried
+it. Compiled code is cached on disk (`cache=True`: in `__pycache__` next to this
+file, or under NUMBA_CACHE_DIR), so only the very first run compiles (about 11 s here; `warmup()`
 does it up front).
 """
 
@@ -179,12 +179,14 @@ def linear(x: np.ndarray, w: np.ndarray | PackedWeight) -> np.ndarray:
 
 
 def warmup() -> None:
-    """Compile (or load from the on-disk cache) the kernels for float32 and int8 weights."""
+    """Compile (or load from the on-disk cache) every kernel: float32, int8 and attention."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 8), dtype=np.float32)
     w = rng.standard_normal((9, 8), dtype=np.float32)
     linear(x, pack(w))
     linear(x, quantize_int8(w))
+    kv = w.reshape(9, 1, 8)  # (capacity, n_kv_heads, head_dim)
+    attention(x.reshape(3, 1, 8), kv, kv, np.array([(0, 7), (0, 8), (1, 9)]))
 
 
 def _as_matrix(w: np.ndarray, who: str) -> np.ndarray:
