@@ -12,20 +12,26 @@ Why not just `x @ w.T`?
 
 What we do instead: pack once, then stream
     BLAS packs on every call; we pack once, when the model is loaded (`pack`). A weight is cut
-    into panels of 8 rows and each panel is stored k-major: `panels[p, k, l] = w[8p + l, k]`.
-    Walking k through a panel then meets, at each k, the 8 weights of 8 output columns side by
-    side: one 8-lane AVX2 register. The register tile (`_make_tile`) takes two panels
-    (16 output columns) and up to TILE_ROWS = 6 input rows, and for every k does
+    into panels of 16 rows and each panel is stored k-major: `panels[p, k, l] = w[16p + l, k]`.
+    Walking k through a panel then meets, at each k, the 16 weights of 16 output columns side
+    by side in one 64-byte cache line: one AVX-512 register, or two AVX2 ones. The register
+    tile (`_make_tile`) takes TILE_COLS output columns and up to TILE_ROWS input rows, and for
+    every k does
 
-        acc[r, :] += x[t0 + r, k] * panels[p:p+2, k, :]       for r < rows  (12 vector FMAs)
+        acc[r, :] += x[t0 + r, k] * w[cols, k]        for r < rows  (one vector FMA per register)
 
-    12 accumulators + 2 weight vectors + 1 broadcast input fill the 16 AVX2 registers, and 12
-    independent FMAs keep both FMA units busy through their 4-cycle latency. Each weight is read
-    from memory once, in one sequential stream per thread, and used by every row at once, while
-    the hardware prefetcher keeps the stream flowing: verifying k drafted tokens (T = k + 1
-    rows) costs little more than decoding one. That is the economics of speculative decoding.
-    More than 6 rows go through the same panels again, from cache; a long prompt goes through
-    in blocks of ROW_BLOCK rows (256 rows on the head: 1.07x BLAS's time).
+    The tile's shape follows the registers the CPU has (`LANES`, read when this module loads):
+      - AVX-512, 32 registers of 16 floats: 2 panels (32 columns) x 12 rows = 24 accumulators;
+      - AVX2, 16 registers of 8 floats: 1 panel (16 columns) x 6 rows = 12 accumulators.
+    Either way the accumulators, the 2 weight vectors and 1 broadcast input fill the register
+    file, and 12 or 24 independent FMAs keep both FMA units busy through their 4-cycle latency.
+    Each weight is read from memory once, in one sequential stream per thread, and used by
+    every row at once: verifying k drafted tokens (T = k + 1 rows) costs little more than
+    decoding one. That is the economics of speculative decoding. The tile also asks for the
+    weights PREFETCH steps of k ahead (`llvm.prefetch`): with 12 rows of arithmetic per weight
+    the hardware prefetcher alone fell behind, and the memory sat idle while the FMAs ran
+    (head_vs_read.py in docs/benchmarks.md). More rows than TILE_ROWS go through the same
+    panels again, from cache; a long prompt goes through in blocks of ROW_BLOCK rows.
 
 Batch invariance, and why it matters
     Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)`, for every T. Every output
@@ -35,12 +41,13 @@ Batch invariance, and why it matters
     decoding computes for that position, and greedy speculative decoding emits exactly the
     tokens of plain greedy decoding, by construction rather than "up to float noise". BLAS
     promises nothing of the kind: another T may select another blocking and so another
-    summation order. (tests/test_kernels.py checks the property for T = 1 to 18 and 40.)
+    summation order. (tests/test_kernels.py checks the property for T = 1 to 18 and 60.) Nor does
+    the result depend on the tile's shape: AVX2 and AVX-512 give the same bits.
 
 Int8 weights
     `quantize_int8` stores each weight row as int8 with one float32 scale (symmetric,
-    scale = max|row| / 127), in the same panels. The tile loads 8 int8 weights (8 bytes instead
-    of 32), converts them to float32 and multiplies by their rows' scales: exactly the values
+    scale = max|row| / 127), in the same panels. The tile loads LANES int8 weights (a quarter
+    of the bytes of float32), converts them to float32 and multiplies by their rows' scales: exactly the values
     `unpack` gives, so the result equals `linear(x, pack(unpack(wq)))` bit for bit and decoding
     reads a quarter of the bytes.
 
@@ -52,8 +59,9 @@ fixed loop per (query, head), batch invariant for the same reason.
 
 Why the tile is written in LLVM IR
     Numba has no vector type, and LLVM keeps scalar accumulators in registers but not small
-    arrays. `_make_tile` therefore writes the loop above directly as LLVM IR (up to 12
-    accumulators, `llvm.fma.v8f32`). Everything around it is ordinary Numba.
+    arrays. `_make_tile` therefore writes the loop above directly as LLVM IR (up to 24 vector
+    accumulators, `llvm.fma.v16f32` or `.v8f32`), one copy per row count behind a `switch`.
+    Everything around it is ordinary Numba.
 
 Threads and compilation: the kernels run on Numba's thread pool (`numba.set_num_threads(n)`
 changes it; results do not depend on the thread count). The tiles are split statically over
@@ -67,17 +75,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
-from llvmlite import ir
+from llvmlite import binding, ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-PANEL = 8  # weight rows per panel: one AVX2 register of float32
-TILE_PANELS = 2  # panels per register tile: 16 output columns
-TILE_ROWS = 6  # input rows per register tile, at most
+
+def _vector_lanes() -> int:
+    """float32 lanes of the widest vector register Numba compiles for: 16 with AVX-512, else 8.
+
+    Numba compiles for this machine's CPU unless NUMBA_CPU_FEATURES says otherwise; so do we.
+    """
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = binding.get_host_cpu_features().flatten()
+    return 16 if "+avx512f" in features.split(",") else 8
+
+
+PANEL = 16  # weight rows per panel: at each k, 16 float32 weights = one 64-byte cache line
+PAD_ROWS = 2 * PANEL  # rows are padded to whole pairs of panels, the widest tile
+LANES = _vector_lanes()
+# The register tile: 32 registers with AVX-512 hold 12 rows x 2 vectors of accumulators, the
+# 16 of AVX2 hold 6 x 2 (each leaves room for the 2 weight vectors and 1 broadcast input).
+TILE_PANELS, TILE_ROWS = (2, 12) if LANES == 16 else (1, 6)
+TILE_COLS = TILE_PANELS * PANEL  # output columns per tile: 32 or 16
+PREFETCH = 64  # the tile asks for each panel's weights 64 steps of k (4 KB) ahead
 ROW_BLOCK = 48  # a long prompt's rows go through the weight 48 at a time (they stay in L2)
 N_CHUNKS = 64  # contiguous ranges of tiles handed to the threads by prange
+N_ATTENTION_CHUNKS = 16  # contiguous ranges of (query, head) pairs, likewise
 
 # Attention's kernel: reassociation lets LLVM vectorize its dot products; contraction lets it
 # use fused multiply-add. No "nnan"/"ninf": a NaN must still come out as NaN.
@@ -86,14 +113,14 @@ _FASTMATH = {"reassoc", "contract", "nsz"}
 
 @dataclass(frozen=True)
 class PackedWeight:
-    """A (d_out, d_in) weight in panels of 8 rows, k-major: panels[p, k, l] = w[8p + l, k].
+    """A (d_out, d_in) weight in panels of 16 rows, k-major: panels[p, k, l] = w[16p + l, k].
 
     float32 panels with scale None, or int8 panels with one float32 scale per row:
-    w[j] ~= q[j] * scale[j]. Rows are padded with zeros to a multiple of 16 (two panels).
+    w[j] ~= q[j] * scale[j]. Rows are padded with zeros to a multiple of 32 (two panels).
     """
 
-    panels: np.ndarray  # (n_panels, d_in, 8) float32 or int8
-    scale: np.ndarray | None  # (8 * n_panels,) float32 for int8 panels, else None
+    panels: np.ndarray  # (n_panels, d_in, 16) float32 or int8
+    scale: np.ndarray | None  # (16 * n_panels,) float32 for int8 panels, else None
     d_out: int
 
     @property
@@ -118,7 +145,7 @@ def pack(w: np.ndarray) -> PackedWeight:
 def quantize_int8(w: np.ndarray | PackedWeight) -> PackedWeight:
     """Symmetric per-row int8: scale = max|w_row| / 127, q = round(w / scale), in panels.
 
-    Takes a float32 matrix or its PackedWeight; works on the panels, where row 8p + l is
+    Takes a float32 matrix or its PackedWeight; works on the panels, where row 16p + l is
     panels[p, :, l], so a packed weight is never unpacked.
     """
     if isinstance(w, np.ndarray):
@@ -132,7 +159,7 @@ def quantize_int8(w: np.ndarray | PackedWeight) -> PackedWeight:
     # pages for the head (measured: 2.4-5.0 s in all, against 1.3-1.5 s in blocks).
     for lo in range(0, n_panels, 256):
         part = slice(lo, lo + 256)
-        amax = np.abs(w.panels[part]).max(axis=1)  # (256, 8): max |w| of each row
+        amax = np.abs(w.panels[part]).max(axis=1)  # (256, 16): max |w| of each row
         scale[part] = np.where(amax > 0, amax / 127.0, 1.0)
         q[part] = np.clip(np.rint(w.panels[part] / scale[part, None, :]), -127, 127)
     return PackedWeight(q, scale.reshape(-1), w.d_out)
@@ -197,9 +224,9 @@ def _as_matrix(w: np.ndarray, who: str) -> np.ndarray:
 
 
 def _to_panels(m: np.ndarray) -> np.ndarray:
-    """(d_out, d_in) -> (n_panels, d_in, 8), zero rows appended to a multiple of 16 rows."""
+    """(d_out, d_in) -> (n_panels, d_in, 16), zero rows appended to a multiple of 32 rows."""
     d_out, d_in = m.shape
-    pad = -d_out % (PANEL * TILE_PANELS)
+    pad = -d_out % PAD_ROWS
     if pad:
         m = np.concatenate([m, np.zeros((pad, d_in), m.dtype)])
     return np.ascontiguousarray(m.reshape(-1, PANEL, d_in).transpose(0, 2, 1))
@@ -213,7 +240,7 @@ def _check_shapes(x: np.ndarray, w: np.ndarray | PackedWeight) -> None:
     if isinstance(w, PackedWeight):
         p, s = w.panels, w.scale
         int8_ok = p.dtype == np.int8 and s is not None and s.shape == (p.shape[0] * PANEL,)
-        if p.ndim != 3 or p.shape[2] != PANEL or p.shape[0] % TILE_PANELS != 0:
+        if p.ndim != 3 or p.shape[2] != PANEL or p.shape[0] * PANEL % PAD_ROWS != 0:
             raise ValueError(f"linear: panels must be (2n, d_in, {PANEL}), got {p.shape}")
         if not (p.dtype == np.float32 and s is None or int8_ok):
             raise ValueError(
@@ -232,115 +259,135 @@ def _check_shapes(x: np.ndarray, w: np.ndarray | PackedWeight) -> None:
 
 # ------------------------------------------------------------------ the register tile, in LLVM IR
 
-_F32X8 = ir.VectorType(ir.FloatType(), PANEL)
-_I32X8 = ir.VectorType(ir.IntType(32), PANEL)  # a shuffle mask
 _I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
 
 
-def _make_tile(rows: int):
-    """A Numba intrinsic: out[t0:t0+rows, 8p:8p+16] = x[t0:t0+rows] @ w[8p:8p+16].T.
+def _make_tile():
+    """A Numba intrinsic: out[t0:t0+rows, 16p : 16p+TILE_COLS] = x[t0:t0+rows] @ w[those].T.
 
-    Called as tile(x, t0, panels, p, scale, out) with x (T, d_in) float32, panels of a
-    PackedWeight, scale its scales (or None) and out (T, 8 * n_panels) float32. The loop:
+    Called as tile(x, t0, rows, panels, p, scale, out) with x (T, d_in) float32, rows in
+    1..TILE_ROWS, panels of a PackedWeight, scale its scales (or None) and out
+    (T, 16 * n_panels) float32. For each row count the IR holds one copy of the loop
 
-        acc = zeros((rows, 2, 8))
+        acc = zeros((rows, TILE_COLS))
         for k in range(d_in):
-            w = panels[p:p+2, k, :]                   (int8: float32(q) * scale[8p:8p+16])
+            prefetch(panels[p : p + TILE_PANELS, k + PREFETCH, :])   (a hint: never changes a bit)
+            w = panels[p : p + TILE_PANELS, k, :]            (int8: float32(q) * scale[cols])
             for r in range(rows):
                 acc[r] = fma(x[t0 + r, k], w, acc[r])   (one rounding per step, in k order)
-        out[t0:t0+rows, 8p:8p+16] = acc
+        out[t0:t0+rows, cols] = acc
+
+    with w and each acc[r] held as TILE_COLS / LANES vector registers, and a `switch` on rows
+    picks the copy (Numba cannot index a tuple of intrinsics at run time).
     """
 
     @intrinsic
-    def tile(typingctx, x, t0, panels, p, scale, out):
+    def tile(typingctx, x, t0, rows, panels, p, scale, out):
         int8 = panels.dtype == types.int8
 
         def codegen(context, builder, signature, args):
             def array(i):  # the data pointer and shape of argument i
                 return context.make_array(signature.args[i])(context, builder, args[i])
 
-            xs, ws, outs = array(0), array(2), array(5)
-            t0, p = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 3))
+            def int64(i):
+                return context.cast(builder, args[i], signature.args[i], types.int64)
+
+            xs, ws, outs = array(0), array(3), array(6)
+            scales = array(5) if int8 else None
+            t0, rows, p = int64(1), int64(2), int64(4)
             d_in = builder.extract_value(ws.shape, 1)
             n_cols = builder.extract_value(outs.shape, 1)
-
-            def const(value: int) -> ir.Constant:
-                return ir.Constant(_I64, value)
-
-            def vector(data, offset):  # data[offset : offset + 8] as one vector (any alignment)
-                pointer_type = ir.VectorType(data.type.pointee, PANEL).as_pointer()
-                return builder.load(
-                    builder.bitcast(builder.gep(data, [offset]), pointer_type), align=1
-                )
-
-            def splat(value):  # <value, value, ..., value>
-                one = builder.insert_element(ir.Constant(_F32X8, None), value, const(0))
-                return builder.shuffle_vector(one, one, ir.Constant(_I32X8, None))
-
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_F32X8, [_F32X8] * 3), "llvm.fma.v8f32"
-            )
-            panel = [builder.add(p, const(j)) for j in range(TILE_PANELS)]  # p, p + 1
-            x_row = [builder.mul(builder.add(t0, const(r)), d_in) for r in range(rows)]  # &x[t0+r]
-            w_panel = [builder.mul(builder.mul(q, d_in), const(PANEL)) for q in panel]  # &panels[q]
-            if int8:
-                row_scale = [vector(array(4).data, builder.mul(q, const(PANEL))) for q in panel]
-            # The accumulators live in stack slots; LLVM promotes them to registers.
-            acc = [[cgutils.alloca_once(builder, _F32X8) for _ in panel] for _ in range(rows)]
-            for slot in (slot for row in acc for slot in row):
-                builder.store(ir.Constant(_F32X8, None), slot)  # zeros
-            with cgutils.for_range(builder, d_in) as loop:
-                k = loop.index
-                w = [
-                    vector(ws.data, builder.add(w0, builder.mul(k, const(PANEL)))) for w0 in w_panel
-                ]
-                if int8:  # the weight as float32, exactly as `unpack` computes it: float32(q) * s
-                    w = [builder.sitofp(wj, _F32X8) for wj in w]
-                    w = [builder.fmul(wj, sj) for wj, sj in zip(w, row_scale, strict=True)]
-                for r in range(rows):
-                    xk = splat(builder.load(builder.gep(xs.data, [builder.add(x_row[r], k)])))
-                    for slot, wj in zip(acc[r], w, strict=True):
-                        builder.store(builder.call(fma, [xk, wj, builder.load(slot)]), slot)
-            for r in range(rows):
-                for slot, q in zip(acc[r], panel, strict=True):
-                    row = builder.mul(builder.add(t0, const(r)), n_cols)
-                    where = builder.gep(outs.data, [builder.add(row, builder.mul(q, const(PANEL)))])
-                    where = builder.bitcast(where, _F32X8.as_pointer())
-                    builder.store(builder.load(slot), where, align=1)
+            done = builder.append_basic_block("tile.done")
+            switch = builder.switch(rows, done)
+            for r in range(1, TILE_ROWS + 1):
+                block = builder.append_basic_block(f"tile.rows{r}")
+                switch.add_case(ir.Constant(_I64, r), block)
+                builder.position_at_end(block)
+                _emit_tile_loop(builder, r, xs, ws, scales, outs, t0, p, d_in, n_cols)
+                builder.branch(done)
+            builder.position_at_end(done)
             return context.get_dummy_value()
 
-        return types.void(x, t0, panels, p, scale, out), codegen
+        return types.void(x, t0, rows, panels, p, scale, out), codegen
 
     return tile
 
 
-_tile_1, _tile_2, _tile_3, _tile_4, _tile_5, _tile_6 = (_make_tile(r) for r in range(1, 7))
+def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, d_in, n_cols) -> None:
+    """The IR of one tile with a fixed number of rows (see `_make_tile`)."""
+    f32xn = ir.VectorType(ir.FloatType(), LANES)
+
+    def const(value: int) -> ir.Constant:
+        return ir.Constant(_I64, value)
+
+    def vector(data, offset):  # data[offset : offset + LANES] as one vector (any alignment)
+        pointer_type = ir.VectorType(data.type.pointee, LANES).as_pointer()
+        return builder.load(builder.bitcast(builder.gep(data, [offset]), pointer_type), align=1)
+
+    def splat(value):  # <value, value, ..., value>
+        one = builder.insert_element(ir.Constant(f32xn, None), value, const(0))
+        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, LANES), None))
+
+    module = builder.module
+    fma = cgutils.get_or_insert_function(
+        module, ir.FunctionType(f32xn, [f32xn] * 3), f"llvm.fma.v{LANES}f32"
+    )
+    i8_ptr = ir.IntType(8).as_pointer()
+    prefetch = cgutils.get_or_insert_function(
+        module, ir.FunctionType(ir.VoidType(), [i8_ptr, _I32, _I32, _I32]), "llvm.prefetch.p0i8"
+    )
+    # Column c of the tile (c = 0, LANES, 2 LANES, ...) is lane c % 16 of panel p + c // 16:
+    # its k-th weights start at panels.data + (p + c // 16) * d_in * 16 + k * 16 + c % 16.
+    cols = range(0, TILE_COLS, LANES)
+    panel_start = [builder.mul(builder.add(p, const(j)), d_in) for j in range(TILE_PANELS)]
+    panel_start = [builder.mul(start, const(PANEL)) for start in panel_start]
+    w_start = [builder.add(panel_start[c // PANEL], const(c % PANEL)) for c in cols]
+    x_row = [builder.mul(builder.add(t0, const(r)), d_in) for r in range(rows)]  # &x[t0 + r]
+    if scales is not None:
+        row_scale = [
+            vector(scales.data, builder.add(builder.mul(p, const(PANEL)), const(c))) for c in cols
+        ]
+    # The accumulators live in stack slots; LLVM promotes them to registers.
+    acc = [[cgutils.alloca_once(builder, f32xn) for _ in cols] for _ in range(rows)]
+    for slot in (slot for row in acc for slot in row):
+        builder.store(ir.Constant(f32xn, None), slot)  # zeros
+    with cgutils.for_range(builder, d_in) as loop:
+        k16 = builder.mul(loop.index, const(PANEL))
+        ahead = builder.add(k16, const(PREFETCH * PANEL))
+        for start in panel_start:  # ask for the 64-byte line PREFETCH steps ahead, into L1
+            line = builder.gep(ws.data, [builder.add(start, ahead)])
+            hint = [ir.Constant(_I32, v) for v in (0, 3, 1)]  # read, keep in all caches, data
+            builder.call(prefetch, [builder.bitcast(line, i8_ptr), *hint])
+        w = [vector(ws.data, builder.add(start, k16)) for start in w_start]
+        if scales is not None:  # the weight as float32, exactly as `unpack` computes it
+            w = [
+                builder.fmul(builder.sitofp(wj, f32xn), sj)
+                for wj, sj in zip(w, row_scale, strict=True)
+            ]
+        for r in range(rows):
+            xk = splat(builder.load(builder.gep(xs.data, [builder.add(x_row[r], loop.index)])))
+            for slot, wj in zip(acc[r], w, strict=True):
+                builder.store(builder.call(fma, [xk, wj, builder.load(slot)]), slot)
+    for r in range(rows):
+        out_row = builder.add(
+            builder.mul(builder.add(t0, const(r)), n_cols), builder.mul(p, const(PANEL))
+        )
+        for slot, c in zip(acc[r], cols, strict=True):
+            where = builder.gep(outs.data, [builder.add(out_row, const(c))])
+            builder.store(builder.load(slot), builder.bitcast(where, f32xn.as_pointer()), align=1)
 
 
-@njit(cache=True, inline="always")
-def _tile(x, t0, rows, panels, p, scale, out):
-    """The register tile for `rows` (1..TILE_ROWS) input rows: one compiled loop per row count."""
-    if rows == 6:
-        _tile_6(x, t0, panels, p, scale, out)
-    elif rows == 5:
-        _tile_5(x, t0, panels, p, scale, out)
-    elif rows == 4:
-        _tile_4(x, t0, panels, p, scale, out)
-    elif rows == 3:
-        _tile_3(x, t0, panels, p, scale, out)
-    elif rows == 2:
-        _tile_2(x, t0, panels, p, scale, out)
-    else:
-        _tile_1(x, t0, panels, p, scale, out)
+_tile = _make_tile()
 
 
 @njit(parallel=True, cache=True)
 def _matmul_kernel(x, panels, scale, out):
     """out = x @ w.T for the PackedWeight (panels, scale), streaming the panels once per block.
 
-    x (T, d_in) float32 C-contiguous; panels (n_panels, d_in, 8) float32 or int8; scale
-    (8 * n_panels,) float32 or None; out (T, 8 * n_panels) float32. The tiles (pairs of panels)
-    are cut into N_CHUNKS contiguous ranges that prange hands to the threads; within a range,
+    x (T, d_in) float32 C-contiguous; panels (n_panels, d_in, 16) float32 or int8; scale
+    (16 * n_panels,) float32 or None; out (T, 16 * n_panels) float32. The tiles (TILE_PANELS
+    panels each) are cut into N_CHUNKS contiguous ranges that prange hands to the threads; within a range,
     every tile is multiplied by all rows of a block of ROW_BLOCK rows, TILE_ROWS at a time.
     """
     T = x.shape[0]
@@ -382,28 +429,40 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, seen: np.ndar
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _attention_kernel(q, keys, values, seen, out):
-    """out[t, h] = softmax(K q[t, h]) V over the keys query t sees, every (t, h) in parallel."""
+    """out[t, h] = softmax(K q[t, h]) V over the keys query t sees, the (t, h) pairs in parallel.
+
+    The pairs are cut into at most N_ATTENTION_CHUNKS contiguous ranges, one prange iteration
+    each; a range allocates one buffer for its probabilities and writes straight into out
+    (an allocation per pair, under the threads, cost more than the arithmetic).
+    """
     T, n_heads, head_dim = q.shape
     group = n_heads // keys.shape[1]  # query heads per key/value head
-    for th in prange(T * n_heads):
-        t, h = th // n_heads, th % n_heads
-        kv = h // group
-        lo, hi = seen[t, 0], seen[t, 1]
-        scores = np.empty(hi - lo, np.float32)  # (S,)
-        top = np.float32(-np.inf)
-        for s in range(lo, hi):
-            acc = np.float32(0.0)
+    n_pairs = T * n_heads
+    n_chunks = min(n_pairs, N_ATTENTION_CHUNKS)
+    longest = 0
+    for t in range(T):
+        longest = max(longest, seen[t, 1] - seen[t, 0])
+    for c in prange(n_chunks):
+        p = np.empty(longest, np.float32)  # (S,): scores, then probabilities
+        for th in range(c * n_pairs // n_chunks, (c + 1) * n_pairs // n_chunks):
+            t, h = th // n_heads, th % n_heads
+            kv = h // group
+            lo, hi = seen[t, 0], seen[t, 1]
+            top = np.float32(-np.inf)
+            for s in range(lo, hi):  # scores q . k_s
+                score = np.float32(0.0)
+                for d in range(head_dim):
+                    score += q[t, h, d] * keys[s, kv, d]
+                p[s - lo] = score
+                top = max(top, score)
+            total = np.float32(0.0)
+            for s in range(hi - lo):  # softmax, shifted by the max so that exp never overflows
+                p[s] = np.exp(p[s] - top)
+                total += p[s]
+            for s in range(hi - lo):
+                p[s] /= total
             for d in range(head_dim):
-                acc += q[t, h, d] * keys[s, kv, d]
-            scores[s - lo] = acc
-            top = max(top, acc)
-        total = np.float32(0.0)
-        for s in range(hi - lo):  # softmax, shifted by the max so that exp never overflows
-            scores[s] = np.exp(scores[s] - top)
-            total += scores[s]
-        mixed = np.zeros(head_dim, np.float32)  # (head_dim,): sum over s of p_s v_s
-        for s in range(lo, hi):
-            p = scores[s - lo] / total
-            for d in range(head_dim):
-                mixed[d] += p * values[s, kv, d]
-        out[t, h] = mixed
+                out[t, h, d] = 0.0
+            for s in range(lo, hi):  # sum over s of p_s v_s
+                for d in range(head_dim):
+                    out[t, h, d] += p[s - lo] * values[s, kv, d]

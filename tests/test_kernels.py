@@ -39,7 +39,7 @@ def _assert_close(y: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
 SHAPES = [(7, 7), (33, 257), (257, 33), (641, 641), (640, 2048), (2048, 640), (1024, 640), (9, 1)]
 
 
-@pytest.mark.parametrize("T", [1, 2, 5, 8, 9, 16, 17, 40])
+@pytest.mark.parametrize("T", [1, 2, 5, 8, 9, 16, 17, 60])
 @pytest.mark.parametrize("d_out,d_in", SHAPES)
 def test_float32_matches_numpy(T: int, d_out: int, d_in: int) -> None:
     rng = _rng(T * 1000 + d_out)
@@ -48,7 +48,7 @@ def test_float32_matches_numpy(T: int, d_out: int, d_in: int) -> None:
     _assert_close(linear(x, pack(w)), x, w)
 
 
-@pytest.mark.parametrize("T", [1, 2, 5, 8, 9, 16, 17, 40])
+@pytest.mark.parametrize("T", [1, 2, 5, 8, 9, 16, 17, 60])
 @pytest.mark.parametrize("d_out,d_in", SHAPES)
 def test_int8_matches_dequantized(T: int, d_out: int, d_in: int) -> None:
     rng = _rng(T * 1000 + d_out + 1)
@@ -72,12 +72,12 @@ def test_non_contiguous_x(T: int) -> None:
 
 @pytest.mark.parametrize("d_out,d_in", [(7, 7), (33, 257), (641, 640), (1030, 641)])
 def test_batch_invariance_float32(d_out: int, d_in: int) -> None:
-    """Row t of a T-row product is bit-identical to the 1-row product, for every T up to 40."""
+    """Row t of a T-row product is bit-identical to the 1-row product, for every T up to 60."""
     rng = _rng(4)
-    x = rng.standard_normal((40, d_in), dtype=np.float32)
+    x = rng.standard_normal((60, d_in), dtype=np.float32)
     w = pack(rng.standard_normal((d_out, d_in), dtype=np.float32))
-    single = np.concatenate([linear(x[t : t + 1], w) for t in range(40)])
-    for T in [*range(1, VERIFY_ROWS + 1), 18, 40]:  # 40: a second block of ROW_BLOCK rows
+    single = np.concatenate([linear(x[t : t + 1], w) for t in range(60)])
+    for T in [*range(1, VERIFY_ROWS + 1), 18, 60]:  # 60: a second block of ROW_BLOCK rows
         assert np.array_equal(linear(x[:T], w), single[:T]), f"T={T}"
         assert np.array_equal(linear(x[T - 1 : T], w), single[T - 1 : T])
 
@@ -85,10 +85,10 @@ def test_batch_invariance_float32(d_out: int, d_in: int) -> None:
 @pytest.mark.parametrize("d_out,d_in", [(7, 7), (33, 257), (641, 640), (1030, 641)])
 def test_batch_invariance_int8(d_out: int, d_in: int) -> None:
     rng = _rng(5)
-    x = rng.standard_normal((40, d_in), dtype=np.float32)
+    x = rng.standard_normal((60, d_in), dtype=np.float32)
     wq = quantize_int8(rng.standard_normal((d_out, d_in), dtype=np.float32))
-    single = np.concatenate([linear(x[t : t + 1], wq) for t in range(40)])
-    for T in [*range(1, VERIFY_ROWS + 1), 18, 40]:
+    single = np.concatenate([linear(x[t : t + 1], wq) for t in range(60)])
+    for T in [*range(1, VERIFY_ROWS + 1), 18, 60]:
         assert np.array_equal(linear(x[:T], wq), single[:T]), f"T={T}"
 
 
@@ -121,8 +121,8 @@ def test_int8_quantization_error_bound() -> None:
     w = rng.standard_normal((500, 300), dtype=np.float32) * rng.uniform(0.01, 3, (500, 1))
     w[3] = 0.0  # an all-zero row must not divide by zero
     wq = quantize_int8(w)
-    assert wq.dtype == np.int8 and wq.shape == w.shape and wq.panels.shape == (64, 300, 8)
-    scale = wq.scale[:500]  # (512,): rows padded to a multiple of 16
+    assert wq.dtype == np.int8 and wq.shape == w.shape and wq.panels.shape == (32, 300, 16)
+    scale = wq.scale[:500]  # (512,): rows padded to a multiple of 32
     assert wq.scale.dtype == np.float32 and wq.scale.shape == (512,)
     assert np.abs(wq.panels).max() <= 127
     np.testing.assert_allclose(scale[4:], np.abs(w[4:]).max(axis=1) / 127, rtol=1e-6)
@@ -158,12 +158,12 @@ def test_dispatch_packed_to_the_kernel_plain_to_blas(monkeypatch: pytest.MonkeyP
 
 
 def test_pack_unpack_and_rows() -> None:
-    """Panels hold w[8p + l, k] at [p, k, l]; rows and sub-matrices come back exactly."""
+    """Panels hold w[16p + l, k] at [p, k, l]; rows and sub-matrices come back exactly."""
     rng = _rng(10)
     w = rng.standard_normal((37, 11), dtype=np.float32)
     pw = pack(w)
-    assert pw.shape == (37, 11) and pw.panels.shape == (6, 11, 8)  # 37 rows padded to 48
-    assert pw.panels[1, 4, 3] == w[11, 4] and not pw.panels[4:, :, 5:].any()
+    assert pw.shape == (37, 11) and pw.panels.shape == (4, 11, 16)  # 37 rows padded to 64
+    assert pw.panels[1, 4, 3] == w[19, 4] and not pw.panels[2:, :, 5:].any()
     assert np.array_equal(unpack(pw), w)
     rows = np.array([36, 0, 9, 9])
     assert np.array_equal(take_rows(pw, rows), w[rows])
@@ -197,11 +197,11 @@ def test_bad_input_raises(x, w, match: str) -> None:
 
 def test_bad_packed_weight_raises() -> None:
     x = np.ones((1, 8), np.float32)
-    no_scale = PackedWeight(np.ones((2, 8, 8), np.int8), None, 16)
+    no_scale = PackedWeight(np.ones((2, 8, 16), np.int8), None, 32)
     with pytest.raises(ValueError, match="int8 panels with one float32 scale"):
         linear(x, no_scale)
-    with pytest.raises(ValueError, match=r"panels must be \(2n, d_in, 8\)"):
-        linear(x, PackedWeight(np.ones((1, 8, 8), np.float32), None, 8))
+    with pytest.raises(ValueError, match=r"panels must be \(2n, d_in, 16\)"):
+        linear(x, PackedWeight(np.ones((1, 8, 16), np.float32), None, 16))
     with pytest.raises(ValueError, match="2-D"):
         pack(np.ones(8, np.float32))
 
@@ -249,3 +249,55 @@ def test_attention_kernel_bad_shapes() -> None:
     q, keys, values, _ = _attention_case(2, 4, 1, None)
     with pytest.raises(ValueError, match="do not fit"):
         kernels.attention(q, keys[:, :, :5], values, np.array([(0, 41), (0, 42)]))
+
+
+# A script for another process, compiled for another instruction set: it prints the tile shape
+# it chose and saves its products, which must equal this process's bit for bit.
+_OTHER_ISA_SCRIPT = """
+import sys
+import numpy as np
+from minispec import kernels
+rng = np.random.default_rng(12)
+w = rng.standard_normal((1030, 641), dtype=np.float32)
+x = rng.standard_normal((60, 641), dtype=np.float32)
+products = [kernels.linear(x, kernels.pack(w)), kernels.linear(x, kernels.quantize_int8(w))]
+np.save(sys.argv[1], np.stack(products))
+print(kernels.LANES, kernels.TILE_PANELS, kernels.TILE_ROWS)
+"""
+
+
+def test_same_bits_from_another_instruction_set(tmp_path) -> None:
+    """The tile differs with the CPU (AVX-512: 12 rows x 32 columns of 16-lane vectors; AVX2:
+    6 x 16 of 8-lane ones), but every output is the same k-ordered FMA chain, so the products
+    are bit-identical. Here another process compiles the kernels for a narrower instruction set
+    (AVX2 where this machine has AVX-512, SSE4.2 where it has AVX2) and must agree exactly."""
+    import os
+    import subprocess
+    import sys
+
+    if kernels.LANES == 16:
+        cpu, features, want = "haswell", "+avx,+avx2,+fma,+f16c,+sse4.2,+popcnt,-avx512f", "8 1 6"
+    else:
+        cpu, features, want = "nehalem", "+sse4.2,+popcnt,-avx,-avx2,-fma,-avx512f", "8 1 6"
+    env = {
+        **os.environ,
+        "NUMBA_CPU_NAME": cpu,
+        "NUMBA_CPU_FEATURES": features,
+        "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
+    }
+    out = tmp_path / "products.npy"
+    run = subprocess.run(
+        [sys.executable, "-c", _OTHER_ISA_SCRIPT, str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[-2] == want
+    theirs = np.load(out)  # a plain float32 array: no pickle
+    rng = _rng(12)
+    w = rng.standard_normal((1030, 641), dtype=np.float32)
+    x = rng.standard_normal((60, 641), dtype=np.float32)
+    assert np.array_equal(theirs[0], linear(x, pack(w)))
+    assert np.array_equal(theirs[1], linear(x, quantize_int8(w)))
