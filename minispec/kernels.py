@@ -28,9 +28,10 @@ What we do instead: pack once, then stream
     Each weight is read from memory once, in one sequential stream per thread, and used by
     every row at once: verifying k drafted tokens (T = k + 1 rows) costs little more than
     decoding one. That is the economics of speculative decoding. The tile also asks for the
-    weights PREFETCH steps of k ahead (`llvm.prefetch`): with 12 rows of arithmetic per weight
-    the hardware prefetcher alone fell behind, and the memory sat idle while the FMAs ran
-    (head_vs_read.py in docs/benchmarks.md). More rows than TILE_ROWS go through the same
+    weights PREFETCH steps of k ahead (`llvm.prefetch`) when it has 2 rows or more: with rows
+    of arithmetic per weight the hardware prefetcher alone fell behind, and the memory sat idle
+    while the FMAs ran; with one row it keeps up, and the hint only costs instructions
+    (prefetch_distance.py in docs/benchmarks.md). More rows than TILE_ROWS go through the same
     panels again, from cache; a long prompt goes through in blocks of ROW_BLOCK rows.
 
 Batch invariance, and why it matters
@@ -47,9 +48,9 @@ Batch invariance, and why it matters
 Int8 weights
     `quantize_int8` stores each weight row as int8 with one float32 scale (symmetric,
     scale = max|row| / 127), in the same panels. The tile loads LANES int8 weights (a quarter
-    of the bytes of float32), converts them to float32 and multiplies by their rows' scales: exactly the values
-    `unpack` gives, so the result equals `linear(x, pack(unpack(wq)))` bit for bit and decoding
-    reads a quarter of the bytes.
+    of the bytes of float32), converts them to float32 and multiplies them by their rows'
+    scales: exactly the values `unpack` gives, so the result equals
+    `linear(x, pack(unpack(wq)))` bit for bit and decoding reads a quarter of the bytes.
 
 A plain NumPy matrix still works: `linear(x, w)` with an ndarray is `x @ w.T` through BLAS,
 the reference the kernel is tested against (and what `minispec bench` reports as "NumPy only").
@@ -102,6 +103,7 @@ LANES = _vector_lanes()
 TILE_PANELS, TILE_ROWS = (2, 12) if LANES == 16 else (1, 6)
 TILE_COLS = TILE_PANELS * PANEL  # output columns per tile: 32 or 16
 PREFETCH = 64  # the tile asks for each panel's weights 64 steps of k (4 KB) ahead
+PREFETCH_ROWS = 2  # ... when it has 2 rows or more (one row: the hardware keeps up alone)
 ROW_BLOCK = 48  # a long prompt's rows go through the weight 48 at a time (they stay in L2)
 N_CHUNKS = 64  # contiguous ranges of tiles handed to the threads by prange
 N_ATTENTION_CHUNKS = 16  # contiguous ranges of (query, head) pairs, likewise
@@ -272,7 +274,7 @@ def _make_tile():
 
         acc = zeros((rows, TILE_COLS))
         for k in range(d_in):
-            prefetch(panels[p : p + TILE_PANELS, k + PREFETCH, :])   (a hint: never changes a bit)
+            prefetch(panels[p : p + TILE_PANELS, k + PREFETCH, :])   (2+ rows; changes no bit)
             w = panels[p : p + TILE_PANELS, k, :]            (int8: float32(q) * scale[cols])
             for r in range(rows):
                 acc[r] = fma(x[t0 + r, k], w, acc[r])   (one rounding per step, in k order)
@@ -355,7 +357,7 @@ def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, d_in, n_cols) ->
     with cgutils.for_range(builder, d_in) as loop:
         k16 = builder.mul(loop.index, const(PANEL))
         ahead = builder.add(k16, const(PREFETCH * PANEL))
-        for start in panel_start:  # ask for the 64-byte line PREFETCH steps ahead, into L1
+        for start in panel_start if rows >= PREFETCH_ROWS else ():  # the line PREFETCH steps ahead
             line = builder.gep(ws.data, [builder.add(start, ahead)])
             hint = [ir.Constant(_I32, v) for v in (0, 3, 1)]  # read, keep in all caches, data
             builder.call(prefetch, [builder.bitcast(line, i8_ptr), *hint])
@@ -387,8 +389,9 @@ def _matmul_kernel(x, panels, scale, out):
 
     x (T, d_in) float32 C-contiguous; panels (n_panels, d_in, 16) float32 or int8; scale
     (16 * n_panels,) float32 or None; out (T, 16 * n_panels) float32. The tiles (TILE_PANELS
-    panels each) are cut into N_CHUNKS contiguous ranges that prange hands to the threads; within a range,
-    every tile is multiplied by all rows of a block of ROW_BLOCK rows, TILE_ROWS at a time.
+    panels each) are cut into N_CHUNKS contiguous ranges that prange hands to the threads;
+    within a range, every tile is multiplied by all rows of a block of ROW_BLOCK rows,
+    TILE_ROWS at a time.
     """
     T = x.shape[0]
     n_tiles = panels.shape[0] // TILE_PANELS
