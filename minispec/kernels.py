@@ -7,7 +7,7 @@ Why not just `x @ w.T`?
     to pay for the packing, and depending on how the library blocks the problem it may stream
     the 671 MB weight through the caches more than once. Yet such a product is *memory-bound*:
     its floor is the time to read the weight once (on our 2-core machine a streaming read of it
-    takes 21-24 ms, and 32 rows through BLAS 162 ms against 92 ms here; the commands and all
+    takes 21-22 ms, and 32 rows through BLAS 131 ms against 58 ms here; the commands and all
     figures are in docs/benchmarks.md).
 
 What we do instead: pack once, then stream
@@ -28,11 +28,13 @@ What we do instead: pack once, then stream
     Each weight is read from memory once, in one sequential stream per thread, and used by
     every row at once: verifying k drafted tokens (T = k + 1 rows) costs little more than
     decoding one. That is the economics of speculative decoding. The tile also asks for the
-    weights PREFETCH steps of k ahead (`llvm.prefetch`) when it has 2 rows or more: with rows
-    of arithmetic per weight the hardware prefetcher alone fell behind, and the memory sat idle
-    while the FMAs ran; with one row it keeps up, and the hint only costs instructions
-    (prefetch_distance.py in docs/benchmarks.md). More rows than TILE_ROWS go through the same
-    panels again, from cache; a long prompt goes through in blocks of ROW_BLOCK rows.
+    weights PREFETCH steps of k ahead (`llvm.prefetch`): with rows of arithmetic per weight
+    the hardware prefetcher alone fell behind, and the memory sat idle while the FMAs ran.
+    A float32 tile of one row does without: there the hardware keeps up and the hint only
+    costs instructions. (Measured, not derived: int8 needs it even for one row. The figures
+    are in docs/benchmarks.md, under prefetch_distance.py.) More rows than TILE_ROWS go
+    through the same panels again, from cache; a long prompt goes through in blocks of
+    ROW_BLOCK rows.
 
 Batch invariance, and why it matters
     Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)`, for every T. Every output
@@ -68,7 +70,7 @@ Threads and compilation: the kernels run on Numba's thread pool (`numba.set_num_
 changes it; results do not depend on the thread count). The tiles are split statically over
 the threads: Numba's dynamic scheduling (`set_parallel_chunksize`) was slower when we tried
 it. Compiled code is cached on disk (`cache=True`: in `__pycache__` next to this
-file, or under NUMBA_CACHE_DIR), so only the very first run compiles (about 11 s here; `warmup()`
+file, or under NUMBA_CACHE_DIR), so only the very first run compiles (about 4 s here; `warmup()`
 does it up front).
 """
 
@@ -102,8 +104,9 @@ LANES = _vector_lanes()
 # 16 of AVX2 hold 6 x 2 (each leaves room for the 2 weight vectors and 1 broadcast input).
 TILE_PANELS, TILE_ROWS = (2, 12) if LANES == 16 else (1, 6)
 TILE_COLS = TILE_PANELS * PANEL  # output columns per tile: 32 or 16
-PREFETCH = 64  # the tile asks for each panel's weights 64 steps of k (4 KB) ahead
-PREFETCH_ROWS = 2  # ... when it has 2 rows or more (one row: the hardware keeps up alone)
+PREFETCH = 64  # the tile asks for each panel's weights 64 steps of k ahead (4 KB in float32)
+# ... when it has this many rows or more (float32, one row: the hardware keeps up alone)
+PREFETCH_ROWS = {"float32": 2, "int8": 1}
 ROW_BLOCK = 48  # a long prompt's rows go through the weight 48 at a time (they stay in L2)
 N_CHUNKS = 64  # contiguous ranges of tiles handed to the threads by prange
 N_ATTENTION_CHUNKS = 16  # contiguous ranges of (query, head) pairs, likewise
@@ -274,7 +277,7 @@ def _make_tile():
 
         acc = zeros((rows, TILE_COLS))
         for k in range(d_in):
-            prefetch(panels[p : p + TILE_PANELS, k + PREFETCH, :])   (2+ rows; changes no bit)
+            prefetch(panels[p : p + TILE_PANELS, k + PREFETCH, :])   (a hint: changes no bit)
             w = panels[p : p + TILE_PANELS, k, :]            (int8: float32(q) * scale[cols])
             for r in range(rows):
                 acc[r] = fma(x[t0 + r, k], w, acc[r])   (one rounding per step, in k order)
@@ -357,7 +360,8 @@ def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, d_in, n_cols) ->
     with cgutils.for_range(builder, d_in) as loop:
         k16 = builder.mul(loop.index, const(PANEL))
         ahead = builder.add(k16, const(PREFETCH * PANEL))
-        for start in panel_start if rows >= PREFETCH_ROWS else ():  # the line PREFETCH steps ahead
+        prefetching = rows >= PREFETCH_ROWS["float32" if scales is None else "int8"]
+        for start in panel_start if prefetching else ():  # the line PREFETCH steps ahead
             line = builder.gep(ws.data, [builder.add(start, ahead)])
             hint = [ir.Constant(_I32, v) for v in (0, 3, 1)]  # read, keep in all caches, data
             builder.call(prefetch, [builder.bitcast(line, i8_ptr), *hint])
