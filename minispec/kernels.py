@@ -32,9 +32,12 @@ What we do instead: pack once, then stream
     the hardware prefetcher alone fell behind, and the memory sat idle while the FMAs ran.
     A float32 tile of one row does without: there the hardware keeps up and the hint only
     costs instructions. (Measured, not derived: int8 needs it even for one row. The figures
-    are in docs/benchmarks.md, under prefetch_distance.py.) More rows than TILE_ROWS go
-    through the same panels again, from cache; a long prompt goes through in blocks of
-    ROW_BLOCK rows.
+    are in docs/benchmarks.md, under prefetch_distance.py.)
+
+    More rows than TILE_ROWS (T = 16 is 12 + 4 with AVX-512) take turns, tile by tile, on
+    each block of K_BLOCK steps of k while its weights sit in L1, so the stream from memory
+    never pauses for a second pass over the same panels (the head at T = 16: 26 ms instead of
+    31). A long prompt goes through in blocks of ROW_BLOCK rows.
 
 Batch invariance, and why it matters
     Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)`, for every T. Every output
@@ -107,6 +110,7 @@ TILE_COLS = TILE_PANELS * PANEL  # output columns per tile: 32 or 16
 PREFETCH = 64  # the tile asks for each panel's weights 64 steps of k ahead (4 KB in float32)
 # ... when it has this many rows or more (float32, one row: the hardware keeps up alone)
 PREFETCH_ROWS = {"float32": 2, "int8": 1}
+K_BLOCK = 128  # ... more rows than one tile take turns on 128 steps of k at a time
 ROW_BLOCK = 48  # a long prompt's rows go through the weight 48 at a time (they stay in L2)
 N_CHUNKS = 64  # contiguous ranges of tiles handed to the threads by prange
 N_ATTENTION_CHUNKS = 16  # contiguous ranges of (query, head) pairs, likewise
@@ -269,14 +273,15 @@ _I32 = ir.IntType(32)
 
 
 def _make_tile():
-    """A Numba intrinsic: out[t0:t0+rows, 16p : 16p+TILE_COLS] = x[t0:t0+rows] @ w[those].T.
+    """A Numba intrinsic: out[t0:t0+rows, cols] += x[t0:t0+rows, k0:k1] @ w[cols, k0:k1].T.
 
-    Called as tile(x, t0, rows, panels, p, scale, out) with x (T, d_in) float32, rows in
-    1..TILE_ROWS, panels of a PackedWeight, scale its scales (or None) and out
-    (T, 16 * n_panels) float32. For each row count the IR holds one copy of the loop
+    Called as tile(x, t0, rows, panels, p, k0, k1, scale, out) with x (T, d_in) float32, rows
+    in 1..TILE_ROWS, panels of a PackedWeight, cols = 16p .. 16p + TILE_COLS, the steps
+    k0 <= k < k1 of the sum, scale the weight's scales (or None) and out (T, 16 * n_panels)
+    float32. For each row count the IR holds one copy of the loop
 
-        acc = zeros((rows, TILE_COLS))
-        for k in range(d_in):
+        acc = zeros((rows, TILE_COLS)) if k0 == 0 else out[t0:t0+rows, cols]
+        for k in range(k0, k1):
             prefetch(panels[p : p + TILE_PANELS, k + PREFETCH, :])   (a hint: changes no bit)
             w = panels[p : p + TILE_PANELS, k, :]            (int8: float32(q) * scale[cols])
             for r in range(rows):
@@ -284,11 +289,12 @@ def _make_tile():
         out[t0:t0+rows, cols] = acc
 
     with w and each acc[r] held as TILE_COLS / LANES vector registers, and a `switch` on rows
-    picks the copy (Numba cannot index a tuple of intrinsics at run time).
+    picks the copy (Numba cannot index a tuple of intrinsics at run time). Splitting k into
+    blocks changes no bit: between blocks an accumulator waits in out, exactly as it was.
     """
 
     @intrinsic
-    def tile(typingctx, x, t0, rows, panels, p, scale, out):
+    def tile(typingctx, x, t0, rows, panels, p, k0, k1, scale, out):
         int8 = panels.dtype == types.int8
 
         def codegen(context, builder, signature, args):
@@ -298,29 +304,29 @@ def _make_tile():
             def int64(i):
                 return context.cast(builder, args[i], signature.args[i], types.int64)
 
-            xs, ws, outs = array(0), array(3), array(6)
-            scales = array(5) if int8 else None
-            t0, rows, p = int64(1), int64(2), int64(4)
-            d_in = builder.extract_value(ws.shape, 1)
-            n_cols = builder.extract_value(outs.shape, 1)
+            xs, ws, outs = array(0), array(3), array(8)
+            scales = array(7) if int8 else None
+            t0, rows, p, k0, k1 = (int64(i) for i in (1, 2, 4, 5, 6))
             done = builder.append_basic_block("tile.done")
             switch = builder.switch(rows, done)
             for r in range(1, TILE_ROWS + 1):
                 block = builder.append_basic_block(f"tile.rows{r}")
                 switch.add_case(ir.Constant(_I64, r), block)
                 builder.position_at_end(block)
-                _emit_tile_loop(builder, r, xs, ws, scales, outs, t0, p, d_in, n_cols)
+                _emit_tile_loop(builder, r, xs, ws, scales, outs, t0, p, k0, k1)
                 builder.branch(done)
             builder.position_at_end(done)
             return context.get_dummy_value()
 
-        return types.void(x, t0, rows, panels, p, scale, out), codegen
+        return types.void(x, t0, rows, panels, p, k0, k1, scale, out), codegen
 
     return tile
 
 
-def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, d_in, n_cols) -> None:
+def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, k0, k1) -> None:
     """The IR of one tile with a fixed number of rows (see `_make_tile`)."""
+    d_in = builder.extract_value(ws.shape, 1)
+    n_cols = builder.extract_value(outs.shape, 1)
     f32xn = ir.VectorType(ir.FloatType(), LANES)
 
     def const(value: int) -> ir.Constant:
@@ -353,12 +359,33 @@ def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, d_in, n_cols) ->
         row_scale = [
             vector(scales.data, builder.add(builder.mul(p, const(PANEL)), const(c))) for c in cols
         ]
-    # The accumulators live in stack slots; LLVM promotes them to registers.
+
+    def out_vector(r, c):  # &out[t0 + r, 16p + c : 16p + c + LANES]
+        row = builder.mul(builder.add(t0, const(r)), n_cols)
+        column = builder.add(builder.mul(p, const(PANEL)), const(c))
+        return builder.bitcast(
+            builder.gep(outs.data, [builder.add(row, column)]), f32xn.as_pointer()
+        )
+
+    out_at = [[out_vector(r, c) for c in cols] for r in range(rows)]
+    # The accumulators live in stack slots; LLVM promotes them to registers. They start at
+    # zero, or, past the first block of k, where the block before left them in out.
+    # (A branch, not a select: out is fresh memory, and reading it first would fault its
+    # pages in twice, once to read and again to write.)
     acc = [[cgutils.alloca_once(builder, f32xn) for _ in cols] for _ in range(rows)]
-    for slot in (slot for row in acc for slot in row):
-        builder.store(ir.Constant(f32xn, None), slot)  # zeros
-    with cgutils.for_range(builder, d_in) as loop:
-        k16 = builder.mul(loop.index, const(PANEL))
+    slots_and_places = [
+        sp for row in zip(acc, out_at, strict=True) for sp in zip(*row, strict=True)
+    ]
+    with builder.if_else(builder.icmp_signed("==", k0, const(0))) as (first, later):
+        with first:
+            for slot, _ in slots_and_places:
+                builder.store(ir.Constant(f32xn, None), slot)  # zeros
+        with later:
+            for slot, where in slots_and_places:
+                builder.store(builder.load(where, align=1), slot)
+    with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
+        k = builder.add(k0, loop.index)
+        k16 = builder.mul(k, const(PANEL))
         ahead = builder.add(k16, const(PREFETCH * PANEL))
         prefetching = rows >= PREFETCH_ROWS["float32" if scales is None else "int8"]
         for start in panel_start if prefetching else ():  # the line PREFETCH steps ahead
@@ -372,16 +399,11 @@ def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, d_in, n_cols) ->
                 for wj, sj in zip(w, row_scale, strict=True)
             ]
         for r in range(rows):
-            xk = splat(builder.load(builder.gep(xs.data, [builder.add(x_row[r], loop.index)])))
+            xk = splat(builder.load(builder.gep(xs.data, [builder.add(x_row[r], k)])))
             for slot, wj in zip(acc[r], w, strict=True):
                 builder.store(builder.call(fma, [xk, wj, builder.load(slot)]), slot)
-    for r in range(rows):
-        out_row = builder.add(
-            builder.mul(builder.add(t0, const(r)), n_cols), builder.mul(p, const(PANEL))
-        )
-        for slot, c in zip(acc[r], cols, strict=True):
-            where = builder.gep(outs.data, [builder.add(out_row, const(c))])
-            builder.store(builder.load(slot), builder.bitcast(where, f32xn.as_pointer()), align=1)
+    for slot, where in slots_and_places:
+        builder.store(builder.load(slot), where, align=1)
 
 
 _tile = _make_tile()
@@ -397,15 +419,21 @@ def _matmul_kernel(x, panels, scale, out):
     within a range, every tile is multiplied by all rows of a block of ROW_BLOCK rows,
     TILE_ROWS at a time.
     """
-    T = x.shape[0]
+    T, d_in = x.shape
     n_tiles = panels.shape[0] // TILE_PANELS
     n_chunks = min(N_CHUNKS, max(n_tiles, 1))
     for c in prange(n_chunks):
         for r0 in range(0, T, ROW_BLOCK):
             r1 = min(T, r0 + ROW_BLOCK)
+            # One tile's worth of rows streams each weight once whole; more rows take turns,
+            # tile by tile, on each block of K_BLOCK steps of k while it sits in L1.
+            k_step = d_in if r1 - r0 <= TILE_ROWS else K_BLOCK
             for j in range(c * n_tiles // n_chunks, (c + 1) * n_tiles // n_chunks):
-                for t0 in range(r0, r1, TILE_ROWS):
-                    _tile(x, t0, min(TILE_ROWS, r1 - t0), panels, TILE_PANELS * j, scale, out)
+                for k0 in range(0, d_in, k_step):
+                    k1 = min(d_in, k0 + k_step)
+                    for t0 in range(r0, r1, TILE_ROWS):
+                        rows = min(TILE_ROWS, r1 - t0)
+                        _tile(x, t0, rows, panels, TILE_PANELS * j, k0, k1, scale, out)
 
 
 # ------------------------------------------------------------------ attention over the KV cache
