@@ -69,22 +69,25 @@ def numpy_model(model: Model) -> Model:
 def forward_times(
     model: Model, context: int = 256, t_values: tuple[int, ...] = T_VALUES, repeats: int = 5
 ) -> dict[int, dict[str, float]]:
-    """Milliseconds for one forward of T new tokens after `context` tokens: {T: {min, median}}."""
+    """Milliseconds for one forward of T new tokens after `context` tokens: {T: {min, median}}.
+
+    Each round times every T once, so a machine that speeds up or slows down during the
+    measurement moves all T alike instead of skewing their ratios; the first round warms the
+    caches (and compiles) and is not counted.
+    """
     rng = np.random.default_rng(0)
     vocab = model.config.vocab_size
     cache = new_cache(model.config, context + max(t_values))
     forward(model, rng.integers(4, vocab, context), cache, last_only=True)
-    times = {}
-    for T in t_values:
-        tokens = rng.integers(4, vocab, T)
-        runs = []
-        for _ in range(repeats + 1):  # the first run warms caches and compiles; not counted
+    tokens = {T: rng.integers(4, vocab, T) for T in t_values}
+    runs: dict[int, list[float]] = {T: [] for T in t_values}
+    for _ in range(repeats + 1):
+        for T in t_values:
             t0 = time.perf_counter()
-            forward(model, tokens, cache)
-            runs.append(1000 * (time.perf_counter() - t0))
+            forward(model, tokens[T], cache)
+            runs[T].append(1000 * (time.perf_counter() - t0))
             cache.truncate(context)
-        times[T] = {"min": min(runs[1:]), "median": statistics.median(runs[1:])}
-    return times
+    return {T: {"min": min(r[1:]), "median": statistics.median(r[1:])} for T, r in runs.items()}
 
 
 def decode_tokens_per_s(model: Model, prompt_ids: list[int], n_tokens: int = 48) -> float:

@@ -17,7 +17,8 @@ def all_tiles(x, panels, out, repeats):
         for j in range(panels.shape[0] // kernels.TILE_PANELS):
             for t0 in range(0, x.shape[0], kernels.TILE_ROWS):
                 rows = min(kernels.TILE_ROWS, x.shape[0] - t0)
-                kernels._tile(x, t0, rows, panels, kernels.TILE_PANELS * j, None, out)
+                p = kernels.TILE_PANELS * j
+                kernels._tile(x, t0, rows, panels, p, 0, x.shape[1], None, out)  # all of k
 
 
 rng = np.random.default_rng(0)
