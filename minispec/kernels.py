@@ -36,8 +36,8 @@ What we do instead: pack once, then stream
 
     More rows than TILE_ROWS (T = 16 is 12 + 4 with AVX-512) take turns, tile by tile, on
     each block of K_BLOCK steps of k while its weights sit in L1, so the stream from memory
-    never pauses for a second pass over the same panels (the head at T = 16: 26 ms instead of
-    31). A long prompt goes through in blocks of ROW_BLOCK rows.
+    never pauses for a second pass over the same panels (the head at T = 16: 27 ms instead of
+    32). A long prompt goes through in blocks of ROW_BLOCK rows.
 
 Batch invariance, and why it matters
     Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)`, for every T. Every output
