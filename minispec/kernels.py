@@ -226,9 +226,9 @@ def warmup() -> None:
 
 
 def _as_matrix(w: np.ndarray, who: str) -> np.ndarray:
-    if not isinstance(w, np.ndarray) or w.ndim != 2:
+    if not isinstance(w, np.ndarray) or w.ndim != 2 or w.size == 0:
         got = f"shape {w.shape}" if isinstance(w, np.ndarray) else type(w).__name__
-        raise ValueError(f"{who} expects a 2-D (d_out, d_in) weight, got {got}")
+        raise ValueError(f"{who} expects a non-empty 2-D (d_out, d_in) weight, got {got}")
     return w
 
 

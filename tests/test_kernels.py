@@ -204,6 +204,8 @@ def test_bad_packed_weight_raises() -> None:
         linear(x, PackedWeight(np.ones((1, 8, 16), np.float32), None, 16))
     with pytest.raises(ValueError, match="2-D"):
         pack(np.ones(8, np.float32))
+    with pytest.raises(ValueError, match=r"non-empty.*\(5, 0\)"):
+        pack(np.ones((5, 0), np.float32))
 
 
 def test_warmup_runs() -> None:
