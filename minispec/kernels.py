@@ -15,7 +15,7 @@ What we do instead: pack once, then stream
     into panels of 16 rows and each panel is stored k-major: `panels[p, k, l] = w[16p + l, k]`.
     Walking k through a panel then meets, at each k, the 16 weights of 16 output columns side
     by side in one 64-byte cache line: one AVX-512 register, or two AVX2 ones. The register
-    tile (`_make_tile`) takes TILE_COLS output columns and up to TILE_ROWS input rows, and for
+    tile (`_tile`) takes TILE_COLS output columns and up to TILE_ROWS input rows, and for
     every k does
 
         acc[r, :] += x[t0 + r, k] * w[cols, k]        for r < rows  (one vector FMA per register)
@@ -65,7 +65,7 @@ fixed loop per (query, head), batch invariant for the same reason.
 
 Why the tile is written in LLVM IR
     Numba has no vector type, and LLVM keeps scalar accumulators in registers but not small
-    arrays. `_make_tile` therefore writes the loop above directly as LLVM IR (up to 24 vector
+    arrays. `_tile` therefore writes the loop above directly as LLVM IR (up to 24 vector
     accumulators, `llvm.fma.v16f32` or `.v8f32`), one copy per row count behind a `switch`.
     Everything around it is ordinary Numba.
 
@@ -272,10 +272,11 @@ _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 
 
-def _make_tile():
+@intrinsic
+def _tile(typingctx, x, t0, rows, panels, p, k0, k1, scale, out):
     """A Numba intrinsic: out[t0:t0+rows, cols] += x[t0:t0+rows, k0:k1] @ w[cols, k0:k1].T.
 
-    Called as tile(x, t0, rows, panels, p, k0, k1, scale, out) with x (T, d_in) float32, rows
+    Called as _tile(x, t0, rows, panels, p, k0, k1, scale, out) with x (T, d_in) float32, rows
     in 1..TILE_ROWS, panels of a PackedWeight, cols = 16p .. 16p + TILE_COLS, the steps
     k0 <= k < k1 of the sum, scale the weight's scales (or None) and out (T, 16 * n_panels)
     float32. For each row count the IR holds one copy of the loop
@@ -289,42 +290,38 @@ def _make_tile():
         out[t0:t0+rows, cols] = acc
 
     with w and each acc[r] held as TILE_COLS / LANES vector registers, and a `switch` on rows
-    picks the copy (Numba cannot index a tuple of intrinsics at run time). Splitting k into
-    blocks changes no bit: between blocks an accumulator waits in out, exactly as it was.
+    picks the copy (one intrinsic, not one per row count: Numba cannot index a tuple of
+    intrinsics at run time). Splitting k into blocks changes no bit: between blocks an
+    accumulator waits in out, exactly as it was.
     """
+    int8 = panels.dtype == types.int8
 
-    @intrinsic
-    def tile(typingctx, x, t0, rows, panels, p, k0, k1, scale, out):
-        int8 = panels.dtype == types.int8
+    def codegen(context, builder, signature, args):
+        def array(i):  # the data pointer and shape of argument i
+            return context.make_array(signature.args[i])(context, builder, args[i])
 
-        def codegen(context, builder, signature, args):
-            def array(i):  # the data pointer and shape of argument i
-                return context.make_array(signature.args[i])(context, builder, args[i])
+        def int64(i):
+            return context.cast(builder, args[i], signature.args[i], types.int64)
 
-            def int64(i):
-                return context.cast(builder, args[i], signature.args[i], types.int64)
+        xs, ws, outs = array(0), array(3), array(8)
+        scales = array(7) if int8 else None
+        t0, rows, p, k0, k1 = (int64(i) for i in (1, 2, 4, 5, 6))
+        done = builder.append_basic_block("tile.done")
+        switch = builder.switch(rows, done)
+        for r in range(1, TILE_ROWS + 1):
+            block = builder.append_basic_block(f"tile.rows{r}")
+            switch.add_case(ir.Constant(_I64, r), block)
+            builder.position_at_end(block)
+            _emit_tile_loop(builder, r, xs, ws, scales, outs, t0, p, k0, k1)
+            builder.branch(done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
 
-            xs, ws, outs = array(0), array(3), array(8)
-            scales = array(7) if int8 else None
-            t0, rows, p, k0, k1 = (int64(i) for i in (1, 2, 4, 5, 6))
-            done = builder.append_basic_block("tile.done")
-            switch = builder.switch(rows, done)
-            for r in range(1, TILE_ROWS + 1):
-                block = builder.append_basic_block(f"tile.rows{r}")
-                switch.add_case(ir.Constant(_I64, r), block)
-                builder.position_at_end(block)
-                _emit_tile_loop(builder, r, xs, ws, scales, outs, t0, p, k0, k1)
-                builder.branch(done)
-            builder.position_at_end(done)
-            return context.get_dummy_value()
-
-        return types.void(x, t0, rows, panels, p, k0, k1, scale, out), codegen
-
-    return tile
+    return types.void(x, t0, rows, panels, p, k0, k1, scale, out), codegen
 
 
 def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, k0, k1) -> None:
-    """The IR of one tile with a fixed number of rows (see `_make_tile`)."""
+    """The IR of one tile with a fixed number of rows (see `_tile`)."""
     d_in = builder.extract_value(ws.shape, 1)
     n_cols = builder.extract_value(outs.shape, 1)
     f32xn = ir.VectorType(ir.FloatType(), LANES)
@@ -383,14 +380,14 @@ def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, k0, k1) -> None:
         with later:
             for slot, where in slots_and_places:
                 builder.store(builder.load(where, align=1), slot)
+    prefetching = rows >= PREFETCH_ROWS["float32" if scales is None else "int8"]
+    hint = [ir.Constant(_I32, v) for v in (0, 3, 1)]  # read, keep in all caches, data
     with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
         k = builder.add(k0, loop.index)
         k16 = builder.mul(k, const(PANEL))
         ahead = builder.add(k16, const(PREFETCH * PANEL))
-        prefetching = rows >= PREFETCH_ROWS["float32" if scales is None else "int8"]
         for start in panel_start if prefetching else ():  # the line PREFETCH steps ahead
             line = builder.gep(ws.data, [builder.add(start, ahead)])
-            hint = [ir.Constant(_I32, v) for v in (0, 3, 1)]  # read, keep in all caches, data
             builder.call(prefetch, [builder.bitcast(line, i8_ptr), *hint])
         w = [vector(ws.data, builder.add(start, k16)) for start in w_start]
         if scales is not None:  # the weight as float32, exactly as `unpack` computes it
@@ -404,9 +401,6 @@ def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, k0, k1) -> None:
                 builder.store(builder.call(fma, [xk, wj, builder.load(slot)]), slot)
     for slot, where in slots_and_places:
         builder.store(builder.load(slot), where, align=1)
-
-
-_tile = _make_tile()
 
 
 @njit(parallel=True, cache=True)
