@@ -1,7 +1,8 @@
 """The app in a real browser: `streamlit run viz/app.py` on loopback, Gemma 3 270M, Chromium.
 
-Playwright drives Debian's Chromium (`apt-get install chromium`; Playwright's own browser download
-does not work offline). The test runs a short generation, steps twice, plays, checks what the page
+Playwright drives Debian's Chromium (`apt-get install chromium`, which the README's test command
+does; Playwright's own browser download does not work offline), or the browser that
+MINISPEC_CHROMIUM names. The test runs a short generation, steps twice, plays, checks what the page
 shows and saves screenshots under its tmp dir. Set MINISPEC_APP_SCREENSHOT=path.png to keep the
 step screenshot too (docs/app.png is made this way).
 """
@@ -22,7 +23,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("MINISPEC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
