@@ -22,7 +22,7 @@ from minispec.drafters import check_drafter_spec, make_drafter
 from minispec.generate import check_max_new_tokens, generate
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward
-from minispec.sampling import SamplingParams, check_sampling
+from minispec.sampling import GREEDY, SamplingParams, check_sampling, probabilities
 from minispec.speculative import SpeculativeGeneration, check_k, speculative_generate
 from minispec.tokenizer import encode, token_strings
 from minispec.trace import save_trace
@@ -93,9 +93,7 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
             drafter,
             args.k,
             args.max_new_tokens,
-            args.temperature,
-            args.top_k,
-            args.top_p,
+            sampling,
             args.seed,
             on_token=on_token,
             trace=args.trace is not None,
@@ -144,8 +142,7 @@ def cmd_predict(args: argparse.Namespace) -> dict | None:
     model = load(args)
     ids = prompt_ids(model, args.prompt)
     logits = forward(model, ids, new_cache(model.config, len(ids)), last_only=True)[-1]
-    probs = np.exp(logits.astype(np.float64) - logits.max())
-    probs /= probs.sum()
+    probs = probabilities(logits, GREEDY)  # softmax at temperature 1
     best = np.argsort(-logits, kind="stable")[: args.top]
     top = [
         {"id": int(i), "token": tok, "logit": float(logits[i]), "prob": float(probs[i])}

@@ -14,9 +14,7 @@ import numpy as np
 
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward
-from minispec.sampling import SamplingParams, distribution, sample
-
-GREEDY = SamplingParams()
+from minispec.sampling import GREEDY, SamplingParams, distribution, sample
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 One function, `distribution`, applies temperature, top-k and top-p. Speculative sampling must
 apply it identically to the target's logits (p) and the draft's (q): the acceptance test
-min(1, p(x)/q(x)) is only exact if both are the distributions actually sampled from.
+min(1, p(x)/q(x)) is only exact if both are the distributions actually sampled from. The
+speculative loop and every model drafter therefore shape both sides with `probabilities`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from minispec.model import softmax
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
         raise ValueError(f"top-k must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top-p must be in (0, 1] (1 = off), got {top_p}")
+
+
+GREEDY = SamplingParams()
 
 
 def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
@@ -61,6 +67,19 @@ def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
         keep[order] = mass_before < params.top_p * probs.sum()
         probs = np.where(keep, probs, 0.0)
     return probs / probs.sum()
+
+
+def probabilities(logits: np.ndarray, sampling: SamplingParams) -> np.ndarray:
+    """The distribution used for p (target) and q (draft) alike, float64, shape (vocab,).
+
+    Sampled: `distribution` (temperature, top-k, top-p), the one function for both sides, so the
+    acceptance test compares the distributions actually sampled from.
+    Greedy: softmax(logits) at temperature 1. The greedy rule only compares argmaxes and never
+    calls this; the trace and `minispec predict` use it to show how sure each side was.
+    """
+    if sampling.greedy:
+        return softmax(np.asarray(logits, dtype=np.float64))
+    return distribution(logits, sampling)
 
 
 def sample(probs: np.ndarray, rng: np.random.Generator) -> int:

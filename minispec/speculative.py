@@ -21,7 +21,7 @@ One step, from a context whose newest token the target has not read yet:
 Each step emits between 1 and n+1 tokens for one target forward, and the tokens come out with
 exactly the target's distribution (Leviathan et al., Theorem 1; greedy: exactly its argmaxes).
 For that, temperature, top-k and top-p must shape p and q identically: both go through
-`probabilities` (in drafters.base), which is `sampling.distribution`.
+`sampling.probabilities`, which is `sampling.distribution`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minispec.drafters.base import Draft, DraftContext, Drafter, probabilities
+from minispec.drafters.base import Draft, DraftContext, Drafter
 from minispec.generate import (
     Generation,
     check_max_new_tokens,
@@ -42,7 +42,7 @@ from minispec.generate import (
 )
 from minispec.kv_cache import KVCache, new_cache
 from minispec.model import ForwardOutput, Model, forward_hidden
-from minispec.sampling import SamplingParams, sample
+from minispec.sampling import GREEDY, SamplingParams, probabilities, sample
 from minispec.stats import Stats
 from minispec.trace import Trace, first_token_record, step_record
 
@@ -165,7 +165,6 @@ class StepResult:
     emitted: list[int]  # accepted drafts, then the corrected/bonus token (cut after an EOS)
     kv_before: int
     kv_after: int
-    n_forwards: int  # target forwards the verification took (1 for k <= 16)
     draft_s: float
     verify_s: float
 
@@ -244,7 +243,6 @@ def speculative_step(
         emitted=emitted,
         kv_before=n_before,
         kv_after=state.cache.length,
-        n_forwards=1,
         draft_s=t1 - t0,
         verify_s=t2 - t1,
     )
@@ -293,9 +291,7 @@ def speculative_generate(
     drafter: Drafter | None,
     k: int = 4,
     max_new_tokens: int = 32,
-    temperature: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    sampling: SamplingParams = GREEDY,
     seed: int = 0,
     *,
     on_token: Callable[[int], None] | None = None,
@@ -306,13 +302,13 @@ def speculative_generate(
     """Decode like `generate`, up to k drafted tokens per target forward.
 
     drafter: any `Drafter` (see `drafters.make_drafter`), or None to draft nothing (plain
-    decoding through this loop). k: 1..16. temperature 0 is greedy; top_k 0 and top_p 1 are off.
+    decoding through this loop). k: 1..16. sampling: temperature, top-k and top-p, as for
+    `generate` (the default is greedy); they shape the target's p and the draft's q alike.
     Greedy output equals `generate`'s token for token; sampled output has the same distribution.
     on_token is called with each new token as it is accepted; stop_at_eos stops after <eos>.
     trace=False skips the per-step records (they cost a softmax over the vocabulary per row);
     trace_top is how many alternatives the records list for each distribution.
     """
-    sampling = SamplingParams(temperature, top_k, top_p)
     check_prompt(prompt_ids, model.config.vocab_size)
     check_max_new_tokens(max_new_tokens)
     check_k(k)
@@ -343,7 +339,7 @@ def speculative_generate(
             step.emitted = step.emitted[:cut]
         accepted = [d.accepted for d in step.verdict.decisions]
         n_drafted, n_emitted = len(step.draft.tokens), len(step.emitted)
-        stats.add_step(n_drafted, accepted, n_emitted, step.draft_s, step.verify_s, step.n_forwards)
+        stats.add_step(n_drafted, accepted, n_emitted, step.draft_s, step.verify_s)
         if record is not None:
             record.steps.append(
                 step_record(stats.steps - 1, step, model.tokenizer, trace_top, sampling)

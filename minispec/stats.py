@@ -21,8 +21,7 @@ from dataclasses import asdict, dataclass, field
 @dataclass
 class Stats:
     k: int
-    steps: int = 0  # draft-verify steps
-    verify_forwards: int = 0  # target forwards that verified: one per step
+    steps: int = 0  # draft-verify steps, each one target forward that verifies
     drafted: int = 0  # tokens the drafter proposed
     verified: int = 0  # drafted positions the acceptance rule tested
     accepted: int = 0  # drafted tokens the target accepted
@@ -48,12 +47,10 @@ class Stats:
         n_emitted: int,
         draft_s: float,
         verify_s: float,
-        n_forwards: int = 1,
     ) -> None:
         """Count one draft-verify step: decisions[i] says whether position i was accepted."""
         n_accepted = sum(decisions)  # decisions stop at the first rejection
         self.steps += 1
-        self.verify_forwards += n_forwards
         self.drafted += n_drafted
         self.verified += len(decisions)
         self.accepted += n_accepted
@@ -66,6 +63,11 @@ class Stats:
             self.accepted_at[i] += int(ok)
         self.draft_s += draft_s
         self.verify_s += verify_s
+
+    @property
+    def verify_forwards(self) -> int:
+        """Target forwards that verified: one per step (`speculative.verify` is one pass)."""
+        return self.steps
 
     @property
     def target_forwards(self) -> int:
@@ -116,6 +118,7 @@ class Stats:
     def to_dict(self) -> dict:
         d = asdict(self)
         for name in (
+            "verify_forwards",
             "target_forwards",
             "alpha",
             "draft_acceptance",

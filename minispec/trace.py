@@ -45,8 +45,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minispec.drafters.base import probabilities
-from minispec.sampling import SamplingParams
+from minispec.sampling import SamplingParams, probabilities
 from minispec.stats import Stats
 
 if TYPE_CHECKING:
@@ -162,7 +161,7 @@ def step_record(
         if tokenizer is not None
         else None,
         "kv_length_after": step.kv_after,
-        "verify_forwards": step.n_forwards,
+        "verify_forwards": 1,  # always 1 (one verify pass per step); kept: scripts read it
         "draft_s": step.draft_s,
         "verify_s": step.verify_s,
     }
@@ -285,7 +284,7 @@ def stats_from_trace(trace: Trace) -> Stats:
         decisions = [d["accepted"] for d in record["decisions"]]
         n_drafted, n_emitted = len(record["drafted"]), len(record["emitted"])
         times = record["draft_s"], record["verify_s"]
-        stats.add_step(n_drafted, decisions, n_emitted, *times, record["verify_forwards"])
+        stats.add_step(n_drafted, decisions, n_emitted, *times)
     stats.new_tokens = len(replayed_ids(trace))
     recorded = Stats.from_dict(trace.stats) if trace.stats else None
     if recorded is not None:

@@ -16,10 +16,9 @@ import math
 import numpy as np
 import pytest
 
-from minispec.drafters.base import probabilities
 from minispec.kv_cache import new_cache
 from minispec.model import forward
-from minispec.sampling import SamplingParams, sample
+from minispec.sampling import SamplingParams, probabilities, sample
 from minispec.speculative import (
     Verdict,
     accept_greedy,

@@ -14,11 +14,10 @@ from test_acceptance_rule import chi_square_p_value  # the same test statistic
 import minispec.drafters.draft_model as draft_model_module
 import minispec.speculative as speculative_module
 from minispec.drafters import Draft, DraftModelDrafter, make_drafter
-from minispec.drafters.base import probabilities
 from minispec.generate import generate
 from minispec.kv_cache import new_cache
 from minispec.model import ForwardOutput, forward, forward_hidden
-from minispec.sampling import SamplingParams
+from minispec.sampling import SamplingParams, probabilities
 from minispec.speculative import prefill, speculative_generate, speculative_step
 from minispec.tiny import tiny_model
 
@@ -140,7 +139,7 @@ def test_sampled_without_drafts_is_plain_sampling_draw_for_draw(target):
     ids = encode(target, "sampling")
     sampling = SamplingParams(temperature=0.9, top_k=50, top_p=0.9)
     plain = generate(target, ids, 15, sampling, seed=11, stop_at_eos=False).ids
-    got = speculative_generate(target, ids, None, 4, 15, 0.9, 50, 0.9, seed=11, stop_at_eos=False)
+    got = speculative_generate(target, ids, None, 4, 15, sampling, seed=11, stop_at_eos=False)
     assert got.ids == plain
 
 
@@ -242,8 +241,7 @@ def run_sampled(setup, monkeypatch, n_runs, temperature=0.7, top_p=0.85):
             drafter,
             k=3,
             max_new_tokens=4,  # the first step drafts two tokens (4 - 1 - 1)
-            temperature=temperature,
-            top_p=top_p,
+            sampling=sampling,
             seed=seed,
             stop_at_eos=False,
             trace=False,
@@ -305,7 +303,7 @@ def test_bad_input_gives_one_clear_error(target):
     with pytest.raises(ValueError, match="max_new_tokens"):
         speculative_generate(target, ids, ngram, k=4, max_new_tokens=0)
     with pytest.raises(ValueError, match="temperature"):
-        speculative_generate(target, ids, ngram, k=4, temperature=-1)
+        speculative_generate(target, ids, ngram, k=4, sampling=SamplingParams(temperature=-1))
     with pytest.raises(ValueError, match="early-exit drafter drafts only for the model"):
         speculative_generate(tiny_model(seed=5), ids, make_drafter("early-exit", target), k=4)
 

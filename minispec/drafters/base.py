@@ -23,8 +23,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from minispec.kv_cache import KVCache
-from minispec.model import Model, softmax
-from minispec.sampling import SamplingParams, distribution, sample
+from minispec.model import Model
+from minispec.sampling import SamplingParams, probabilities, sample
 
 
 @dataclass
@@ -73,19 +73,6 @@ class Drafter(Protocol):
 
 
 # ------------------------------------------------------------------- shared by model drafters
-
-
-def probabilities(logits: np.ndarray, sampling: SamplingParams) -> np.ndarray:
-    """The distribution used for p (target) and q (draft) alike, float64, shape (vocab,).
-
-    Sampled: `sampling.distribution` — temperature, top-k, top-p — the one function for both, so
-    the acceptance test compares the distributions actually sampled from.
-    Greedy: softmax(logits) at temperature 1. The greedy rule only compares argmaxes and never
-    calls this; the trace uses it to show how sure each side was.
-    """
-    if sampling.greedy:
-        return softmax(np.asarray(logits, dtype=np.float64))
-    return distribution(logits, sampling)
 
 
 def choose(
