@@ -60,8 +60,8 @@ Int8 weights
 A plain NumPy matrix still works: `linear(x, w)` with an ndarray is `x @ w.T` through BLAS,
 the reference the kernel is tested against (and what `minispec bench` reports as "NumPy only").
 
-Attention over the KV cache (`attention`) has a kernel too: `model.attend`'s arithmetic, one
-fixed loop per (query, head), batch invariant for the same reason.
+Attention over the KV cache has a kernel too (`attend_each`): `model.attend`'s arithmetic for
+each query, one fixed loop per (query, head), batch invariant for the same reason.
 
 Why the tile is written in LLVM IR
     Numba has no vector type, and LLVM keeps scalar accumulators in registers but not small
@@ -179,18 +179,22 @@ def unpack(w: PackedWeight) -> np.ndarray:
     return take_rows(w, np.arange(w.d_out))
 
 
-def take_rows(w: PackedWeight, rows: np.ndarray) -> np.ndarray:
-    """Rows w[rows] as float32, shape (len(rows), d_in): e.g. the embedding lookup."""
+def take_rows(w: np.ndarray | PackedWeight, rows: np.ndarray) -> np.ndarray:
+    """Rows w[rows] as a float32 array, shape (len(rows), d_in): e.g. the embedding lookup."""
     rows = np.asarray(rows, dtype=np.int64)
+    if isinstance(w, np.ndarray):
+        return w[rows]
     m = w.panels[rows // PANEL, :, rows % PANEL]  # (n, d_in)
     if w.scale is None:
         return np.ascontiguousarray(m)
     return m.astype(np.float32) * w.scale[rows, None]
 
 
-def select_rows(w: PackedWeight, rows: np.ndarray) -> PackedWeight:
-    """A smaller PackedWeight of rows w[rows] only, float32 or int8 as w is."""
+def select_rows(w: np.ndarray | PackedWeight, rows: np.ndarray) -> np.ndarray | PackedWeight:
+    """A smaller weight of rows w[rows] only, of w's kind: packed float32 or int8, or plain."""
     rows = np.asarray(rows, dtype=np.int64)
+    if isinstance(w, np.ndarray):
+        return np.ascontiguousarray(w[rows])
     if w.scale is None:
         return pack(take_rows(w, rows))
     q = w.panels[rows // PANEL, :, rows % PANEL]  # (n, d_in) int8
@@ -222,7 +226,7 @@ def warmup() -> None:
     linear(x, pack(w))
     linear(x, quantize_int8(w))
     kv = w.reshape(9, 1, 8)  # (capacity, n_kv_heads, head_dim)
-    attention(x.reshape(3, 1, 8), kv, kv, np.array([(0, 7), (0, 8), (1, 9)]))
+    attend_each(x.reshape(3, 1, 8), kv, kv, np.array([(0, 7), (0, 8), (1, 9)]))
 
 
 def _as_matrix(w: np.ndarray, who: str) -> np.ndarray:
@@ -433,7 +437,9 @@ def _matmul_kernel(x, panels, scale, out):
 # ------------------------------------------------------------------ attention over the KV cache
 
 
-def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, seen: np.ndarray) -> np.ndarray:
+def attend_each(
+    q: np.ndarray, keys: np.ndarray, values: np.ndarray, seen: np.ndarray
+) -> np.ndarray:
     """For each query t: softmax(q_t K^T) V over the cache rows seen[t, 0] <= s < seen[t, 1].
 
     The arithmetic of `model.attend` (grouped-query attention, one query at a time), for the
@@ -449,15 +455,15 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, seen: np.ndar
     T, n_heads, head_dim = q.shape
     if keys.shape[2] != head_dim or n_heads % keys.shape[1] != 0 or seen.shape != (T, 2):
         raise ValueError(
-            f"attention: q {q.shape}, keys {keys.shape} and seen {seen.shape} do not fit together"
+            f"attend_each: q {q.shape}, keys {keys.shape} and seen {seen.shape} do not fit together"
         )
     out = np.empty((T, n_heads, head_dim), np.float32)
-    _attention_kernel(np.ascontiguousarray(q), keys, values, seen.astype(np.int64), out)
+    _attend_each_kernel(np.ascontiguousarray(q), keys, values, seen.astype(np.int64), out)
     return out
 
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _attention_kernel(q, keys, values, seen, out):
+def _attend_each_kernel(q, keys, values, seen, out):
     """out[t, h] = softmax(K q[t, h]) V over the keys query t sees, the (t, h) pairs in parallel.
 
     The pairs are cut into at most N_ATTENTION_CHUNKS contiguous ranges, one prange iteration

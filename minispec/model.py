@@ -8,13 +8,19 @@ Read beside the Gemma 3 technical report (2025) and Hugging Face's `modeling_gem
         x = x + post_ffw_norm(mlp(pre_ffw_norm(x)))
     logits = final_norm(x) @ embed.T              (the output head is the embedding, tied)
 
-Every product with a weight matrix goes through `kernels.linear`. The loaded weights are packed
-for its Numba kernel (`kernels.pack`), which reads each weight once per pass whatever the number
-of tokens; a plain NumPy matrix there is `x @ w.T` through BLAS.
+Two paths through the same equations, chosen by `Model.kernels`:
+- kernels=True (what `load_model` gives): the weights are packed for the Numba kernels
+  (`kernels.pack`), which read each weight once per pass whatever the number of tokens, and
+  attention runs `attend`'s arithmetic in a kernel too (`kernels.attend_each`). Batch invariant:
+  a row's result does not depend on how many rows were computed with it.
+- kernels=False (`reference(model)`, or `load_model(kernels=False)`): plain NumPy all the way,
+  `x @ w.T` through BLAS and `attend` one query at a time. The readable path; the tests hold
+  the fast one to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,6 +70,7 @@ class Model:
     tokenizer: object | None = None  # a `tokenizers.Tokenizer`
     name: str = ""
     weights: str = "float32"  # "float32" or "int8"
+    kernels: bool = True  # the Numba kernels (packed weights); False: plain NumPy, `reference`
 
 
 # ----------------------------------------------------------------------------- the equations
@@ -135,9 +142,12 @@ def attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def attention(
-    x: np.ndarray, layer: Layer, cache: KVCache, i: int, config: GemmaConfig
+    x: np.ndarray, layer: Layer, cache: KVCache, i: int, config: GemmaConfig, fast: bool = True
 ) -> np.ndarray:
-    """Self-attention of layer i for T new positions; their keys and values join the cache."""
+    """Self-attention of layer i for T new positions; their keys and values join the cache.
+
+    fast: `attend`'s arithmetic in the Numba kernel; False: `attend` itself, query by query.
+    """
     T, start = x.shape[0], cache.length
     n_heads, n_kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     positions = np.arange(start, start + T)
@@ -156,18 +166,17 @@ def attention(
     cache.values[i, start : start + T] = v
 
     # One query at a time, each over exactly the keys it may see: a position's result is then
-    # the same computation whether it is decoded alone or verified with k others. A model with
-    # packed weights runs `attend`'s arithmetic in a Numba kernel (NumPy's per-call overhead is
-    # most of the time here); a plain NumPy model, the reference, calls `attend` itself.
+    # the same computation whether it is decoded alone or verified with k others. The kernel
+    # runs the same loop without NumPy's per-call overhead, which is most of the time here.
     window = config.sliding_window if sliding else None
     seen = [visible_keys(int(pos), window) for pos in positions]
-    if isinstance(layer.o_proj, np.ndarray):
+    if fast:
+        bounds = np.array([(s.start, s.stop) for s in seen])  # (T, 2)
+        out = kernels.attend_each(q, cache.keys[i], cache.values[i], bounds)
+    else:
         out = np.stack(
             [attend(q[t], cache.keys[i, s], cache.values[i, s]) for t, s in enumerate(seen)]
-        )
-    else:
-        bounds = np.array([(s.start, s.stop) for s in seen])  # (T, 2)
-        out = kernels.attention(q, cache.keys[i], cache.values[i], bounds)
+        )  # (T, n_heads, head_dim)
     return linear(out.reshape(T, n_heads * hd), layer.o_proj)  # (T, d_model)
 
 
@@ -176,10 +185,12 @@ def mlp(x: np.ndarray, layer: Layer) -> np.ndarray:
     return linear(gelu_tanh(linear(x, layer.gate_proj)) * linear(x, layer.up_proj), layer.down_proj)
 
 
-def block(x: np.ndarray, layer: Layer, cache: KVCache, i: int, config: GemmaConfig) -> np.ndarray:
+def block(
+    x: np.ndarray, layer: Layer, cache: KVCache, i: int, config: GemmaConfig, fast: bool = True
+) -> np.ndarray:
     """One transformer block with Gemma's four norms: pre- and post-norm around each sublayer."""
     eps = config.rms_norm_eps
-    h = attention(rms_norm(x, layer.input_layernorm, eps), layer, cache, i, config)
+    h = attention(rms_norm(x, layer.input_layernorm, eps), layer, cache, i, config, fast)
     x = x + rms_norm(h, layer.post_attention_layernorm, eps)
     h = mlp(rms_norm(x, layer.pre_feedforward_layernorm, eps), layer)
     return x + rms_norm(h, layer.post_feedforward_layernorm, eps)
@@ -187,8 +198,7 @@ def block(x: np.ndarray, layer: Layer, cache: KVCache, i: int, config: GemmaConf
 
 def embed(tokens: np.ndarray, embedding: Weight, d_model: int) -> np.ndarray:
     """Token embedding, scaled by sqrt(d_model) as in Gemma (the head uses the unscaled matrix)."""
-    rows = embedding[tokens] if isinstance(embedding, np.ndarray) else take_rows(embedding, tokens)
-    return rows * np.float32(np.sqrt(d_model))  # (T, d_model)
+    return take_rows(embedding, tokens) * np.float32(np.sqrt(d_model))  # (T, d_model)
 
 
 @dataclass
@@ -220,7 +230,7 @@ def forward_hidden(
     cache.reserve(tokens.size)
     x = embed(tokens, params.embed, config.hidden_size)  # (T, d_model)
     for i, layer in enumerate(params.layers[:n_layers]):
-        x = block(x, layer, cache, i, config)
+        x = block(x, layer, cache, i, config, model.kernels)
     cache.length += tokens.size
     if not head:
         return ForwardOutput(logits=None, hidden=x)
@@ -286,6 +296,16 @@ def params_from_state_dict(
     return Params(
         embed=get("model.embed_tokens.weight"), layers=layers, final_norm=get("model.norm.weight")
     )
+
+
+def reference(model: Model) -> Model:
+    """The same model on the plain NumPy path: float32 matrices, BLAS products, `attend`.
+
+    What a learner reads beside the paper, and what the kernels are tested against. The copy
+    holds as much memory again as the model (an int8 model's copy holds its dequantized weights).
+    """
+    params = map_matrices(model.params, kernels.unpack)
+    return dataclasses.replace(model, params=params, kernels=False)
 
 
 def map_matrices(params: Params, fn: Callable[[Weight], Weight]) -> Params:

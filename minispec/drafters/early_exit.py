@@ -36,11 +36,6 @@ from minispec.model import Model, Weight, forward_hidden, rms_norm
 from minispec.sampling import SamplingParams
 
 
-def take_rows(w: Weight, rows: np.ndarray) -> Weight:
-    """Rows of a weight matrix as a new, smaller one (packed float32 or int8, or plain)."""
-    return np.ascontiguousarray(w[rows]) if isinstance(w, np.ndarray) else select_rows(w, rows)
-
-
 def early_exit_hidden(model: Model, tokens: list[int], cache: KVCache, n_layers: int) -> np.ndarray:
     """The first n_layers blocks, then the final norm: the early exit's h, shape (T, d_model).
 
@@ -73,7 +68,7 @@ class EarlyExitDrafter:
         # The frequent part of the cheap head, gathered once: (head_size, d_model).
         self.frequent = frequent_ids(target, self.head_size) if self.head_size else None
         self.frequent_head = (
-            take_rows(target.params.embed, self.frequent) if self.head_size else None
+            select_rows(target.params.embed, self.frequent) if self.head_size else None
         )
 
     def reset(self, target: Model) -> None:
@@ -85,7 +80,7 @@ class EarlyExitDrafter:
         if self.frequent_head is None:
             return None
         ids = np.setdiff1d(np.asarray(context, dtype=np.int64), self.frequent)  # sorted, unique
-        return (ids, take_rows(self.target.params.embed, ids)) if ids.size else None
+        return (ids, select_rows(self.target.params.embed, ids)) if ids.size else None
 
     def head(self, h: np.ndarray, extra: tuple[np.ndarray, Weight] | None) -> np.ndarray:
         """Head scores for one normalised hidden state h (1, d_model), full width (vocab,)."""
