@@ -1,8 +1,7 @@
 """`minispec bench`: why verifying k+1 tokens costs about as much as decoding one, in numbers.
 
-Decoding one token reads every weight once: ~1 GB in float32 for Gemma 3 270M. On a CPU that
-takes far longer than the arithmetic, so a forward pass over T = 1..16 positions should cost
-about the same as T = 1 (the weights are read once either way). This module measures:
+The measurements themselves are in `roofline` (forward_times, memory_bandwidth_gb_s,
+bytes_per_token, decode_tokens_per_s); this module puts them together as the command prints them:
 
 - forward_ms[T]: one forward pass of T new tokens after a context of 256, min and median;
 - tokens_per_s: plain greedy decoding speed;
@@ -10,26 +9,27 @@ about the same as T = 1 (the weights are read once either way). This module meas
 - bytes_per_token: the weight bytes one forward pass reads;
 - bound_tokens_per_s = bandwidth / bytes_per_token: the memory-bound ceiling of decoding.
 
-and, with drafters, speculative decoding against plain decoding on the same prompts.
+and, with drafters, speculative decoding against plain decoding on the same prompts
+(`drafter_speedups`), and how much int8 weights change the logits (`quantization_error`).
 Timing claims live here, never in tests.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
-from numba import njit, prange
 
-from minispec import kernels
 from minispec.generate import generate
 from minispec.kv_cache import new_cache
-from minispec.model import Model, forward, map_matrices
-
-T_VALUES = (1, 2, 4, 5, 8, 16)  # 5 = verifying k = 4 drafts
+from minispec.model import Model, forward
+from minispec.roofline import (
+    T_VALUES,
+    bytes_per_token,
+    decode_tokens_per_s,
+    forward_times,
+    memory_bandwidth_gb_s,
+)
 
 # Two prompts with opposite characters: the code-editing one repeats a block with changes
 # (prompt lookup finds long matches), the prose one does not.
@@ -56,78 +56,6 @@ def average(values):
         "sea. One winter night, a small boat appeared"
     ),
 }
-
-
-def numpy_model(model: Model) -> Model:
-    """The model with plain float32 matrices: NumPy's BLAS products and NumPy attention.
-
-    The comparison without kernels; the copy holds as much memory again as the model.
-    """
-    return dataclasses.replace(model, params=map_matrices(model.params, kernels.unpack))
-
-
-def forward_times(
-    model: Model, context: int = 256, t_values: tuple[int, ...] = T_VALUES, repeats: int = 5
-) -> dict[int, dict[str, float]]:
-    """Milliseconds for one forward of T new tokens after `context` tokens: {T: {min, median}}.
-
-    Each round times every T once, so a machine that speeds up or slows down during the
-    measurement moves all T alike instead of skewing their ratios; the first round warms the
-    caches (and compiles) and is not counted.
-    """
-    rng = np.random.default_rng(0)
-    vocab = model.config.vocab_size
-    cache = new_cache(model.config, context + max(t_values))
-    forward(model, rng.integers(4, vocab, context), cache, last_only=True)
-    tokens = {T: rng.integers(4, vocab, T) for T in t_values}
-    runs: dict[int, list[float]] = {T: [] for T in t_values}
-    for _ in range(repeats + 1):
-        for T in t_values:
-            t0 = time.perf_counter()
-            forward(model, tokens[T], cache)
-            runs[T].append(1000 * (time.perf_counter() - t0))
-            cache.truncate(context)
-    return {T: {"min": min(r[1:]), "median": statistics.median(r[1:])} for T, r in runs.items()}
-
-
-def decode_tokens_per_s(model: Model, prompt_ids: list[int], n_tokens: int = 48) -> float:
-    """Plain greedy decoding speed (prefill excluded), EOS ignored so every run is n_tokens."""
-    return generate(model, prompt_ids, n_tokens, stop_at_eos=False).tokens_per_s
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _stream_sum(a: np.ndarray) -> float:
-    total = 0.0
-    for i in prange(a.size):
-        total += a[i]
-    return total
-
-
-def memory_bandwidth_gb_s(n_bytes: int = 1 << 30, repeats: int = 5) -> float:
-    """Read a large array once per run, on all threads; the best run's GB/s (10^9 bytes/s)."""
-    a = np.ones(n_bytes // 4, np.float32)
-    _stream_sum(a[:1024])  # compile
-    best = min(_timed(lambda: _stream_sum(a)) for _ in range(repeats))
-    return n_bytes / best / 1e9
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def bytes_per_token(model: Model) -> int:
-    """Weight bytes one decoding step reads: every matrix once, the tied head included.
-
-    The embedding lookup reads only a row, so the (vocab, d_model) matrix counts once, as the head.
-    """
-
-    p = model.params
-    total = p.embed.nbytes + p.final_norm.nbytes
-    for layer in p.layers:
-        total += sum(w.nbytes for w in vars(layer).values())
-    return total
 
 
 def run_bench(
@@ -167,15 +95,15 @@ def run_bench(
     }
 
 
-def quantization_error(reference: Model, quantized: Model, texts: list[str]) -> dict:
+def quantization_error(float32_model: Model, quantized: Model, texts: list[str]) -> dict:
     """How much int8 weights change the model: over every position of the texts, the largest
     logit change against float32 and how often the greedy (argmax) token differs."""
     from minispec.tokenizer import encode
 
     max_change, changed, positions = 0.0, 0, 0
     for text in texts:
-        ids = encode(reference.tokenizer, text)
-        a = forward(reference, ids, new_cache(reference.config, len(ids)))  # (T, vocab)
+        ids = encode(float32_model.tokenizer, text)
+        a = forward(float32_model, ids, new_cache(float32_model.config, len(ids)))  # (T, vocab)
         b = forward(quantized, ids, new_cache(quantized.config, len(ids)))
         max_change = max(max_change, float(np.abs(a - b).max()))
         changed += int((a.argmax(-1) != b.argmax(-1)).sum())
@@ -187,7 +115,7 @@ def quantization_error(reference: Model, quantized: Model, texts: list[str]) -> 
     }
 
 
-def compare_drafters(
+def drafter_speedups(
     model: Model,
     specs: list[str],
     k: int = 4,

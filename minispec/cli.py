@@ -21,7 +21,7 @@ import numpy as np
 from minispec.drafters import check_drafter_spec, make_drafter
 from minispec.generate import check_max_new_tokens, generate
 from minispec.kv_cache import new_cache
-from minispec.model import Model, forward
+from minispec.model import Model, forward, reference
 from minispec.sampling import GREEDY, SamplingParams, check_sampling, probabilities
 from minispec.speculative import SpeculativeGeneration, check_k, speculative_generate
 from minispec.tokenizer import encode, token_strings
@@ -178,18 +178,18 @@ def cmd_bench(args: argparse.Namespace) -> dict | None:
     result = bench.run_bench(model, args.context, **timing)
     if args.numpy and model.weights == "float32":
         say("the same without the Numba kernels (NumPy's BLAS for every T) ...")
-        result["numpy"] = bench.run_bench(bench.numpy_model(model), args.context, **timing)
+        result["numpy"] = bench.run_bench(reference(model), args.context, **timing)
     if model.weights == "int8":
         say("int8 against float32: logit changes and greedy-token changes ...")
         from minispec.loading import load_model
 
-        reference = load_model(args.model)
+        float32_model = load_model(args.model)
         result["int8_vs_float32"] = bench.quantization_error(
-            reference, model, list(bench.PROMPTS.values())
+            float32_model, model, list(bench.PROMPTS.values())
         )
     if args.drafter:
         say(f"speculative decoding with {', '.join(args.drafter)}, k = {args.k} ...")
-        result["drafters"] = bench.compare_drafters(
+        result["drafters"] = bench.drafter_speedups(
             model, args.drafter, args.k, args.new_tokens, runs=args.runs
         )
     if args.json:

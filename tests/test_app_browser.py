@@ -23,7 +23,9 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path(os.environ.get("MINISPEC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium")
+CHROMIUM = Path(
+    os.environ.get("MINISPEC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -60,10 +60,10 @@ def test_bench_measures_on_a_tiny_model():
     assert r["bound_tokens_per_s"] == pytest.approx(r["bandwidth_gb_s"] * 1e9 / (4 * n_floats))
 
 
-def test_compare_drafters_alternates_runs_on_a_tiny_model():
+def test_drafter_speedups_alternates_runs_on_a_tiny_model():
     model = tiny_model()
     prompts = {"repeats": "abcabcabcabcabc", "other": "hello world"}
-    rows = bench.compare_drafters(model, ["ngram"], k=3, new_tokens=6, prompts=prompts, runs=2)
+    rows = bench.drafter_speedups(model, ["ngram"], k=3, new_tokens=6, prompts=prompts, runs=2)
     assert [r["prompt"] for r in rows] == ["repeats", "other"]
     for r in rows:
         assert r["same_as_plain"] and r["runs"] == 2

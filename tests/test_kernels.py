@@ -234,7 +234,7 @@ def test_attention_kernel_matches_attend(T: int, n_heads: int, n_kv: int, window
 
     q, keys, values, seen = _attention_case(T, n_heads, n_kv, window)
     bounds = np.array([(s.start, s.stop) for s in seen])
-    got = kernels.attention(q, keys, values, bounds)
+    got = kernels.attend_each(q, keys, values, bounds)
     want = np.stack([attend(q[t], keys[s], values[s]) for t, s in enumerate(seen)])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -242,15 +242,15 @@ def test_attention_kernel_matches_attend(T: int, n_heads: int, n_kv: int, window
 def test_attention_kernel_is_batch_invariant() -> None:
     q, keys, values, seen = _attention_case(9, 4, 2, 12)
     bounds = np.array([(s.start, s.stop) for s in seen])
-    together = kernels.attention(q, keys, values, bounds)
-    alone = [kernels.attention(q[t : t + 1], keys, values, bounds[t : t + 1]) for t in range(9)]
+    together = kernels.attend_each(q, keys, values, bounds)
+    alone = [kernels.attend_each(q[t : t + 1], keys, values, bounds[t : t + 1]) for t in range(9)]
     assert np.array_equal(together, np.concatenate(alone))
 
 
 def test_attention_kernel_bad_shapes() -> None:
     q, keys, values, _ = _attention_case(2, 4, 1, None)
     with pytest.raises(ValueError, match="do not fit"):
-        kernels.attention(q, keys[:, :, :5], values, np.array([(0, 41), (0, 42)]))
+        kernels.attend_each(q, keys[:, :, :5], values, np.array([(0, 41), (0, 42)]))
 
 
 # A script for another process, compiled for another instruction set: it prints the tile shape

@@ -5,10 +5,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from minispec.bench import numpy_model
 from minispec.kernels import PackedWeight, unpack
 from minispec.kv_cache import new_cache
-from minispec.model import forward, rms_norm, rope
+from minispec.model import forward, reference, rms_norm, rope
 from minispec.tiny import tiny_model
 
 RNG = np.random.default_rng(0)
@@ -77,7 +76,7 @@ def test_forward_matches_dense_reference(model, n):
 def test_plain_numpy_model_matches_the_packed_one(model, n):
     """Plain matrices take NumPy's route (BLAS products, `attend`): the same logits, to rounding."""
     ids = tokens(n)
-    plain = numpy_model(model)
+    plain = reference(model)
     assert isinstance(plain.params.layers[0].q_proj, np.ndarray)
     ours = forward(model, ids, new_cache(model.config))
     np.testing.assert_allclose(forward(plain, ids, new_cache(model.config)), ours, atol=1e-5)

@@ -24,7 +24,7 @@ def timed(name: str, f):
 
 model = load_model(None)
 M.linear = timed("products", M.linear)
-M.kernels.attention = timed("attention", M.kernels.attention)
+M.kernels.attend_each = timed("attention", M.kernels.attend_each)
 for name in ("rms_norm", "rope", "gelu_tanh"):
     setattr(M, name, timed(name, getattr(M, name)))
 rng = np.random.default_rng(0)
