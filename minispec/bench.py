@@ -69,8 +69,7 @@ def run_bench(
     """The table `minispec bench` prints, as one JSON-ready dict.
 
     Decoding is timed decode_runs times and the median counts: on a shared machine one run
-    now and then stalls for seconds (seen once in 4 runs of `minispec bench`: 11.9 tokens/s
-    where the runs before and after gave 20-27).
+    now and then stalls for seconds.
     """
     if prompt_ids is None:
         prompt_ids = np.random.default_rng(1).integers(4, model.config.vocab_size, context).tolist()

@@ -92,7 +92,7 @@ def generate(
 
 
 def next_token(logits: np.ndarray, sampling: SamplingParams, rng: np.random.Generator) -> int:
-    """The argmax when greedy (a one-hot distribution would cost ~4 ms per token), else a sample."""
+    """The argmax when greedy (no need to build a one-hot over the vocabulary), else a sample."""
     if sampling.greedy:
         return int(np.argmax(logits))
     return sample(distribution(logits, sampling), rng)

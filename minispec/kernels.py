@@ -6,9 +6,8 @@ Why not just `x @ w.T`?
     T = 1..17 rows against, e.g., the 262,144 x 640 output head. There is almost no arithmetic
     to pay for the packing, and depending on how the library blocks the problem it may stream
     the 671 MB weight through the caches more than once. Yet such a product is *memory-bound*:
-    its floor is the time to read the weight once (on our 2-core machine a streaming read of it
-    takes 21-22 ms, and 32 rows through BLAS 131 ms against 58 ms here; the commands and all
-    figures are in docs/benchmarks.md).
+    its floor is the time to read the weight once. (How close BLAS and this kernel come to that
+    floor on the project's machine, and the commands that measure it: docs/benchmarks.md.)
 
 What we do instead: pack once, then stream
     BLAS packs on every call; we pack once, when the model is loaded (`pack`). A weight is cut
@@ -36,8 +35,8 @@ What we do instead: pack once, then stream
 
     More rows than TILE_ROWS (T = 16 is 12 + 4 with AVX-512) take turns, tile by tile, on
     each block of K_BLOCK steps of k while its weights sit in L1, so the stream from memory
-    never pauses for a second pass over the same panels (the head at T = 16: 27 ms instead of
-    32). A long prompt goes through in blocks of ROW_BLOCK rows.
+    never pauses for a second pass over the same panels (docs/benchmarks.md has the head at
+    T = 16 before and after). A long prompt goes through in blocks of ROW_BLOCK rows.
 
 Batch invariance, and why it matters
     Row t of `linear(x, w)` is bit-identical to `linear(x[t:t+1], w)`, for every T. Every output
@@ -73,8 +72,8 @@ Threads and compilation: the kernels run on Numba's thread pool (`numba.set_num_
 changes it; results do not depend on the thread count). The tiles are split statically over
 the threads: Numba's dynamic scheduling (`set_parallel_chunksize`) was slower when we tried
 it. Compiled code is cached on disk (`cache=True`: in `__pycache__` next to this
-file, or under NUMBA_CACHE_DIR), so only the very first run compiles (about 4 s here; `warmup()`
-does it up front).
+file, or under NUMBA_CACHE_DIR), so only the very first run compiles (docs/benchmarks.md, "Compiling
+the kernels"; `warmup()` does it up front).
 """
 
 from __future__ import annotations
@@ -165,7 +164,7 @@ def quantize_int8(w: np.ndarray | PackedWeight) -> PackedWeight:
     q = np.empty((n_panels, d_in, PANEL), np.int8)
     scale = np.empty((n_panels, PANEL), np.float32)  # one per row
     # 256 panels (5 MB) at a time: whole-matrix temporaries would each fault in 671 MB of fresh
-    # pages for the head (measured: 2.4-5.0 s in all, against 1.3-1.5 s in blocks).
+    # pages for the head, which took about twice as long in all as these blocks.
     for lo in range(0, n_panels, 256):
         part = slice(lo, lo + 256)
         amax = np.abs(w.panels[part]).max(axis=1)  # (256, 16): max |w| of each row
@@ -447,8 +446,8 @@ def attend_each(
     values (capacity, n_kv_heads, head_dim): one layer's cache; seen (T, 2) int: the visible
     key rows of each query (causal mask and sliding window). Returns (T, n_heads, head_dim).
 
-    Why a kernel: in NumPy each query costs 8 small calls (~80 us, mostly call overhead), 23 ms
-    of a 16-token verify pass, and a 256-token prompt's attention takes 3-4x the kernel's time.
+    Why a kernel: in NumPy each query costs 8 small calls, mostly call overhead, which add up
+    to a large share of a verify pass and of a prompt (docs/probes/attention_kernel.py times it).
     Every (query, head) here is one fixed sequence of loops, so its result does not depend on T
     or on the thread that ran it: batch invariant, like `linear`.
     """

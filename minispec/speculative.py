@@ -46,8 +46,8 @@ from minispec.sampling import GREEDY, SamplingParams, probabilities, sample
 from minispec.stats import Stats
 from minispec.trace import Trace, first_token_record, step_record
 
-# The most tokens drafted per step. Acceptance decays geometrically with k, while the verify
-# pass grows (`minispec bench`: 16 rows cost over twice one row): a larger k never pays here.
+# The most tokens drafted per step. Acceptance decays geometrically with k while the verify pass
+# grows with its rows (`minispec bench` times T = 1..16): a larger k does not pay on a CPU.
 MAX_K = 16
 
 

@@ -9,19 +9,19 @@ No second model, and no second KV cache: the first L layers' keys and values *ar
 so the drafter writes them straight into the target's cache. The prompt is never recomputed;
 drafted positions are written, then the length is restored, and verification rewrites them.
 
-Two honest caveats, both measured (greedy argmax agreement with the full model):
+Two honest caveats:
 - Gemma 3 270M was not trained to exit early (LayerSkip trains for it), so a shallow exit
-  agrees poorly: on 4,600 positions of Python and English text, 16-21 % at L=12 and 44-46 % at
-  L=15 of 18 (on the model's own greedy continuations, where acceptance is measured, more).
+  rarely agrees with the full model's argmax, and even L=15 of 18 agrees far from always
+  (the measured acceptance rate alpha is in docs/benchmarks.md, "Speculative decoding").
 - The output head (262,144 x 640, tied to the embedding) is 63 % of the weights. A draft that
   pays for the full head costs L/18 of the layers *plus* the whole head: at L=12 about 88 % of
   a target forward, so it cannot win. `head_size=N` scores only N candidate tokens — a
   corpus-free guess at the most used ones (`frequent_ids`: the vocabulary's most frequent
   characters, then its earliest merges) plus every token of the context (names in code
   repeat) — which cuts the head's cost by about 262,144 / N. A target argmax outside the
-  candidates can never be drafted (with N = 16,384 that is 4 % of positions), but the shallow
-  exit's argmax over *all* tokens is often a rare token the full model would never pick, so the
-  restricted head agrees *more* often: 22-26 % at L=12 and 51-52 % at L=15 on the same text.
+  candidates can never be drafted (with N = 16,384, a few percent of positions), but the
+  shallow exit's argmax over *all* tokens is often a rare token the full model would never
+  pick, so the restricted head agrees *more* often than the full one.
   The rule stays exact either way: q is 0 outside the candidates.
 """
 
@@ -126,9 +126,8 @@ def frequent_ids(model: Model, n: int, n_chars: int = 512) -> np.ndarray:
     then the single characters, most frequent first (Gemma 3: 236,743 "▁", 236,744 "e", ...).
     Characters and punctuation are among the most used tokens of code and prose, so: the first
     n_chars single characters, then the lowest ids. Without such a block (the tiny models' byte
-    vocabulary), the lowest ids. Measured on Gemma 3 (docs/benchmarks.md): with n = 16,384 this
-    covers ~87 % of the tokens of Python sources and ~82 % of English prose; ids < 16,384 alone
-    cover 63 % and 52 %.
+    vocabulary), the lowest ids. On Gemma 3 with n = 16,384 this covers most tokens of Python
+    sources and of English prose, clearly more than the lowest 16,384 ids alone.
     """
     n = min(n, model.config.vocab_size)
     first_char = first_character_id(model)
