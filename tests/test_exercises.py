@@ -1,0 +1,434 @@
+"""The lessons' checks: each says "right" to the solution, "not yet" to the stub the notebook ships,
+and "wrong" with the matching hint to the mistakes people really make. Fast: no real model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from test_lessons import solution_module
+
+from minispec import exercises as ex
+from minispec.sampling import SamplingParams, probabilities
+
+S1 = solution_module("01_forward_pass")
+S2 = solution_module("02_memory_bound")
+S3 = solution_module("03_greedy_speculative")
+S4 = solution_module("04_speculative_sampling")
+S5 = solution_module("05_drafters_and_speedup")
+
+# (check, the lesson's solution); every check the lessons call
+CHECKS = {
+    "rms_norm": (ex.check_rms_norm, S1.my_rms_norm),
+    "rope": (ex.check_rope, S1.my_rope),
+    "weight_bytes": (ex.check_weight_bytes, S2.my_weight_bytes),
+    "bytes_per_token": (ex.check_bytes_per_token, S2.my_bytes_per_token),
+    "accept_greedy": (ex.check_accept_greedy, S3.my_accept_greedy),
+    "rollback_length": (ex.check_rollback_length, S3.my_rollback_length),
+    "residual": (ex.check_residual, S4.my_residual),
+    "accept_or_reject": (ex.check_accept_or_reject, S4.my_accept_or_reject),
+    "shape_both": (ex.check_shape_both, S4.my_shape_both),
+    "expected_tau": (ex.check_expected_tau, S5.my_expected_tau),
+    "best_k": (ex.check_best_k, S5.my_best_k),
+}
+
+
+def verdict(check: Callable, fn: Callable, capsys: pytest.CaptureFixture) -> str:
+    check(fn)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, f"a check prints one line, got {out!r}"
+    return out.strip()
+
+
+def stub(*args: object) -> object:
+    raise NotImplementedError("write this function")
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_the_solution_is_right(name: str, capsys: pytest.CaptureFixture) -> None:
+    check, solution = CHECKS[name]
+    assert verdict(check, solution, capsys).startswith("right: ")
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_the_stub_is_not_yet(name: str, capsys: pytest.CaptureFixture) -> None:
+    check, _ = CHECKS[name]
+    out = verdict(check, stub, capsys)
+    assert out.startswith("not yet: stub still raises NotImplementedError")
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_a_crash_is_a_verdict_not_a_traceback(name: str, capsys: pytest.CaptureFixture) -> None:
+    def crashes(*args: object) -> object:
+        raise KeyError("oops")
+
+    check, _ = CHECKS[name]
+    out = verdict(check, crashes, capsys)
+    assert out.startswith("wrong: crashes raised KeyError") and "(on " in out
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_returning_nothing_is_wrong(name: str, capsys: pytest.CaptureFixture) -> None:
+    check, _ = CHECKS[name]
+    assert verdict(check, lambda *args: None, capsys).startswith("wrong: ")
+
+
+def wrong(check: Callable, fn: Callable, capsys: pytest.CaptureFixture) -> str:
+    out = verdict(check, fn, capsys)
+    assert out.startswith("wrong: "), out
+    return out
+
+
+# ------------------------------------------------------------------------------- lesson 1
+
+
+def rms(x: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-6)
+
+
+RMS_NORM_MISTAKES = {
+    "multiply by (1 + w)": lambda x, w, eps: x / rms(x) * w,
+    "eps goes inside the square root": lambda x, w, eps: (
+        x / (np.sqrt(np.mean(x * x, -1, keepdims=True)) + eps) * (1 + w)
+    ),
+    "the mean is over the last axis only": lambda x, w, eps: (
+        x / np.sqrt(np.mean(x * x) + eps) * (1 + w)
+    ),
+    "does not subtract the mean": lambda x, w, eps: (
+        (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * (1 + w)
+    ),
+    "without it a row of zeros divides 0 by 0": lambda x, w, eps: (
+        x / np.sqrt(np.mean(x * x, -1, keepdims=True)) * (1 + w)
+    ),
+    "not by the mean itself": lambda x, w, eps: (
+        x / (np.mean(x * x, -1, keepdims=True) + eps) * (1 + w)
+    ),
+}
+
+
+@pytest.mark.parametrize("hint", RMS_NORM_MISTAKES)
+def test_rms_norm_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_rms_norm, RMS_NORM_MISTAKES[hint], capsys)
+
+
+def test_rms_norm_float64_is_right(capsys: pytest.CaptureFixture) -> None:
+    def in_float64(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+        return S1.my_rms_norm(x.astype(np.float64), w.astype(np.float64), eps)
+
+    assert verdict(ex.check_rms_norm, in_float64, capsys).startswith("right: ")
+
+
+def test_rms_norm_wrong_shape_is_named(capsys: pytest.CaptureFixture) -> None:
+    out = wrong(ex.check_rms_norm, lambda x, w, eps: x.reshape(-1), capsys)
+    assert "returned shape (24,), expected (3, 8)" in out
+
+
+ROPE_MISTAKES = {
+    "not the adjacent dimensions 2i and 2i+1": ex.rope_interleaved,
+    "base ** (-np.arange(0, d, 2) / d)": lambda x, pos, base: ex.rope_variant(x, pos, base, 1),
+    "the rotation goes the other way": lambda x, pos, base: S1.my_rope(x, -pos, base),
+    "after a KV cache they do not start at 0": lambda x, pos, base: S1.my_rope(
+        x, np.arange(len(pos)), base
+    ),
+}
+
+
+@pytest.mark.parametrize("hint", ROPE_MISTAKES)
+def test_rope_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_rope, ROPE_MISTAKES[hint], capsys)
+
+
+def test_rope_identity_is_wrong_without_a_known_hint(capsys: pytest.CaptureFixture) -> None:
+    out = wrong(ex.check_rope, lambda x, pos, base: x, capsys)
+    assert "off by up to" in out and "T=3, 2 heads" in out
+
+
+# ------------------------------------------------------------------------------- lesson 2
+
+
+def layers_only(c):  # the embedding lookup reads one row... and the head is forgotten
+    return S2.my_weight_bytes(c) - 4 * c.vocab_size * c.hidden_size
+
+
+WEIGHT_BYTES_MISTAKES = {
+    "the output head": layers_only,
+    "read once": lambda c: S2.my_weight_bytes(c) + 4 * c.vocab_size * c.hidden_size,
+    "a float32 is 4 bytes": lambda c: S2.my_weight_bytes(c) // 4,
+    "grouped-query": lambda c: (
+        S2.my_weight_bytes(c)
+        + 4 * c.num_hidden_layers * 2 * (c.num_attention_heads - 1) * c.head_dim * c.hidden_size
+    ),
+    "three matrices": lambda c: (
+        S2.my_weight_bytes(c) - 4 * c.num_hidden_layers * c.intermediate_size * c.hidden_size
+    ),
+    "wider than d_model / num_attention_heads": lambda c: (
+        S2.my_weight_bytes(c)
+        - 4
+        * c.num_hidden_layers
+        * 2
+        * (c.num_attention_heads * c.head_dim - c.hidden_size)
+        * c.hidden_size
+    ),
+}
+
+
+@pytest.mark.parametrize("hint", WEIGHT_BYTES_MISTAKES)
+def test_weight_bytes_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_weight_bytes, WEIGHT_BYTES_MISTAKES[hint], capsys)
+
+
+def test_weight_bytes_with_the_norms_is_right_too(capsys: pytest.CaptureFixture) -> None:
+    def with_norms(c):
+        norms = c.num_hidden_layers * (4 * c.hidden_size + 2 * c.head_dim) + c.hidden_size
+        return S2.my_weight_bytes(c) + 4 * norms
+
+    assert verdict(ex.check_weight_bytes, with_norms, capsys).startswith("right: ")
+
+
+def test_weight_bytes_answer_key_is_roofline_bytes_per_token() -> None:
+    """The check's answer and `roofline.bytes_per_token` (which sums a model's arrays) agree."""
+    import minispec as ms
+    from minispec import roofline
+
+    model = ms.reference(ms.tiny_model())  # plain matrices: packed ones carry padding
+    assert sum(ex.weight_parts(model.config).values()) == roofline.bytes_per_token(model)
+
+
+def kv_part(c, context: int, heads: int, window: int | None, windowed: Callable[[int], bool]):
+    per_position = 2 * heads * c.head_dim * 4
+    seen = [
+        min(context + 1, window) if window and windowed(i) else context + 1
+        for i in range(c.num_hidden_layers)
+    ]
+    return per_position * sum(seen)
+
+
+BYTES_PER_TOKEN_MISTAKES = {
+    "the KV cache": lambda c, n: S2.my_weight_bytes(c),
+    "values too": lambda c, n: (
+        S2.my_weight_bytes(c)
+        + kv_part(c, n, c.num_key_value_heads, c.sliding_window, c.is_sliding) // 2
+    ),
+    "read at most sliding_window positions": lambda c, n: (
+        S2.my_weight_bytes(c) + kv_part(c, n, c.num_key_value_heads, None, c.is_sliding)
+    ),
+    "read the whole context, not a window": lambda c, n: (
+        S2.my_weight_bytes(c)
+        + kv_part(c, n, c.num_key_value_heads, c.sliding_window, lambda i: True)
+    ),
+    "not num_attention_heads": lambda c, n: (
+        S2.my_weight_bytes(c) + kv_part(c, n, c.num_attention_heads, c.sliding_window, c.is_sliding)
+    ),
+    "the KV reads right (check_weight_bytes): the output head": lambda c, n: (
+        layers_only(c) + kv_part(c, n, c.num_key_value_heads, c.sliding_window, c.is_sliding)
+    ),
+}
+
+
+@pytest.mark.parametrize("hint", BYTES_PER_TOKEN_MISTAKES)
+def test_bytes_per_token_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_bytes_per_token, BYTES_PER_TOKEN_MISTAKES[hint], capsys)
+
+
+def test_bytes_per_token_own_key_or_not_is_right(capsys: pytest.CaptureFixture) -> None:
+    def cached_positions_only(c, context):
+        return S2.my_bytes_per_token(c, context - 1)
+
+    assert verdict(ex.check_bytes_per_token, cached_positions_only, capsys).startswith("right: ")
+
+
+# ------------------------------------------------------------------------------- lesson 3
+
+
+def all_matches(argmax, drafts):
+    j, _ = S3.my_accept_greedy(argmax, drafts)
+    return sum(int(d == a) for d, a in zip(drafts, argmax, strict=False)), int(argmax[j])
+
+
+def emits_the_draft(argmax, drafts):
+    j, token = S3.my_accept_greedy(argmax, drafts)
+    return j, drafts[j] if j < len(drafts) else token
+
+
+def no_bonus(argmax, drafts):
+    j, token = S3.my_accept_greedy(argmax, drafts)
+    return (j, drafts[-1]) if drafts and j == len(drafts) else (j, token)
+
+
+def shifted_rows(argmax, drafts):
+    j = 0
+    while j < len(drafts) and drafts[j] == argmax[j + 1]:
+        j += 1
+    return j, int(argmax[min(j + 1, len(drafts))])
+
+
+GREEDY_MISTAKES = {
+    "stop at the first mismatch": all_matches,
+    "(the correction), not the draft": emits_the_draft,
+    "(the bonus token)": no_bonus,
+    "compare drafts[i] with target_argmax[i]": shifted_rows,
+}
+
+
+@pytest.mark.parametrize("hint", GREEDY_MISTAKES)
+def test_accept_greedy_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_accept_greedy, GREEDY_MISTAKES[hint], capsys)
+
+
+def test_accept_greedy_list_answer_is_right(capsys: pytest.CaptureFixture) -> None:
+    as_list = lambda argmax, drafts: list(S3.my_accept_greedy(argmax, drafts))  # noqa: E731
+    assert verdict(ex.check_accept_greedy, as_list, capsys).startswith("right: ")
+
+
+ROLLBACK_MISTAKES = {
+    "not the drafted length": lambda kv, n, j: kv + 1 + n,
+    "the verify pass also wrote the newest token": lambda kv, n, j: kv + j,
+    "the corrected (or bonus) token is not in the cache yet": lambda kv, n, j: kv + 2 + j,
+    "the accepted drafts stay": lambda kv, n, j: kv + 1,
+}
+
+
+@pytest.mark.parametrize("hint", ROLLBACK_MISTAKES)
+def test_rollback_length_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_rollback_length, ROLLBACK_MISTAKES[hint], capsys)
+
+
+# ------------------------------------------------------------------------------- lesson 4
+
+
+RESIDUAL_MISTAKES = {
+    "divide by its sum": lambda p, q: np.maximum(p - q, 0),
+    "clip at zero": lambda p, q: (p - q) / np.sum(p - q),
+    "not q - p": lambda p, q: S4.my_residual(q, p),
+    "not from p itself": lambda p, q: p,
+}
+
+
+@pytest.mark.parametrize("hint", RESIDUAL_MISTAKES)
+def test_residual_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_residual, RESIDUAL_MISTAKES[hint], capsys)
+
+
+def chen_letters(p, q, x, rng):  # min(1, q/p): Chen et al.'s formula with Leviathan's letters
+    ratio = q[x] / p[x] if p[x] > 0 else np.inf
+    return x if rng.random() < min(1.0, ratio) else int(rng.choice(len(p), p=S4.my_residual(p, q)))
+
+
+def resample_p(p, q, x, rng):
+    return x if rng.random() < min(1.0, p[x] / q[x]) else int(rng.choice(len(p), p=p))
+
+
+def accept_with_p(p, q, x, rng):
+    return x if rng.random() < p[x] else int(rng.choice(len(p), p=S4.my_residual(p, q)))
+
+
+ACCEPT_OR_REJECT_MISTAKES = {
+    "accept with probability min(1, p(x) / q(x))": chen_letters,
+    "not from p: p's own mass": resample_p,
+    "p(x) alone ignores how often": accept_with_p,
+    "a drafted token is not always kept": lambda p, q, x, rng: x,
+}
+
+
+@pytest.mark.parametrize("hint", ACCEPT_OR_REJECT_MISTAKES)
+def test_accept_or_reject_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_accept_or_reject, ACCEPT_OR_REJECT_MISTAKES[hint], capsys)
+
+
+def test_accept_or_reject_with_the_package_rule_is_right(capsys: pytest.CaptureFixture) -> None:
+    """minispec's own accept_or_reject, wrapped to the exercise's signature, passes."""
+    import minispec as ms
+
+    def package(p, q, x, rng):
+        verdict = ms.accept_or_reject(np.stack([p, p]), q[None], [x], rng)
+        return x if verdict.n_accepted else verdict.next_token
+
+    assert verdict(ex.check_accept_or_reject, package, capsys).startswith("right: ")
+
+
+def plain(logits):
+    return probabilities(logits, SamplingParams(temperature=1.0))
+
+
+SHAPE_BOTH_MISTAKES = {
+    "with the temperature, top-k or top-p on p only": lambda t, d, s: (
+        probabilities(t, s),
+        plain(d),
+    ),
+    "shape p exactly as q": lambda t, d, s: (plain(t), probabilities(d, s)),
+    "p is the target's": lambda t, d, s: (probabilities(d, s), probabilities(t, s)),
+}
+
+
+@pytest.mark.parametrize("hint", SHAPE_BOTH_MISTAKES)
+def test_shape_both_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_shape_both, SHAPE_BOTH_MISTAKES[hint], capsys)
+
+
+def test_shape_both_top_p_on_p_only_is_wrong(capsys: pytest.CaptureFixture) -> None:
+    def top_p_on_p_only(t, d, s):
+        return probabilities(t, s), probabilities(d, SamplingParams(temperature=s.temperature))
+
+    assert "on p only" in wrong(ex.check_shape_both, top_p_on_p_only, capsys)
+
+
+# ------------------------------------------------------------------------------- lesson 5
+
+
+def tau_without_the_bonus(alpha, k):
+    return S5.my_expected_tau(alpha, k) - 1
+
+
+def k_terms(alpha, k):
+    return k if alpha == 1 else (1 - alpha**k) / (1 - alpha)
+
+
+TAU_MISTAKES = {
+    "count the corrected or bonus token": tau_without_the_bonus,
+    "the sum runs to alpha^k": k_terms,
+    "not 1 + k alpha": lambda alpha, k: 1 + k * alpha,
+    "at alpha = 1 every draft is accepted": lambda alpha, k: (1 - alpha ** (k + 1)) / (1 - alpha),
+}
+
+
+@pytest.mark.parametrize("hint", TAU_MISTAKES)
+def test_expected_tau_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_expected_tau, TAU_MISTAKES[hint], capsys)
+
+
+def test_expected_tau_numpy_division_at_one_is_named(capsys: pytest.CaptureFixture) -> None:
+    def numpy_formula(alpha, k):
+        return (1 - np.float64(alpha) ** (k + 1)) / (1 - np.float64(alpha))  # nan at 1
+
+    assert "at alpha = 1" in wrong(ex.check_expected_tau, numpy_formula, capsys)
+
+
+def best_by(score: Callable[[float, int, float, dict], float]) -> Callable:
+    def best_k(alpha, draft_ms, forward_ms):
+        ks = [k for k in range(1, max(forward_ms)) if k + 1 in forward_ms]
+        return max(ks, key=lambda k: score(alpha, k, draft_ms, forward_ms))
+
+    return best_k
+
+
+tau = S5.my_expected_tau
+BEST_K_MISTAKES = {
+    "forward_ms[k + 1]": best_by(lambda a, k, c, f: tau(a, k) / (k * c + f[k])),
+    "drafting costs time too": best_by(lambda a, k, c, f: tau(a, k) / f[k + 1]),
+    "not forward_ms[1]": best_by(lambda a, k, c, f: tau(a, k) / (k * c + f[1])),
+    "count the corrected or bonus token": best_by(
+        lambda a, k, c, f: (tau(a, k) - 1) / (k * c + f[k + 1])
+    ),
+    "divide by the step's time": best_by(lambda a, k, c, f: tau(a, k)),
+}
+
+
+@pytest.mark.parametrize("hint", BEST_K_MISTAKES)
+def test_best_k_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_best_k, BEST_K_MISTAKES[hint], capsys)
+
+
+def test_every_check_is_tested() -> None:
+    checks = {n.removeprefix("check_") for n in ex.__all__ if n.startswith("check_")}
+    assert checks == set(CHECKS)
