@@ -59,8 +59,9 @@ Int8 weights
 A plain NumPy matrix still works: `linear(x, w)` with an ndarray is `x @ w.T` through BLAS,
 the reference the kernel is tested against (and what `minispec bench` reports as "NumPy only").
 
-Attention over the KV cache has a kernel too (`attend_each`): `model.attend`'s arithmetic for
-each query, one fixed loop per (query, head), batch invariant for the same reason.
+Attention over the KV cache has a kernel too (`attend_each`): `model.attend`'s arithmetic, its
+two products done by the same tile (which follows its arrays' strides, so it also reads a
+row-major matrix or the cache in place, `as_panels`), batch invariant for the same reason.
 
 Why the tile is written in LLVM IR
     Numba has no vector type, and LLVM keeps scalar accumulators in registers but not small
@@ -112,7 +113,7 @@ PREFETCH_ROWS = {"float32": 2, "int8": 1}
 K_BLOCK = 128  # ... more rows than one tile take turns on 128 steps of k at a time
 ROW_BLOCK = 48  # a long prompt's rows go through the weight 48 at a time (they stay in L2)
 N_CHUNKS = 64  # contiguous ranges of tiles handed to the threads by prange
-N_ATTENTION_CHUNKS = 16  # contiguous ranges of (query, head) pairs, likewise
+N_ATTENTION_CHUNKS = 16  # contiguous ranges of attention's column blocks, likewise
 
 # Attention's kernel: reassociation lets LLVM vectorize its dot products; contraction lets it
 # use fused multiply-add. No "nnan"/"ninf": a NaN must still come out as NaN.
@@ -280,9 +281,10 @@ def _tile(typingctx, x, t0, rows, panels, p, k0, k1, scale, out):
     """A Numba intrinsic: out[t0:t0+rows, cols] += x[t0:t0+rows, k0:k1] @ w[cols, k0:k1].T.
 
     Called as _tile(x, t0, rows, panels, p, k0, k1, scale, out) with x (T, d_in) float32, rows
-    in 1..TILE_ROWS, panels of a PackedWeight, cols = 16p .. 16p + TILE_COLS, the steps
-    k0 <= k < k1 of the sum, scale the weight's scales (or None) and out (T, 16 * n_panels)
-    float32. For each row count the IR holds one copy of the loop
+    in 1..TILE_ROWS, panels of a PackedWeight (or any (n, K, 16) view with contiguous lanes,
+    `as_panels`), cols = 16p .. 16p + TILE_COLS, the steps k0 <= k < k1 of the sum, scale the
+    weight's scales (or None) and out (T, 16 * n_panels) float32; every address follows the
+    arrays' strides. For each row count the IR holds one copy of the loop
 
         acc = zeros((rows, TILE_COLS)) if k0 == 0 else out[t0:t0+rows, cols]
         for k in range(k0, k1):
@@ -325,12 +327,19 @@ def _tile(typingctx, x, t0, rows, panels, p, k0, k1, scale, out):
 
 def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, k0, k1) -> None:
     """The IR of one tile with a fixed number of rows (see `_tile`)."""
-    d_in = builder.extract_value(ws.shape, 1)
-    n_cols = builder.extract_value(outs.shape, 1)
     f32xn = ir.VectorType(ir.FloatType(), LANES)
 
     def const(value: int) -> ir.Constant:
         return ir.Constant(_I64, value)
+
+    def stride(array, dim: int, itemsize: int):  # in elements: Numba keeps them in bytes
+        return builder.sdiv(builder.extract_value(array.strides, dim), const(itemsize))
+
+    # Every address follows the arrays' own strides (the last axis of each must be contiguous):
+    # packed panels, or a row-major matrix seen as panels (`as_panels`), or rows of a cache.
+    panel_stride = stride(ws, 0, 1 if scales is not None else 4)
+    k_stride = stride(ws, 1, 1 if scales is not None else 4)
+    x_stride, out_stride = stride(xs, 0, 4), stride(outs, 0, 4)
 
     def vector(data, offset):  # data[offset : offset + LANES] as one vector (any alignment)
         pointer_type = ir.VectorType(data.type.pointee, LANES).as_pointer()
@@ -349,19 +358,19 @@ def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, k0, k1) -> None:
         module, ir.FunctionType(ir.VoidType(), [i8_ptr, _I32, _I32, _I32]), "llvm.prefetch.p0i8"
     )
     # Column c of the tile (c = 0, LANES, 2 LANES, ...) is lane c % 16 of panel p + c // 16:
-    # its k-th weights start at panels.data + (p + c // 16) * d_in * 16 + k * 16 + c % 16.
+    # its k-th weights start at panels.data + (p + c // 16) * panel_stride + k * k_stride
+    # + c % 16 (packed: panel_stride = d_in * 16, k_stride = 16).
     cols = range(0, TILE_COLS, LANES)
-    panel_start = [builder.mul(builder.add(p, const(j)), d_in) for j in range(TILE_PANELS)]
-    panel_start = [builder.mul(start, const(PANEL)) for start in panel_start]
+    panel_start = [builder.mul(builder.add(p, const(j)), panel_stride) for j in range(TILE_PANELS)]
     w_start = [builder.add(panel_start[c // PANEL], const(c % PANEL)) for c in cols]
-    x_row = [builder.mul(builder.add(t0, const(r)), d_in) for r in range(rows)]  # &x[t0 + r]
+    x_row = [builder.mul(builder.add(t0, const(r)), x_stride) for r in range(rows)]  # &x[t0 + r]
     if scales is not None:
         row_scale = [
             vector(scales.data, builder.add(builder.mul(p, const(PANEL)), const(c))) for c in cols
         ]
 
     def out_vector(r, c):  # &out[t0 + r, 16p + c : 16p + c + LANES]
-        row = builder.mul(builder.add(t0, const(r)), n_cols)
+        row = builder.mul(builder.add(t0, const(r)), out_stride)
         column = builder.add(builder.mul(p, const(PANEL)), const(c))
         return builder.bitcast(
             builder.gep(outs.data, [builder.add(row, column)]), f32xn.as_pointer()
@@ -387,12 +396,12 @@ def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, k0, k1) -> None:
     hint = [ir.Constant(_I32, v) for v in (0, 3, 1)]  # read, keep in all caches, data
     with cgutils.for_range(builder, builder.sub(k1, k0)) as loop:
         k = builder.add(k0, loop.index)
-        k16 = builder.mul(k, const(PANEL))
-        ahead = builder.add(k16, const(PREFETCH * PANEL))
+        k_at = builder.mul(k, k_stride)
+        ahead = builder.mul(builder.add(k, const(PREFETCH)), k_stride)
         for start in panel_start if prefetching else ():  # the line PREFETCH steps ahead
             line = builder.gep(ws.data, [builder.add(start, ahead)])
             builder.call(prefetch, [builder.bitcast(line, i8_ptr), *hint])
-        w = [vector(ws.data, builder.add(start, k16)) for start in w_start]
+        w = [vector(ws.data, builder.add(start, k_at)) for start in w_start]
         if scales is not None:  # the weight as float32, exactly as `unpack` computes it
             w = [
                 builder.fmul(builder.sitofp(wj, f32xn), sj)
@@ -441,62 +450,117 @@ def attend_each(
 ) -> np.ndarray:
     """For each query t: softmax(q_t K^T) V over the cache rows seen[t, 0] <= s < seen[t, 1].
 
-    The arithmetic of `model.attend` (grouped-query attention, one query at a time), for the
-    queries of decoding, verification and prompts alike. q (T, n_heads, head_dim), scaled; keys and
-    values (capacity, n_kv_heads, head_dim): one layer's cache; seen (T, 2) int: the visible
-    key rows of each query (causal mask and sliding window). Returns (T, n_heads, head_dim).
+    The arithmetic of `model.attend` (grouped-query attention), for the queries of decoding,
+    verification and prompts alike. q (T, n_heads, head_dim), scaled; keys and values
+    (capacity, n_kv_heads, head_dim): one layer's cache; seen (T, 2) int: the visible key rows
+    of each query (causal mask and sliding window). Returns (T, n_heads, head_dim).
 
-    Why a kernel: in NumPy each query costs 8 small calls, mostly call overhead, which add up
-    to a large share of a verify pass and of a prompt (docs/probes/attention_kernel.py times it).
-    Every (query, head) here is one fixed sequence of loops, so its result does not depend on T
-    or on the thread that ran it: batch invariant, like `linear`.
+    Both products are the register tile's, so each output is one fixed FMA chain:
+      - scores: the keys are the rows and the queries the columns, K_g @ Q_g^T, with one column
+        per (query, head of the group g): each key row is loaded once for every query head that
+        shares it (Gemma 3: 4 heads, 1 key/value head). The columns go TILE_COLS at a time,
+        each block over the keys its queries see, from the first to the last;
+      - softmax, per column over exactly its visible keys; the probabilities of the block's
+        other keys are 0;
+      - P V, over the block's keys: a probability of exactly 0 is an exact no-op in an FMA chain,
+        so a query's outputs are the same bits whichever block, and whichever other queries,
+        it came with: batch invariant, like `linear`. Then each row is divided by its sum.
+    Why a kernel: in NumPy each query costs 8 small calls, mostly call overhead; a long prompt's
+    causal triangle is mostly arithmetic, which the tile does at its full speed, with the
+    blocks handed to the threads by their number of keys (docs/probes/attention_kernel.py).
     """
     T, n_heads, head_dim = q.shape
-    if keys.shape[2] != head_dim or n_heads % keys.shape[1] != 0 or seen.shape != (T, 2):
+    n_kv = keys.shape[1]
+    if keys.shape[2] != head_dim or n_heads % n_kv != 0 or seen.shape != (T, 2):
         raise ValueError(
             f"attend_each: q {q.shape}, keys {keys.shape} and seen {seen.shape} do not fit together"
         )
+    group = n_heads // n_kv
+    n_cols = T * group  # one column per (query, head of its group)
+    # queries as columns, padded to whole tiles: qt[g, d, t * group + h] = q[t, g * group + h, d]
+    qt = np.zeros((n_kv, head_dim, -(-n_cols // TILE_COLS) * TILE_COLS), np.float32)
+    qt[:, :, :n_cols] = (
+        q.reshape(T, n_kv, group, head_dim).transpose(1, 3, 0, 2).reshape(n_kv, head_dim, n_cols)
+    )
+    pad = -head_dim % TILE_COLS  # P V's columns are the head's dimensions: whole tiles too
+    if pad:  # (tiny models only: Gemma's 256 dimensions are 8 tiles)
+        values = np.concatenate([values, np.zeros((*values.shape[:2], pad), np.float32)], axis=2)
     out = np.empty((T, n_heads, head_dim), np.float32)
-    _attend_each_kernel(np.ascontiguousarray(q), keys, values, seen.astype(np.int64), out)
+    vt = as_panels(values.transpose(1, 0, 2))  # (n_kv, d/16, capacity, 16), no copy
+    _attend_kernel(keys, as_panels(qt), vt, seen.astype(np.int64), group, out)
     return out
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _attend_each_kernel(q, keys, values, seen, out):
-    """out[t, h] = softmax(K q[t, h]) V over the keys query t sees, the (t, h) pairs in parallel.
+def as_panels(a: np.ndarray) -> np.ndarray:
+    """A (..., K, N) matrix seen as the tile's panels (..., N/16, K, 16), without a copy.
 
-    The pairs are cut into at most N_ATTENTION_CHUNKS contiguous ranges, one prange iteration
-    each; a range allocates one buffer for its probabilities and writes straight into out
-    (an allocation per pair, under the threads, cost more than the arithmetic).
+    Lane l of panel p at step k is a[..., k, 16p + l]: a row-major matrix multiplies x as
+    x @ a, where a PackedWeight w multiplies it as x @ w.T. The last axis must be contiguous.
     """
-    T, n_heads, head_dim = q.shape
-    group = n_heads // keys.shape[1]  # query heads per key/value head
-    n_pairs = T * n_heads
-    n_chunks = min(n_pairs, N_ATTENTION_CHUNKS)
-    longest = 0
-    for t in range(T):
-        longest = max(longest, seen[t, 1] - seen[t, 0])
-    for c in prange(n_chunks):
-        p = np.empty(longest, np.float32)  # (S,): scores, then probabilities
-        for th in range(c * n_pairs // n_chunks, (c + 1) * n_pairs // n_chunks):
-            t, h = th // n_heads, th % n_heads
-            kv = h // group
-            lo, hi = seen[t, 0], seen[t, 1]
-            top = np.float32(-np.inf)
-            for s in range(lo, hi):  # scores q . k_s
-                score = np.float32(0.0)
+    *batch, K, N = a.shape
+    if a.dtype != np.float32 or a.strides[-1] != 4 or N % PANEL:
+        raise ValueError(f"as_panels: needs float32 (..., K, 16n), last axis contiguous: {a.shape}")
+    shape, strides = (*batch, N // PANEL, K, PANEL), (*a.strides[:-2], 4 * PANEL, a.strides[-2], 4)
+    return np.lib.stride_tricks.as_strided(a, shape, strides)
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def _attend_kernel(keys, qt, vt, seen, group, out):
+    """`attend_each`'s three steps for each (key/value head g, block of TILE_COLS columns).
+
+    keys (capacity, n_kv, d); qt (n_kv, n_blocks * TILE_PANELS, d, 16): the queries' panels;
+    vt (n_kv, d_padded / 16, capacity, 16): the values' panels; out (T, n_heads, d). The
+    blocks are cut into at most N_ATTENTION_CHUNKS ranges of about equal numbers of keys (a
+    prompt's causal triangle gives the last queries the most), one prange iteration each.
+    """
+    T, n_heads, head_dim = out.shape
+    n_kv, n_cols = keys.shape[1], T * group
+    n_blocks = qt.shape[1] // TILE_PANELS
+    lo = np.full(n_blocks, keys.shape[0], np.int64)  # the keys block b needs: lo[b] <= s < hi[b]
+    hi = np.zeros(n_blocks, np.int64)
+    for c in range(n_cols):
+        b, t = c // TILE_COLS, c // group
+        lo[b], hi[b] = min(lo[b], seen[t, 0]), max(hi[b], seen[t, 1])
+    n_units = n_kv * n_blocks  # unit u: head u // n_blocks, block u % n_blocks
+    work = np.zeros(n_units + 1, np.int64)  # keys of the units before u, + 32 fixed for each
+    for u in range(n_units):
+        work[u + 1] = work[u] + hi[u % n_blocks] - lo[u % n_blocks] + 32
+    n_chunks = min(n_units, N_ATTENTION_CHUNKS)
+    first = np.searchsorted(work, np.arange(n_chunks + 1) * work[n_units] // n_chunks)
+    first[n_chunks] = n_units
+    longest = np.max(hi - lo)
+    for chunk in prange(n_chunks):
+        scores = np.empty((longest, TILE_COLS), np.float32)  # (keys, columns)
+        p = np.empty((TILE_COLS, longest), np.float32)  # (columns, keys)
+        o = np.empty((TILE_COLS, vt.shape[1] * PANEL), np.float32)  # (columns, d_padded)
+        total = np.empty(TILE_COLS, np.float32)  # each column's sum of probabilities
+        for u in range(first[chunk], first[chunk + 1]):
+            g, b = u // n_blocks, u % n_blocks
+            s0, n = lo[b], hi[b] - lo[b]
+            cols = min(TILE_COLS, n_cols - b * TILE_COLS)
+            k_g = keys[s0 : s0 + n, g, :]
+            q_b = qt[g, TILE_PANELS * b : TILE_PANELS * (b + 1)]
+            for r in range(0, n, TILE_ROWS):  # scores[s, j] = k_s . q_j
+                _tile(k_g, r, min(TILE_ROWS, n - r), q_b, 0, 0, head_dim, None, scores)
+            for j in range(cols):  # softmax over the keys column j sees, 0 for the others
+                t = (b * TILE_COLS + j) // group
+                a, z = seen[t, 0] - s0, seen[t, 1] - s0
+                top = np.float32(-np.inf)
+                for s in range(a, z):
+                    top = max(top, scores[s, j])
+                p[j, :n] = 0.0
+                for s in range(a, z):  # shifted by the max so that exp never overflows
+                    p[j, s] = np.exp(scores[s, j] - top)
+                total[j] = 0.0
+                for s in range(a, z):
+                    total[j] += p[j, s]
+            for e in range(vt.shape[1] // TILE_PANELS):  # o = p @ v, TILE_COLS dimensions at a time
+                v_e = vt[g, TILE_PANELS * e : TILE_PANELS * (e + 1), s0 : s0 + n]
+                o_e = o[:, e * TILE_COLS : (e + 1) * TILE_COLS]
+                for r in range(0, cols, TILE_ROWS):
+                    _tile(p, r, min(TILE_ROWS, cols - r), v_e, 0, 0, n, None, o_e)
+            for j in range(cols):
+                c = b * TILE_COLS + j
+                t, h = c // group, g * group + c % group
                 for d in range(head_dim):
-                    score += q[t, h, d] * keys[s, kv, d]
-                p[s - lo] = score
-                top = max(top, score)
-            total = np.float32(0.0)
-            for s in range(hi - lo):  # softmax, shifted by the max so that exp never overflows
-                p[s] = np.exp(p[s] - top)
-                total += p[s]
-            for s in range(hi - lo):
-                p[s] /= total
-            for d in range(head_dim):
-                out[t, h, d] = 0.0
-            for s in range(lo, hi):  # sum over s of p_s v_s
-                for d in range(head_dim):
-                    out[t, h, d] += p[s - lo] * values[s, kv, d]
+                    out[t, h, d] = o[j, d] / total[j]

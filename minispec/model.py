@@ -21,6 +21,7 @@ Two paths through the same equations, chosen by `Model.kernels`:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -104,13 +105,30 @@ def rope(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
     """
     # x: (T, n_heads, head_dim)
     d = x.shape[-1]
-    inv_freq = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)  # (d/2,)
-    angles = positions[:, None].astype(np.float64) * inv_freq  # (T, d/2)
-    cos = np.cos(angles).astype(np.float32)[:, None, :]  # (T, 1, d/2)
-    sin = np.sin(angles).astype(np.float32)[:, None, :]
+    cos, sin = rope_angles(positions, base, d)  # (T, d/2) each
+    cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, d/2)
     x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     # (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin): x cos + rotate_half(x) sin, written out
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def rope_angles(positions: np.ndarray, base: float, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of the angles pos * base^(-2i/d), i < d/2: two (T, d/2) float32 arrays.
+
+    Looked up in a table of every position up to a power of two (at least 1024), computed once
+    per (base, d) and kept: computing them afresh took a prompt as long as all its norms.
+    A position's angles are the same numbers whichever table holds them.
+    """
+    size = 1 << max(10, int(np.max(positions)).bit_length())
+    cos, sin = _rope_table(float(base), d, size)
+    return cos[positions], sin[positions]
+
+
+@functools.lru_cache(maxsize=8)
+def _rope_table(base: float, d: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    inv_freq = base ** (-np.arange(0, d, 2, dtype=np.float64) / d)  # (d/2,)
+    angles = np.arange(size, dtype=np.float64)[:, None] * inv_freq  # (size, d/2)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -118,10 +136,19 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
+def key_bounds(positions: np.ndarray, window: int | None) -> np.ndarray:
+    """Causal mask, and on sliding layers the window: query i sees key j iff 0 <= i - j < window.
+
+    The keys each position sees, as (T, 2) bounds: start <= j < stop.
+    """
+    start = np.zeros_like(positions) if window is None else np.maximum(0, positions - window + 1)
+    return np.stack([start, positions + 1], axis=1)  # (T, 2)
+
+
 def visible_keys(position: int, window: int | None) -> slice:
-    """Causal mask, and on sliding layers the window: query i sees key j iff 0 <= i - j < window."""
-    start = 0 if window is None else max(0, position - window + 1)
-    return slice(start, position + 1)
+    """The keys one position sees, as a slice of the cache (`key_bounds` of one position)."""
+    start, stop = key_bounds(np.array([position]), window)[0]
+    return slice(int(start), int(stop))
 
 
 def attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -165,15 +192,15 @@ def attention(
     cache.keys[i, start : start + T] = k
     cache.values[i, start : start + T] = v
 
-    # One query at a time, each over exactly the keys it may see: a position's result is then
-    # the same computation whether it is decoded alone or verified with k others. The kernel
-    # runs the same loop without NumPy's per-call overhead, which is most of the time here.
+    # Each query over exactly the keys it may see (the kernel gives the others probability 0,
+    # an exact no-op): a position's result is then the same computation whether it is decoded
+    # alone, verified with k others or prefilled with its prompt.
     window = config.sliding_window if sliding else None
-    seen = [visible_keys(int(pos), window) for pos in positions]
     if fast:
-        bounds = np.array([(s.start, s.stop) for s in seen])  # (T, 2)
+        bounds = key_bounds(positions, window)  # (T, 2)
         out = kernels.attend_each(q, cache.keys[i], cache.values[i], bounds)
     else:
+        seen = [visible_keys(int(pos), window) for pos in positions]
         out = np.stack(
             [attend(q[t], cache.keys[i, s], cache.values[i, s]) for t, s in enumerate(seen)]
         )  # (T, n_heads, head_dim)
