@@ -219,12 +219,14 @@ def linear(x: np.ndarray, w: np.ndarray | PackedWeight) -> np.ndarray:
 
 
 def warmup() -> None:
-    """Compile (or load from the on-disk cache) every kernel: float32, int8 and attention."""
+    """Compile (or load from the on-disk cache) every kernel: products, norms, GeGLU, attention."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 8), dtype=np.float32)
     w = rng.standard_normal((9, 8), dtype=np.float32)
     linear(x, pack(w))
     linear(x, quantize_int8(w))
+    rms_norm_rows(x, w[0], 1e-6)
+    gelu_gate(x, x)
     kv = w.reshape(9, 1, 8)  # (capacity, n_kv_heads, head_dim)
     attend_each(x.reshape(3, 1, 8), kv, kv, np.array([(0, 7), (0, 8), (1, 9)]))
 
@@ -442,6 +444,56 @@ def _matmul_kernel(x, panels, scale, out):
                         _tile(x, t0, rows, panels, TILE_PANELS * j, k0, k1, scale, out)
 
 
+# ------------------------------------------------------------------ the elementwise steps
+
+
+def rms_norm_rows(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """`model.rms_norm` over the last axis, x / sqrt(mean(x^2) + eps) * (1 + w), on the threads.
+
+    Why a kernel: NumPy makes six passes over x (square, mean, add, sqrt, divide, multiply), on
+    one thread; here each row is read twice and written once, and the rows go to the threads.
+    Each row is one fixed loop, so a row's result does not depend on the others: batch invariant.
+    """
+    rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])  # (N, d)
+    out = np.empty_like(rows)
+    _rms_norm_kernel(rows, w.astype(np.float32, copy=False), np.float32(eps), out)
+    return out.reshape(x.shape)
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def _rms_norm_kernel(x, w, eps, out):
+    n, d = x.shape
+    for i in prange(n):
+        squares = np.float32(0.0)
+        for j in range(d):
+            squares += x[i, j] * x[i, j]
+        scale = np.float32(1.0) / np.sqrt(squares / np.float32(d) + eps)
+        for j in range(d):
+            out[i, j] = x[i, j] * scale * (np.float32(1.0) + w[j])
+
+
+def gelu_gate(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """`model.gelu_tanh(gate) * up` (the MLP's GeGLU), in one pass on the threads.
+
+    0.5 x (1 + tanh(y)) is computed as x / (1 + exp(-2y)), the same function (1 + tanh(y) =
+    2 / (1 + exp(-2y))): LLVM vectorizes this exp, not tanh, and NumPy's version makes nine
+    passes on one thread. Elementwise, so batch invariant.
+    """
+    out = np.empty_like(gate)
+    _gelu_gate_kernel(np.ascontiguousarray(gate), np.ascontiguousarray(up), out)
+    return out
+
+
+@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+def _gelu_gate_kernel(gate, up, out):
+    two_c = np.float32(2.0 * np.sqrt(2.0 / np.pi))
+    for i in prange(gate.shape[0]):
+        for j in range(gate.shape[1]):
+            x = gate[i, j]
+            y = two_c * (x + np.float32(0.044715) * x * x * x)
+            out[i, j] = x / (np.float32(1.0) + np.exp(-y)) * up[i, j]
+
+
 # ------------------------------------------------------------------ attention over the KV cache
 
 
@@ -545,12 +597,13 @@ def _attend_kernel(keys, qt, vt, seen, group, out):
             for j in range(cols):  # softmax over the keys column j sees, 0 for the others
                 t = (b * TILE_COLS + j) // group
                 a, z = seen[t, 0] - s0, seen[t, 1] - s0
-                top = np.float32(-np.inf)
-                for s in range(a, z):
-                    top = max(top, scores[s, j])
                 p[j, :n] = 0.0
+                top = np.float32(-np.inf)
+                for s in range(a, z):  # the column into a row, where exp vectorizes
+                    p[j, s] = scores[s, j]
+                    top = max(top, p[j, s])
                 for s in range(a, z):  # shifted by the max so that exp never overflows
-                    p[j, s] = np.exp(scores[s, j] - top)
+                    p[j, s] = np.exp(p[j, s] - top)
                 total[j] = 0.0
                 for s in range(a, z):
                     total[j] += p[j, s]

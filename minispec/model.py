@@ -173,7 +173,8 @@ def attention(
 ) -> np.ndarray:
     """Self-attention of layer i for T new positions; their keys and values join the cache.
 
-    fast: `attend`'s arithmetic in the Numba kernel; False: `attend` itself, query by query.
+    fast: the Numba kernels (`attend`'s arithmetic, `rms_norm`'s); False: `attend` itself,
+    query by query, and NumPy's `rms_norm`.
     """
     T, start = x.shape[0], cache.length
     n_heads, n_kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -181,12 +182,13 @@ def attention(
     sliding = config.is_sliding(i)
     base = config.rope_local_base_freq if sliding else config.rope_theta
 
+    norm = kernels.rms_norm_rows if fast else rms_norm
     q = linear(x, layer.q_proj).reshape(T, n_heads, hd)  # (T, n_heads, head_dim)
     k = linear(x, layer.k_proj).reshape(T, n_kv, hd)  # (T, n_kv_heads, head_dim)
     v = linear(x, layer.v_proj).reshape(T, n_kv, hd)
     # Gemma 3 normalises queries and keys per head before RoPE ("QK-norm", report sec. 2).
-    q = rope(rms_norm(q, layer.q_norm, config.rms_norm_eps), positions, base)
-    k = rope(rms_norm(k, layer.k_norm, config.rms_norm_eps), positions, base)
+    q = rope(norm(q, layer.q_norm, config.rms_norm_eps), positions, base)
+    k = rope(norm(k, layer.k_norm, config.rms_norm_eps), positions, base)
     q = q * np.float32(config.query_pre_attn_scalar**-0.5)
 
     cache.keys[i, start : start + T] = k
@@ -207,9 +209,14 @@ def attention(
     return linear(out.reshape(T, n_heads * hd), layer.o_proj)  # (T, d_model)
 
 
-def mlp(x: np.ndarray, layer: Layer) -> np.ndarray:
-    """Gated feed-forward (GeGLU, Shazeer 2020): down(gelu(gate(x)) * up(x))."""
-    return linear(gelu_tanh(linear(x, layer.gate_proj)) * linear(x, layer.up_proj), layer.down_proj)
+def mlp(x: np.ndarray, layer: Layer, fast: bool = True) -> np.ndarray:
+    """Gated feed-forward (GeGLU, Shazeer 2020): down(gelu(gate(x)) * up(x)).
+
+    fast: gelu(gate) * up in one Numba pass (`kernels.gelu_gate`); False: `gelu_tanh` in NumPy.
+    """
+    gate, up = linear(x, layer.gate_proj), linear(x, layer.up_proj)  # (T, d_ff) each
+    h = kernels.gelu_gate(gate, up) if fast else gelu_tanh(gate) * up
+    return linear(h, layer.down_proj)
 
 
 def block(
@@ -217,10 +224,11 @@ def block(
 ) -> np.ndarray:
     """One transformer block with Gemma's four norms: pre- and post-norm around each sublayer."""
     eps = config.rms_norm_eps
-    h = attention(rms_norm(x, layer.input_layernorm, eps), layer, cache, i, config, fast)
-    x = x + rms_norm(h, layer.post_attention_layernorm, eps)
-    h = mlp(rms_norm(x, layer.pre_feedforward_layernorm, eps), layer)
-    return x + rms_norm(h, layer.post_feedforward_layernorm, eps)
+    norm = kernels.rms_norm_rows if fast else rms_norm
+    h = attention(norm(x, layer.input_layernorm, eps), layer, cache, i, config, fast)
+    x = x + norm(h, layer.post_attention_layernorm, eps)
+    h = mlp(norm(x, layer.pre_feedforward_layernorm, eps), layer, fast)
+    return x + norm(h, layer.post_feedforward_layernorm, eps)
 
 
 def embed(tokens: np.ndarray, embedding: Weight, d_model: int) -> np.ndarray:
@@ -262,7 +270,8 @@ def forward_hidden(
     if not head:
         return ForwardOutput(logits=None, hidden=x)
     h = x[-1:] if last_only else x
-    logits = linear(rms_norm(h, params.final_norm, config.rms_norm_eps), params.embed)
+    norm = kernels.rms_norm_rows if model.kernels else rms_norm
+    logits = linear(norm(h, params.final_norm, config.rms_norm_eps), params.embed)
     return ForwardOutput(logits=logits, hidden=x)
 
 
