@@ -5,6 +5,7 @@ bytes_per_token, decode_tokens_per_s); this module puts them together as the com
 
 - forward_ms[T]: one forward pass of T new tokens after a context of 256, min and median;
 - tokens_per_s: plain greedy decoding speed;
+- prefill_tokens_per_s[n]: prompt tokens per second of a prefill of n tokens;
 - bandwidth_gb_s: how fast this machine streams memory (a parallel sum over a 1 GiB array);
 - bytes_per_token: the weight bytes one forward pass reads;
 - bound_tokens_per_s = bandwidth / bytes_per_token: the memory-bound ceiling of decoding.
@@ -29,6 +30,7 @@ from minispec.roofline import (
     decode_tokens_per_s,
     forward_times,
     memory_bandwidth_gb_s,
+    prefill_tokens_per_s,
 )
 
 # Two prompts with opposite characters: the code-editing one repeats a block with changes
@@ -76,6 +78,7 @@ def run_bench(
     fwd = forward_times(model, context, T_VALUES, repeats)
     tps_runs = [decode_tokens_per_s(model, prompt_ids, decode_tokens) for _ in range(decode_runs)]
     tps = statistics.median(tps_runs)
+    prefill = prefill_tokens_per_s(model, repeats=max(1, repeats // 2))
     bandwidth = memory_bandwidth_gb_s()
     per_token = bytes_per_token(model)
     bound = bandwidth * 1e9 / per_token
@@ -87,6 +90,7 @@ def run_bench(
         "forward_ratio": {str(T): fwd[T]["min"] / fwd[1]["min"] for T in fwd},
         "tokens_per_s": tps,
         "tokens_per_s_runs": tps_runs,
+        "prefill_tokens_per_s": {str(n): v for n, v in prefill.items()},
         "bandwidth_gb_s": bandwidth,
         "bytes_per_token": per_token,
         "bound_tokens_per_s": bound,

@@ -215,6 +215,12 @@ def print_bench(r: dict) -> None:
         f"decode: {r['tokens_per_s']:.1f} tokens/s (median of {runs})"
         + (f"; NumPy only: {numpy['tokens_per_s']:.1f}" if numpy else "")
     )
+
+    def prefill(result: dict) -> str:
+        return ", ".join(f"{v:.0f} at {n}" for n, v in result["prefill_tokens_per_s"].items())
+
+    numpy_prefill = f"; NumPy only: {prefill(numpy)}" if numpy else ""
+    print(f"prefill: {prefill(r)} prompt tokens/s{numpy_prefill}")
     print(
         f"memory bandwidth {r['bandwidth_gb_s']:.1f} GB/s, {r['bytes_per_token'] / 1e6:.0f} MB of "
         f"weights per token -> bound {r['bound_tokens_per_s']:.1f} tokens/s "

@@ -54,6 +54,29 @@ def forward_times(
     return {T: {"min": min(r[1:]), "median": statistics.median(r[1:])} for T, r in runs.items()}
 
 
+PREFILL_LENGTHS = (32, 256, 512)  # a short prompt, a typical one, one a sliding window long
+
+
+def prefill_tokens_per_s(
+    model: Model, lengths: tuple[int, ...] = PREFILL_LENGTHS, repeats: int = 3
+) -> dict[int, float]:
+    """Prompt tokens per second of a prefill (one forward of the whole prompt, the head on the
+    last row only, as `generate` does), the best of `repeats` rounds: {length: tokens/s}.
+
+    Each round times every length once, into a fresh cache, after an untimed warm-up round.
+    """
+    rng = np.random.default_rng(0)
+    prompts = {n: rng.integers(4, model.config.vocab_size, n) for n in lengths}
+    best = {n: float("inf") for n in lengths}
+    for round_ in range(repeats + 1):
+        for n, ids in prompts.items():
+            cache = new_cache(model.config, n)
+            seconds = _timed(lambda ids=ids, c=cache: forward(model, ids, c, last_only=True))
+            if round_:
+                best[n] = min(best[n], seconds)
+    return {n: n / best[n] for n in lengths}
+
+
 def decode_tokens_per_s(model: Model, prompt_ids: list[int], n_tokens: int = 48) -> float:
     """Plain greedy decoding speed (prefill excluded), EOS ignored so every run is n_tokens."""
     return generate(model, prompt_ids, n_tokens, stop_at_eos=False).tokens_per_s

@@ -49,6 +49,8 @@ def test_bench_measures_on_a_tiny_model():
     assert len(runs) == 3 and sorted(runs)[1] == r["tokens_per_s"]  # the median
     assert set(r["forward_ms"]) == {"1", "2", "4", "5", "8", "16"}
     assert all(0 < v["min"] <= v["median"] for v in r["forward_ms"].values())
+    assert set(r["prefill_tokens_per_s"]) == {"32", "256", "512"}
+    assert all(v > 0 for v in r["prefill_tokens_per_s"].values())
     params = model.params
 
     def floats(w) -> int:  # matrices are stored in panels, rows padded to a multiple of 32
@@ -102,3 +104,4 @@ def test_bench_json_keys_on_the_real_model(real_checkpoint, capsys):
     assert set(out["forward_ms"]["4"]) == {"min", "median"}
     assert out["bytes_per_token"] > 1_000_000_000  # float32: about 1.07 GB of weights per token
     assert out["bound_tokens_per_s"] > 0 and out["tokens_per_s"] > 0
+    assert set(out["prefill_tokens_per_s"]) == {"32", "256", "512"}
