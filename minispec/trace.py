@@ -1,7 +1,7 @@
 """The trace: one JSON record per speculative step, enough to replay a run without the model.
 
-Notation as in Leviathan et al. 2023: p = target, q = draft. A trace is a `Trace` (save it with
-`save_trace`, read it back with `load_trace`); in JSON:
+Notation as in Leviathan et al. 2023: p = target, q = draft. A trace is a `Trace`; `trace_json`
+writes it as JSON text, `save_trace` into a file, `load_trace` reads it back. In JSON:
 
     {"format": "minispec-trace", "version": 1,
      "notation": "p = target distribution, q = draft distribution (Leviathan et al. 2023)",
@@ -11,25 +11,7 @@ Notation as in Leviathan et al. 2023: p = target, q = draft. A trace is a `Trace
      "steps": [step record, ...],
      "ids", "text", "stopped_by", "stats": {...}}         # the result, as `Stats.to_dict()`
 
-A step record (`step_record`):
-
-    step               index of the step (= the index of the target's verify forward)
-    context_length     tokens in the context before the step (prompt + emitted so far)
-    kv_length_before   positions in the target's KV cache before verifying (context_length - 1)
-    drafted            [{position, token, text, q, top_q}]   q = q_i(d_i); top_q = q_i's top few
-    target             [{position, top_p}]   row i = p_i, the target's distribution after
-                       [context, d_1..d_i]; n+1 rows for n drafts, the last one for the bonus
-    decisions          [{position, token, text, p, q, ratio, u, accept_probability,
-                         target_argmax, accepted}]   one per tested draft, stopping at the first
-                       rejection; ratio = p/q; u = the uniform draw (null when greedy)
-    accepted           j, how many drafts were kept
-    next_token         {token, text, kind: "corrected" | "bonus", prob}: prob is its probability
-                       under the distribution it was drawn from (residual or p_{n+1})
-    residual_top       on a sampled rejection: the top few of norm(max(0, p - q)); else null
-    emitted, emitted_text   the tokens this step added (accepted drafts + next_token)
-    kv_length_after    positions kept after the rollback (kv_length_before + 1 + j)
-    verify_forwards    target forwards the verification took: 1 (see `verify`)
-    draft_s, verify_s  seconds spent drafting and verifying
+A step record (`step_record`) has the fields of `STEP_FIELDS`, each with its meaning.
 
 Greedy runs: p and q in the records are softmax(logits) at temperature 1, for display; the rule
 itself only compares the draft with argmax p (`target_argmax`).
@@ -55,6 +37,30 @@ if TYPE_CHECKING:
 
 FORMAT, VERSION = "minispec-trace", 1
 NOTATION = "p = target distribution, q = draft distribution (Leviathan et al. 2023)"
+
+STEP_FIELDS = {  # a step record's fields -> what each holds (n drafts, j of them accepted)
+    "step": "index of the step (= the index of the target's verify forward)",
+    "context_length": "tokens in the context before the step (prompt + emitted so far)",
+    "kv_length_before": "positions in the target's KV cache before verifying (context_length - 1)",
+    "drafted": "[{position, token, text, q, top_q}]: q = q_i(d_i); top_q = q_i's top few "
+    "([] for a drafter without probabilities, whose q is one-hot)",
+    "target": "[{position, top_p}]: row i = p_i, the target's distribution after "
+    "[context, d_1..d_i]; n+1 rows for n drafts, the last one for the bonus",
+    "decisions": "[{position, token, text, p, q, ratio, u, accept_probability, target_argmax, "
+    "accepted}]: one per tested draft, stopping at the first rejection; ratio = p/q; "
+    "u = the uniform draw (null when greedy)",
+    "accepted": "j, how many drafts were kept",
+    "next_token": '{token, text, kind: "corrected" | "bonus", prob}: prob is its probability '
+    "under the distribution it was drawn from (residual or p_{n+1})",
+    "residual_top": "on a sampled rejection: the top few of norm(max(0, p - q)); else null",
+    "emitted": "the tokens this step added (accepted drafts + next_token, cut after an EOS)",
+    "emitted_text": "the emitted tokens as text (null without a tokenizer)",
+    "kv_length_after": "positions kept after the rollback (kv_length_before + 1 + j)",
+    "verify_forwards": "always 1: one verification pass per step (`speculative.verify`); "
+    "kept because scripts read it",
+    "draft_s": "seconds spent drafting",
+    "verify_s": "seconds spent verifying",
+}
 
 
 def token_text(tokenizer: object | None, token: int) -> str | None:
@@ -108,7 +114,7 @@ def shown_distributions(step: StepResult, sampling: SamplingParams) -> tuple:
 def step_record(
     index: int, step: StepResult, tokenizer: object | None, top: int, sampling: SamplingParams
 ) -> dict:
-    """One JSON-serialisable record of a draft-verify step (schema in the module docstring)."""
+    """One JSON-serialisable record of a draft-verify step: the fields of `STEP_FIELDS`."""
     v, drafts = step.verdict, step.draft.tokens
     p, q, has_q = shown_distributions(step, sampling)
     next_dist = v.residual if v.residual is not None else p[v.n_accepted]
@@ -161,7 +167,7 @@ def step_record(
         if tokenizer is not None
         else None,
         "kv_length_after": step.kv_after,
-        "verify_forwards": 1,  # always 1 (one verify pass per step); kept: scripts read it
+        "verify_forwards": 1,  # always 1, see STEP_FIELDS
         "draft_s": step.draft_s,
         "verify_s": step.verify_s,
     }
@@ -231,12 +237,17 @@ class Trace:
         return cls(**{name: d[name] for name in cls.__dataclass_fields__ if name in d})
 
 
+def trace_json(trace: Trace) -> str:
+    """The trace as JSON text: what `save_trace` writes and the app's download offers."""
+    return json.dumps(trace.to_dict(), ensure_ascii=False, indent=1) + "\n"
+
+
 def save_trace(trace: Trace, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(trace.to_dict(), ensure_ascii=False, indent=1) + "\n")
+    Path(path).write_text(trace_json(trace), encoding="utf-8")
 
 
 def load_trace(path: str | Path) -> Trace:
-    return Trace.from_dict(json.loads(Path(path).read_text()))
+    return Trace.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 # ---------------------------------------------------------------------------------- replay

@@ -9,10 +9,19 @@ import numpy as np
 import pytest
 
 from minispec.drafters import make_drafter
+from minispec.sampling import SamplingParams
 from minispec.speculative import speculative_generate
 from minispec.stats import Stats, expected_tokens_per_forward
 from minispec.tiny import tiny_model
-from minispec.trace import load_trace, replay, replayed_ids, save_trace, stats_from_trace
+from minispec.trace import (
+    STEP_FIELDS,
+    load_trace,
+    replay,
+    replayed_ids,
+    save_trace,
+    stats_from_trace,
+    trace_json,
+)
 
 STEP_KEYS = set(
     "step context_length kv_length_before drafted target decisions accepted next_token "
@@ -25,9 +34,10 @@ def runs():
     target = tiny_model(seed=0)
     ids = target.tokenizer.encode("the trace of a run; the trace").ids
 
-    def run(spec, k, **sampling):
+    def run(spec, k, seed=0, **sampling):
         drafter = make_drafter(spec, target)
-        return speculative_generate(target, ids, drafter, k, 24, stop_at_eos=False, **sampling)
+        params = SamplingParams(**sampling)
+        return speculative_generate(target, ids, drafter, k, 24, params, seed, stop_at_eos=False)
 
     return {
         "greedy": run("int8", 4),
@@ -44,6 +54,7 @@ def test_records_are_complete_and_consistent(runs, run):
     context = len(trace.prompt_ids) + 1  # the prefill's token
     for i, r in enumerate(trace.steps):
         assert set(r) == STEP_KEYS
+        assert r["verify_forwards"] == 1  # one verification pass per step, always
         assert r["step"] == i and r["context_length"] == context
         assert r["kv_length_before"] == context - 1
         n, j = len(r["drafted"]), r["accepted"]
@@ -69,6 +80,11 @@ def test_records_are_complete_and_consistent(runs, run):
         context += len(r["emitted"])
 
 
+def test_the_documented_schema_is_the_written_one():
+    assert set(STEP_FIELDS) == STEP_KEYS
+    assert all(isinstance(meaning, str) and meaning for meaning in STEP_FIELDS.values())
+
+
 def test_records_carry_probabilities_and_token_text(runs):
     r = next(r for r in runs["sampled"].trace.steps if r["residual_top"])
     d = r["drafted"][0]
@@ -86,6 +102,7 @@ def test_save_load_round_trip_and_replay(runs, tmp_path):
     for name, g in runs.items():
         path = tmp_path / f"{name}.json"
         save_trace(g.trace, path)
+        assert path.read_text(encoding="utf-8") == trace_json(g.trace)  # one serialiser
         loaded = load_trace(path)
         assert loaded.to_dict() == json.loads(json.dumps(g.trace.to_dict()))
         assert replayed_ids(loaded) == g.ids  # no model needed
