@@ -11,8 +11,9 @@ Read beside the Gemma 3 technical report (2025) and Hugging Face's `modeling_gem
 Two paths through the same equations, chosen by `Model.kernels`:
 - kernels=True (what `load_model` gives): the weights are packed for the Numba kernels
   (`kernels.pack`), which read each weight once per pass whatever the number of tokens, and
-  attention runs `attend`'s arithmetic in a kernel too (`kernels.attend_each`). Batch invariant:
-  a row's result does not depend on how many rows were computed with it.
+  attention, the norms and the GeGLU run `attend`'s, `rms_norm`'s and `gelu_tanh`'s arithmetic
+  in kernels too (`kernels.attend_each`, `rms_norm_rows`, `gelu_gate`). Batch invariant: a
+  row's result does not depend on how many rows were computed with it.
 - kernels=False (`reference(model)`, or `load_model(kernels=False)`): plain NumPy all the way,
   `x @ w.T` through BLAS and `attend` one query at a time. The readable path; the tests hold
   the fast one to it.
