@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from minispec.drafters import make_drafter
+from minispec.drafters import DraftModelDrafter, make_drafter
 from minispec.speculative import speculative_generate
 from minispec.tiny import tiny_model
 from minispec.tokenizer import encode
+from minispec.trace import replayed_ids, trace_json
 
 APP = str(Path(__file__).resolve().parents[1] / "viz" / "app.py")
 
@@ -205,6 +206,13 @@ def saved_trace(tmp_path: Path) -> tuple[Path, object]:
     return path, g
 
 
+def trace_bytes(model: object, drafter: object) -> bytes:
+    """A greedy run of `model` with this drafter, saved as the app's download saves it."""
+    ids = encode(model.tokenizer, "the words of each drafter; the words of each drafter")
+    g = speculative_generate(model, ids, drafter, k=3, max_new_tokens=12)
+    return trace_json(g.trace).encode()
+
+
 def upload(at: AppTest, name: str, data: bytes) -> AppTest:
     at.radio(key="mode").set_value("Replay a trace file").run()
     at.file_uploader(key="upload").set_value((name, data, "application/json"))
@@ -239,13 +247,51 @@ def test_saved_trace_replays_without_the_model(
 
 
 def test_downloaded_trace_loads_back(app: AppTest) -> None:
-    from viz.runs import run_from_trace_file, trace_json
+    from viz.runs import run_from_trace_file
 
     run_model(app, n_new=10)
     run = app.session_state.run
-    again = run_from_trace_file(trace_json(run).encode())
+    again = run_from_trace_file(trace_json(run.story.trace).encode())
     assert [t.token for t in again.story.new] == [t.token for t in run.story.new]
     assert again.story.steps == run.story.steps
+
+
+DRAFTER_KINDS = [  # each kind of drafter a trace can name, and how panel 2 must introduce it
+    ("ngram", "The **n-gram drafter**"),
+    ("early-exit", "The **early-exit drafter**"),
+    ("int8", "The **int8 drafter**"),
+    ("model", "The **draft model**"),
+    ("none", "**No drafter**"),
+]
+
+
+@pytest.mark.parametrize("kind, words", DRAFTER_KINDS)
+def test_a_replayed_trace_explains_its_own_drafter(app: AppTest, kind: str, words: str) -> None:
+    target = tiny_model()
+    if kind == "model":  # what make_drafter("model:PATH") builds, without a checkpoint on disk
+        drafter = DraftModelDrafter(tiny_model(seed=1))
+    else:
+        drafter = make_drafter(kind, target)  # "none": None, plain decoding steps
+    upload(app, f"{kind}.json", trace_bytes(target, drafter))
+    no_errors(app)
+    assert app.session_state.run.source == "replay"
+    shown = [c.value for c in app.caption]
+    others = [w for k, w in DRAFTER_KINDS if k != kind]
+    assert any(c.startswith(words) for c in shown), shown
+    assert not any(w in c for c in shown for w in others), shown
+
+
+def test_a_step_cut_short_by_eos_shows_only_what_it_emitted(app: AppTest) -> None:
+    target = tiny_model()
+    d = json.loads(trace_bytes(target, make_drafter("int8", target)))
+    i = next(i for i, r in enumerate(d["steps"]) if r["accepted"] >= 2)
+    d["steps"] = d["steps"][: i + 1]  # as if the step's first accepted draft were <eos>
+    d["steps"][i]["emitted"] = d["steps"][i]["emitted"][:1]
+    d["steps"][i]["emitted_text"] = None
+    upload(app, "eos.json", json.dumps(d).encode())
+    no_errors(app)
+    story = app.session_state.run.story
+    assert [t.token for t in story.new] == replayed_ids(story.trace)
 
 
 @pytest.mark.parametrize(
@@ -305,17 +351,24 @@ def test_presets_fill_the_prompt_and_own_text_keeps_it(app: AppTest) -> None:
 
 # The app reads only minispec's public API: these names, nothing from model, kv_cache, kernels.
 PUBLIC = {
-    "minispec.bench": {"forward_times"},
     "minispec.drafters": {"make_drafter"},
     "minispec.generate": {"generate"},
     "minispec.loading": {"load_model"},
     "minispec.model": {"Model"},  # for type hints only
+    "minispec.roofline": {"forward_times"},
     "minispec.sampling": {"SamplingParams"},
     "minispec.speculative": {"speculative_generate"},
     "minispec.stats": {"Stats", "expected_tokens_per_forward"},
     "minispec.tiny": {"tiny_model"},
     "minispec.tokenizer": {"encode", "decode"},
-    "minispec.trace": {"Trace", "replay", "stats_from_trace"},
+    "minispec.trace": {
+        "STEP_FIELDS",
+        "ReplayStep",
+        "Trace",
+        "replay",
+        "stats_from_trace",
+        "trace_json",
+    },
 }
 
 

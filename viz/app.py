@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `viz` (and `mini
 
 import streamlit as st  # noqa: E402
 
+from minispec.trace import trace_json  # noqa: E402
 from viz import look, panels, runs  # noqa: E402
 
 PRESETS = {
@@ -208,7 +209,7 @@ head.markdown(
 )
 download.download_button(
     "Download the trace",
-    lambda: runs.trace_json(run),  # made when clicked
+    lambda: trace_json(story.trace),  # made when clicked
     file_name="minispec-trace.json",
     mime="application/json",
     on_click="ignore",

@@ -131,7 +131,7 @@ def draw(d: dict) -> go.Figure:
     )
 
 
-def distribution(entries: list[dict], chosen: int, kind: str, title: str) -> go.Figure:
+def next_token_choice(entries: list[dict], chosen: int, kind: str, title: str) -> go.Figure:
     """A distribution's likeliest tokens (residual or p_{n+1}) with the drawn token highlighted."""
     entries = entries[:7][::-1]
     labels = [_label(e) for e in entries]
@@ -206,7 +206,7 @@ def acceptance_by_position(stats: Stats) -> go.Figure:
     )
 
 
-def forward_times(times: dict[int, dict[str, float]]) -> go.Figure:
+def forward_time_vs_t(times: dict[int, dict[str, float]]) -> go.Figure:
     """Milliseconds for one forward over T positions, against T separate one-token forwards."""
     ts = sorted(times)
     one = times[ts[0]]["median"]

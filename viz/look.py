@@ -94,15 +94,13 @@ def flowing(text: str) -> str:
     return escape(text).replace("\n", "↵\n").replace("\t", "⇥\t")
 
 
-LEGEND = ("accepted", "rejected", "unchecked", "corrected", "bonus", "first", "draft", "target")
-
-
 def swatch(kind: str) -> str:
     return f'<span class="ms-dot" style="background:{COLOURS[kind]}"></span>'
 
 
-def legend(kinds: tuple[str, ...] = LEGEND) -> str:
-    items = "".join(f"<span>{swatch(k)}{NAMES[k]}</span>" for k in kinds)
+def legend() -> str:
+    """Every colour of the page and what it means."""
+    items = "".join(f"<span>{swatch(kind)}{name}</span>" for kind, name in NAMES.items())
     return f'<div class="ms-legend">{items}</div>'
 
 
@@ -133,12 +131,12 @@ def token_span(t: Token, extra_class: str = "") -> str:
     )
 
 
-def token_strip(story: Story, step: int | None = None, with_prompt: bool = True) -> str:
+def token_strip(story: Story, step: int | None = None) -> str:
     """The whole output, each token coloured by where it came from; hover shows step and p/q.
 
     With `step`, the tokens that step emitted are outlined and later ones faded.
     """
-    parts = [prompt_html(story.prompt_text, tail=160)] if with_prompt else []
+    parts = [prompt_html(story.prompt_text, tail=160)]
     for t in story.new:
         cls = ""
         if step is not None and t.step is not None:
@@ -154,27 +152,18 @@ def context_html(story: Story, step: int) -> str:
     return f'<div class="ms-ctx"><div>{prompt_html(story.prompt_text)}{spans}</div></div>'
 
 
-def chip(text: str, kind: str, sub: str = "", struck: bool = False, title: str = "") -> str:
+def chip(text: str, kind: str, sub: str = "", struck: bool = False) -> str:
     cls = "ms-chip ms-struck" if struck else "ms-chip"
     sub_html = f'<span class="ms-sub">{escape(sub)}</span>' if sub else ""
     return (
-        f'<span class="{cls}" title="{escape(title)}" style="border-color:{COLOURS[kind]};'
+        f'<span class="{cls}" style="border-color:{COLOURS[kind]};'
         f'background:{TINTS[kind]}">{visible(text)}{sub_html}</span>'
     )
 
 
-def draft_chips(r: dict, with_verdict: bool) -> str:
-    """The drafted tokens with q(x); coloured by their fate once `with_verdict`."""
-    fates = draft_fate(r)
-    chips = []
-    for d, fate in zip(r["drafted"], fates, strict=True):
-        kind = fate if with_verdict else "draft"
-        sub = f"q = {d['q']:.2f}"
-        if with_verdict:
-            sub += (
-                " · " + {"accepted": "kept", "rejected": "rejected", "unchecked": "dropped"}[fate]
-            )
-        chips.append(chip(token_label(d), kind, sub, struck=with_verdict and fate != "accepted"))
+def draft_chips(drafted: list[dict]) -> str:
+    """Drafted tokens (a step record's `drafted` entries) in the drafter's colour, with q(x)."""
+    chips = [chip(token_label(d), "draft", f"q = {d['q']:.2f}") for d in drafted]
     return f'<div class="ms-chips">{"".join(chips)}</div>'
 
 
@@ -213,8 +202,7 @@ def cache_diagram(r: dict, newest: str) -> str:
     )
     cells = [old, cell(newest, "target", f"{before}")]
     for i, (d, fate) in enumerate(zip(r["drafted"], fates, strict=True)):
-        kind = "accepted" if fate == "accepted" else fate
-        cells.append(cell(token_label(d), kind, f"{before + 1 + i}", gone=fate != "accepted"))
+        cells.append(cell(token_label(d), fate, f"{before + 1 + i}", gone=fate != "accepted"))
     return f'<div class="ms-cache">{"".join(cells)}</div>'
 
 

@@ -10,10 +10,14 @@ import time
 
 import streamlit as st
 
+from minispec.trace import Trace
 from viz import charts, look, runs
 from viz.runs import Run
 from viz.story import Story, draft_fate, step_summary, token_label
 
+# How panel 2 introduces the drafter, by the start of its `name` as the trace records it:
+# make_drafter("ngram") is "ngram(3..1)", "early-exit" is "early-exit(L=...)", "int8" is
+# "int8-draft", "model:PATH" is "draft-model(NAME, WEIGHTS)"; no drafter is "none".
 DRAFTER_WORDS = {
     "ngram": (
         "The **n-gram drafter** looks for the last few tokens earlier in the text and proposes "
@@ -24,18 +28,22 @@ DRAFTER_WORDS = {
         "output head that scores only likely candidates (16,384 of Gemma's 262,144 tokens): a "
         "cheaper, rougher Gemma. It samples its guesses one by one from its own distribution q."
     ),
-    "int8": (
+    "int8-draft": (
         "The **int8 drafter** is a copy of Gemma with 8-bit weights, a quarter of the bytes to "
         "read. It samples its guesses one by one from its own distribution q."
     ),
+    "draft-model(": (
+        "The **draft model** is a separate checkpoint with Gemma's vocabulary, loaded from a path "
+        "(`--drafter model:PATH`). It samples its guesses one by one from its own distribution q."
+    ),
+    "none": "**No drafter**: nothing is guessed, so every step is one plain decoding step.",
 }
 
 
-def drafter_family(name: str) -> str:
-    for family in DRAFTER_WORDS:
-        if name.startswith(family):
-            return family
-    return "int8" if "draft" in name else name
+def drafter_words(name: str) -> str:
+    """What the drafter a trace names is, in plain words."""
+    start = next((start for start in DRAFTER_WORDS if name.startswith(start)), None)
+    return DRAFTER_WORDS[start] if start else f"The drafter {name}."
 
 
 def section(number: int, title: str, words: str) -> None:
@@ -45,92 +53,108 @@ def section(number: int, title: str, words: str) -> None:
 
 # ------------------------------------------------------------------------------ the step view
 
+QUIET = {"displayModeBar": False}  # plotly charts without their toolbar
+
 
 def step_panel(story: Story, i: int) -> None:
-    """One draft-verify step, in the order it happens."""
+    """One draft-verify step, in the order it happens: the sections 1 to 6 of the page."""
     r = story.steps[i]
-    trace = story.trace
-    greedy = bool(trace.sampling.get("greedy"))
-    n, j = len(r["drafted"]), r["accepted"]
-    fates = draft_fate(r)
+    greedy = bool(story.trace.sampling.get("greedy"))
     newest = story.new[story.contexts[i] - 1].text if story.contexts[i] else "…"
-    nxt = r["next_token"]
-    kind = nxt["kind"]
-    quiet = {"displayModeBar": False}
-
     st.subheader(f"Step {i + 1} of {story.n_steps}")
     st.markdown(step_summary(r))
-
     left, right = st.columns(2, gap="large")
     with left:
-        section(
-            1,
-            "The context so far",
-            f"What the model has read: {r['context_length']} tokens. Gemma keeps all but the "
-            "newest one in its KV cache, its memory of earlier positions; the newest token, at "
-            "the end, is read in this step.",
-        )
-        st.html(look.context_html(story, i))
+        context_section(story, i)
     with right:
-        section(
-            2,
-            f"The drafter guesses {n} token{'s' if n != 1 else ''} (k = {trace.k})",
-            DRAFTER_WORDS.get(drafter_family(trace.drafter), f"The drafter {trace.drafter}.")
-            + (" This time it had nothing to propose." if n == 0 else ""),
-        )
-        if n:
-            st.html(look.draft_chips(r, with_verdict=False))
+        draft_section(story.trace, r)
+    verification_section(r, newest)
+    if r["drafted"]:
+        decision_section(r, i, greedy)
+    left, right = st.columns(2, gap="large")
+    with left:
+        next_token_section(r, i, greedy)
+    with right:
+        rollback_section(r, newest)
 
-    forwards = "one forward pass" if r["verify_forwards"] == 1 else "two forward passes (k = 16)"
+
+def context_section(story: Story, i: int) -> None:
+    section(
+        1,
+        "The context so far",
+        f"What the model has read: {story.steps[i]['context_length']} tokens. Gemma keeps all "
+        "but the newest one in its KV cache, its memory of earlier positions; the newest token, "
+        "at the end, is read in this step.",
+    )
+    st.html(look.context_html(story, i))
+
+
+def draft_section(trace: Trace, r: dict) -> None:
+    n = len(r["drafted"])
+    section(
+        2,
+        f"The drafter guesses {n} token{'s' if n != 1 else ''} (k = {trace.k})",
+        drafter_words(trace.drafter) + (" This time it had nothing to propose." if n == 0 else ""),
+    )
+    if n:
+        st.html(look.draft_chips(r["drafted"]))
+
+
+def verification_section(r: dict, newest: str) -> None:
+    n = len(r["drafted"])
     section(
         3,
         f"One verification pass over {n + 1} position{'s' if n else ''}",
-        f"Gemma reads the newest token and the {n} guesses together, in {forwards} "
+        f"Gemma reads the newest token and the {n} guesses together, in one forward pass "
         f"({1000 * r['verify_s']:.0f} ms here). Each position sees only the tokens before it, so "
         f"the pass returns {n + 1} next-token distributions p: one to check each guess, and one "
         "more for the token after the last guess.",
     )
     st.html(f'<div style="overflow-x:auto">{look.verification_pass(r, newest)}</div>')
 
-    if n:
-        if greedy:
-            rule = (
-                "Temperature 0 (greedy): a guess is kept exactly when it is Gemma's own top "
-                "choice. The bars show p and q at temperature 1, to see how close each call was."
-            )
-        else:
-            rule = (
-                "For each guess x, compare p(x), how likely Gemma finds it, with q(x), how likely "
-                "the drafter found it. Keep x with probability min(1, p(x)/q(x)): draw a random u "
-                "between 0 and 1 and keep x if it lands left of the black line, in the green zone. "
-                "The first rejection ends the step; the guesses after it were built on a wrong "
-                "token, so they are dropped unchecked."
-            )
-        section(4, "Accept or reject, guess by guess", rule)
-        keys = [
-            look.swatch("target") + "p: Gemma's probabilities",
-            look.swatch("draft") + "q: the drafter's",
-            "▶ marks the guess",
-        ]
-        if not greedy:
-            keys.append("◆ the draw u, against the black line at min(1, p/q)")
-        st.html('<div class="ms-legend">' + "".join(f"<span>{k}</span>" for k in keys) + "</div>")
-        decisions = r["decisions"]
-        cols = st.columns(min(4, max(n, 2)), gap="medium")
-        for d in decisions:
-            pos = d["position"]
-            with cols[pos % len(cols)]:
-                fig = charts.p_vs_q(r["target"][pos], r["drafted"][pos], d, fates[pos])
-                st.plotly_chart(fig, config=quiet, key=f"pq-{i}-{pos}")
-                if not greedy:
-                    st.plotly_chart(charts.draw(d), config=quiet, key=f"u-{i}-{pos}")
-                st.markdown(verdict_line(d, greedy))
-        for pos in range(len(decisions), n):
-            with cols[pos % len(cols)]:
-                st.html(look.draft_chips({**r, "drafted": [r["drafted"][pos]]}, False))
-                st.caption(f"d{pos + 1} is never checked: it is dropped with the rejection.")
 
-    colour_kind = "bonus" if kind == "bonus" else "corrected"
+def decision_section(r: dict, i: int, greedy: bool) -> None:
+    if greedy:
+        rule = (
+            "Temperature 0 (greedy): a guess is kept exactly when it is Gemma's own top "
+            "choice. The bars show p and q at temperature 1, to see how close each call was."
+        )
+    else:
+        rule = (
+            "For each guess x, compare p(x), how likely Gemma finds it, with q(x), how likely "
+            "the drafter found it. Keep x with probability min(1, p(x)/q(x)): draw a random u "
+            "between 0 and 1 and keep x if it lands left of the black line, in the green zone. "
+            "The first rejection ends the step; the guesses after it were built on a wrong "
+            "token, so they are dropped unchecked."
+        )
+    section(4, "Accept or reject, guess by guess", rule)
+    keys = [
+        look.swatch("target") + "p: Gemma's probabilities",
+        look.swatch("draft") + "q: the drafter's",
+        "▶ marks the guess",
+    ]
+    if not greedy:
+        keys.append("◆ the draw u, against the black line at min(1, p/q)")
+    st.html('<div class="ms-legend">' + "".join(f"<span>{k}</span>" for k in keys) + "</div>")
+    n, decisions, fates = len(r["drafted"]), r["decisions"], draft_fate(r)
+    cols = st.columns(min(4, max(n, 2)), gap="medium")
+    for d in decisions:
+        pos = d["position"]
+        with cols[pos % len(cols)]:
+            fig = charts.p_vs_q(r["target"][pos], r["drafted"][pos], d, fates[pos])
+            st.plotly_chart(fig, config=QUIET, key=f"pq-{i}-{pos}")
+            if not greedy:
+                st.plotly_chart(charts.draw(d), config=QUIET, key=f"u-{i}-{pos}")
+            st.markdown(verdict_line(d, greedy))
+    for pos in range(len(decisions), n):
+        with cols[pos % len(cols)]:
+            st.html(look.draft_chips([r["drafted"][pos]]))
+            st.caption(f"d{pos + 1} is never checked: it is dropped with the rejection.")
+
+
+def next_token_section(r: dict, i: int, greedy: bool) -> None:
+    n, j, nxt = len(r["drafted"]), r["accepted"], r["next_token"]
+    kind = nxt["kind"]
     if kind == "bonus":
         words = (
             f"All {n} guesses were accepted, so the last row of the same pass (p after the last "
@@ -150,35 +174,34 @@ def step_panel(story: Story, i: int) -> None:
             "as if Gemma had sampled it alone."
         )
         title = "The target's correction"
-    before, after = r["kv_length_before"], r["kv_length_after"]
-    written = before + n + 1
+    section(5, title, words)
+    chip = look.chip(token_label(nxt), kind, f"{kind} · prob {nxt['prob']:.2f}")
+    st.html(f'<div class="ms-chips">{chip}</div>')
+    if r["residual_top"]:
+        entries, label = r["residual_top"], "norm(max(0, p − q)), the residual"
+    elif kind == "bonus":
+        entries, label = r["target"][n]["top_p"], f"p after d{n}" if n else "p"
+    else:
+        entries, label = r["target"][j]["top_p"], f"p at d{j + 1}"
+    fig = charts.next_token_choice(entries, nxt["token"], kind, label)
+    st.plotly_chart(fig, config=QUIET, key=f"next-{i}")
 
-    left, right = st.columns(2, gap="large")
-    with left:
-        section(5, title, words)
-        chip = look.chip(token_label(nxt), colour_kind, f"{kind} · prob {nxt['prob']:.2f}")
-        st.html(f'<div class="ms-chips">{chip}</div>')
-        if r["residual_top"]:
-            entries, label = r["residual_top"], "norm(max(0, p − q)), the residual"
-        elif kind == "bonus":
-            entries, label = r["target"][n]["top_p"], f"p after d{n}" if n else "p"
-        else:
-            entries, label = r["target"][j]["top_p"], f"p at d{j + 1}"
-        fig = charts.distribution(entries, nxt["token"], colour_kind, label)
-        st.plotly_chart(fig, config=quiet, key=f"next-{i}")
-    with right:
-        section(
-            6,
-            "Roll back the KV cache",
-            f"The pass wrote {n + 1} positions into the cache. Those after the first rejection "
-            "hold keys and values computed from discarded guesses, so the cache is cut back. "
-            f"The new {kind} token is not in it yet: it is the newest token the next step reads.",
-        )
-        st.html(look.cache_diagram(r, newest))
-        st.markdown(
-            f"KV cache length: **{before}** before → **{written}** after verifying → "
-            f"**{after}** after the rollback"
-        )
+
+def rollback_section(r: dict, newest: str) -> None:
+    n, kind = len(r["drafted"]), r["next_token"]["kind"]
+    before, after = r["kv_length_before"], r["kv_length_after"]
+    section(
+        6,
+        "Roll back the KV cache",
+        f"The pass wrote {n + 1} positions into the cache. Those after the first rejection "
+        "hold keys and values computed from discarded guesses, so the cache is cut back. "
+        f"The new {kind} token is not in it yet: it is the newest token the next step reads.",
+    )
+    st.html(look.cache_diagram(r, newest))
+    st.markdown(
+        f"KV cache length: **{before}** before → **{before + n + 1}** after verifying → "
+        f"**{after}** after the rollback"
+    )
 
 
 def verdict_line(d: dict, greedy: bool) -> str:
@@ -242,14 +265,14 @@ def numbers(run: Run, store: runs.Store | None, model: object | None) -> None:
     )
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(charts.tau_curve(stats), config={"displayModeBar": False})
+        st.plotly_chart(charts.tau_curve(stats), config=QUIET)
         st.caption(
             "If each guess is accepted with chance α, a step yields 1 + α + … + α^k tokens. "
             "The dot is this run; it sits off the curve when acceptances are not independent or "
             "when the drafter proposed fewer than k."
         )
     with right:
-        st.plotly_chart(charts.acceptance_by_position(stats), config={"displayModeBar": False})
+        st.plotly_chart(charts.acceptance_by_position(stats), config=QUIET)
         st.caption("How often each drafted position survived, when it was checked at all.")
 
     st.markdown("#### Why checking k guesses costs about one token")
@@ -269,7 +292,7 @@ def numbers(run: Run, store: runs.Store | None, model: object | None) -> None:
             with st.spinner("Timing forward passes over T = 1, 2, 4, 5, 8, 16 positions…"):
                 times = runs.measure_forward_times(store, model)
     if times is not None:
-        st.plotly_chart(charts.forward_times(times), config={"displayModeBar": False})
+        st.plotly_chart(charts.forward_time_vs_t(times), config=QUIET)
         ratio = times[max(times)]["median"] / times[min(times)]["median"]
         st.caption(
             f"One pass over {max(times)} positions took {ratio:.1f}× the time of a pass over one, "
@@ -297,7 +320,7 @@ def comparison(rows: list[dict], plain: float | None) -> None:
         for r in rows
     ]
     st.dataframe(table, hide_index=True)
-    st.plotly_chart(charts.compare(rows, plain), config={"displayModeBar": False})
+    st.plotly_chart(charts.compare(rows, plain), config=QUIET)
     st.caption(
         "A high α is not enough: each step also pays for the drafting. Compare the seconds spent "
         "drafting with those spent verifying; the dashed line is plain decoding, one target "
@@ -320,7 +343,7 @@ def compare_tab(store: runs.Store, model: object, settings: runs.Settings) -> No
         try:
             with slot.status("Plain decoding, the baseline…") as box:
                 plain_speed(store, model, settings)
-                state.compare[key] = runs.compare_drafters(
+                state.compare[key] = runs.run_each_drafter(
                     store,
                     model,
                     settings,

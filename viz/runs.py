@@ -1,7 +1,7 @@
 """Getting runs for the app: the model (loaded once per server), generations, measurements, uploads.
 
 Uses only minispec's public API: `load_model`, `tiny_model`, `make_drafter`,
-`speculative_generate`, `generate`, `bench.forward_times`, the tokenizer and the trace functions.
+`speculative_generate`, `generate`, `roofline.forward_times`, the tokenizer and the trace.
 Nothing here draws on the page except the loading progress, which the caller passes in.
 """
 
@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from minispec.bench import forward_times
 from minispec.drafters import make_drafter
 from minispec.generate import generate
 from minispec.loading import load_model
+from minispec.roofline import forward_times
 from minispec.sampling import SamplingParams
 from minispec.speculative import speculative_generate
 from minispec.tiny import tiny_model
@@ -146,8 +146,7 @@ def speculate(store: Store, model: Model, ids: list[int], s: Settings, spec: str
             drafter,
             k=s.k,
             max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
+            sampling=s.sampling,
             seed=s.seed,
             **options,
         )
@@ -166,14 +165,17 @@ def plain_tokens_per_s(store: Store, model: Model, s: Settings) -> float:
     return g.tokens_per_s
 
 
-def compare_drafters(
+def run_each_drafter(
     store: Store,
     model: Model,
     s: Settings,
     specs: list[str],
     on_start: Callable[[str], None] | None = None,
 ) -> list[dict[str, object]]:
-    """The same prompt and settings with each drafter: the numbers for a side-by-side table."""
+    """The same prompt and settings with each drafter in turn: the numbers for the app's table.
+
+    (`bench.drafter_speedups` is the command line's measurement, over several prompts.)
+    """
     check_settings(s)
     ids = encode(model.tokenizer, s.prompt)
     rows = []
@@ -225,7 +227,3 @@ def run_from_trace_file(data: bytes) -> Run:
     except ValueError as err:
         raise ValueError(f"This file is not a usable minispec trace: {err}") from err
     return Run(story, "replay", str(trace.model))
-
-
-def trace_json(run: Run) -> str:
-    return json.dumps(run.story.trace.to_dict(), ensure_ascii=False, indent=1) + "\n"

@@ -1,6 +1,6 @@
 """From a recorded trace to what the page shows: every token with where it came from, per step.
 
-Reads only the trace (its JSON schema is documented in `minispec/trace.py`), so a recorded run
+Reads only the trace (a step record's fields are `minispec.trace.STEP_FIELDS`), so a recorded run
 replays on a laptop that has no model. Nothing here imports Streamlit.
 
 Where a token comes from (its "source"), the colours the whole page uses for it:
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minispec.stats import Stats
-from minispec.trace import Trace, replay, stats_from_trace
+from minispec.trace import STEP_FIELDS, ReplayStep, Trace, replay, stats_from_trace
 
 
 @dataclass
@@ -79,16 +79,28 @@ def story_from_trace(trace: Trace) -> Story:
             r = s.record
             contexts.append(len(new))
             check_step_record(r)
-            for i, _ in enumerate(s.kept):
-                d = r["decisions"][i]
-                new.append(Token(d["token"], token_label(d), "accepted", r["step"], d["p"], d["q"]))
-            if len(s.emitted) > len(s.kept):  # an end-of-sequence token can cut the step short
-                nxt = r["next_token"]
-                kind = nxt["kind"]
-                new.append(Token(nxt["token"], token_label(nxt), kind, r["step"], nxt["prob"]))
+            new += emitted_tokens(s)
     except (KeyError, TypeError, IndexError) as err:
         raise ValueError(f"a step record is missing or mangles a field ({err!r})") from err
     return Story(trace, prompt_text, new, list(trace.steps), contexts, stats_from_trace(trace))
+
+
+def emitted_tokens(s: ReplayStep) -> list[Token]:
+    """The tokens one step added: its accepted drafts, then the correction or bonus.
+
+    An end-of-sequence token can end the step anywhere, so this walks `emitted`, not `kept`.
+    """
+    r, nxt = s.record, s.record["next_token"]
+    tokens = []
+    for i in range(len(s.emitted)):
+        if i < len(s.kept):
+            d = r["decisions"][i]
+            tokens.append(Token(d["token"], token_label(d), "accepted", r["step"], d["p"], d["q"]))
+        else:
+            tokens.append(
+                Token(nxt["token"], token_label(nxt), nxt["kind"], r["step"], nxt["prob"])
+            )
+    return tokens
 
 
 def check_header(trace: Trace) -> None:
@@ -100,12 +112,6 @@ def check_header(trace: Trace) -> None:
         raise ValueError("its temperature and top_p must be numbers")
     if not isinstance(trace.k, int) or not isinstance(trace.prompt_ids, list):
         raise ValueError("its 'k' must be a number and 'prompt_ids' a list")
-
-
-STEP_FIELDS = (
-    "step context_length kv_length_before drafted target decisions accepted next_token "
-    "residual_top emitted kv_length_after verify_forwards draft_s verify_s"
-).split()
 
 
 def check_step_record(r: dict) -> None:
@@ -137,12 +143,11 @@ def step_summary(r: dict) -> str:
     kind = r["next_token"]["kind"]
     added = "a bonus token" if kind == "bonus" else "the target's correction"
     emitted = len(r["emitted"])
-    forwards = "one target forward" if r["verify_forwards"] == 1 else "two target forwards"
     if n == 0:
-        return f"No draft this step: {forwards} gives one token, as in plain decoding."
+        return "No draft this step: one target forward gives one token, as in plain decoding."
     return (
         f"{j} of {n} drafted tokens accepted, plus {added}: "
-        f"{emitted} token{'s' if emitted != 1 else ''} for {forwards}."
+        f"{emitted} token{'s' if emitted != 1 else ''} for one target forward."
     )
 
 
