@@ -1,6 +1,8 @@
-"""The app in a real browser: `streamlit run viz/app.py` on loopback, Gemma 3 270M, Chromium.
+"""The app as `streamlit run viz/app.py` serves it: on loopback only, and in a real browser.
 
-Playwright drives Debian's Chromium (`apt-get install chromium`, which the README's test command
+The server test needs no browser: viz/.streamlit/config.toml must keep the app on 127.0.0.1
+(only this machine can drive it) unless `--server.address` says otherwise. The browser test runs
+Gemma 3 270M in Debian's Chromium (`apt-get install chromium`, which the README's test command
 does; Playwright's own browser download does not work offline), or the browser that
 MINISPEC_CHROMIUM names. The test runs a short generation, steps twice, plays, checks what the page
 shows and saves screenshots under its tmp dir. Set MINISPEC_APP_SCREENSHOT=path.png to keep the
@@ -16,11 +18,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(
@@ -55,27 +57,54 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> Non
     raise TimeoutError(f"streamlit did not listen on port {port} within {timeout} s")
 
 
-@pytest.fixture
-def app_url(real_checkpoint: Path, tmp_path: Path):  # noqa: ANN201
-    """`streamlit run viz/app.py` on a free loopback port, on the real model."""
+@contextmanager
+def streamlit_app(model: str, cwd: Path, log: Path, *flags: str) -> Iterator[int]:
+    """`streamlit run viz/app.py` from `cwd` on a free port: the app's own config, then flags."""
     port = free_port()
-    env = {**os.environ, "MINISPEC_APP_MODEL": "gemma"}  # MINISPEC_CACHE: see real_checkpoint
-    log = (tmp_path / "streamlit.log").open("w")
+    env = {**os.environ, "MINISPEC_APP_MODEL": model}
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "viz" / "app.py")]
-    cmd += ["--server.headless", "true", "--server.address", "127.0.0.1"]
-    cmd += ["--server.port", str(port), "--browser.gatherUsageStats", "false"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
+    cmd += ["--server.headless", "true", "--server.port", str(port), *flags]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            wait_for_port(port, proc)
+            yield port
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def listening_on(port: int) -> list[str]:
+    """Where sockets listen on `port`, as Linux's /proc/net/tcp and tcp6 write it."""
+    rows = []
+    for table in ("tcp", "tcp6"):
+        for line in (Path("/proc/net") / table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                rows.append(f"{table} {address}")
+    return rows
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
+def test_the_app_listens_on_loopback_unless_told(tmp_path: Path) -> None:
+    # Started from another directory: the config next to the script is what keeps it local.
+    log = tmp_path / "streamlit.log"
+    with streamlit_app("tiny", tmp_path, log) as port:
+        assert listening_on(port) == ["tcp 0100007F"], log.read_text()  # 127.0.0.1, no IPv6
+    with streamlit_app("tiny", tmp_path, log, "--server.address", "0.0.0.0") as port:
+        assert listening_on(port) == ["tcp 00000000"], log.read_text()  # every interface
+
+
+@pytest.fixture
+def app_url(real_checkpoint: Path, tmp_path: Path) -> Iterator[str]:
+    """The app on the real model (MINISPEC_CACHE: see real_checkpoint), from the repo root."""
+    with streamlit_app("gemma", ROOT, tmp_path / "streamlit.log") as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def settle(page, timeout: float = 180_000) -> None:  # noqa: ANN001
@@ -89,6 +118,8 @@ def step_heading(page):  # noqa: ANN001, ANN201
     return page.get_by_role("heading", name=re.compile(r"^Step \d+ of \d+$"))
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_run_step_and_play_in_chromium(app_url: str, tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.fail(
