@@ -86,6 +86,17 @@ def close(got: object, want: object, rtol: float = 1e-4) -> bool:
     return bool(np.allclose(got, want, rtol=rtol, atol=1e-6 * scale, equal_nan=False))
 
 
+@dataclass
+class Case:
+    """One made-up input, its right result, and what each known mistake returns on it."""
+
+    name: str  # how the verdict names the case
+    args: tuple  # the learner's function is called as fn(*args)
+    want: object
+    mistakes: dict[str, object] = field(default_factory=dict)  # hint -> that mistake's result
+    slack: float = 0.0  # how far a number may be from want and still be right (same_number)
+
+
 # Comparisons: same(got, want, case) says whether the learner's result is `want` (a right
 # answer or a mistake's) on that case; want None never matches.
 
@@ -103,17 +114,6 @@ def same_number(got: float, want: object, case: Case) -> bool:
     if want is None:
         return False
     return abs(got - want) <= (case.slack or 1e-9 * max(1.0, abs(want)))
-
-
-@dataclass
-class Case:
-    """One made-up input, its right result, and what each known mistake returns on it."""
-
-    name: str  # how the verdict names the case
-    args: tuple  # the learner's function is called as fn(*args)
-    want: object
-    mistakes: dict[str, object] = field(default_factory=dict)  # hint -> that mistake's result
-    slack: float = 0.0  # how far a number may be from want and still be right (same_number)
 
 
 def judge(
@@ -780,7 +780,9 @@ def check_best_k(fn: Callable) -> None:
     report(fn, grade_best_k)
 
 
-def step_speed(alpha: float, k: int, draft_ms: float, verify_ms: float, bonus: bool = True):
+def step_speed(
+    alpha: float, k: int, draft_ms: float, verify_ms: float, bonus: bool = True
+) -> float:
     """Tokens per millisecond of a step with k drafts (without the bonus token: one fewer)."""
     tokens = expected_tokens_per_forward(alpha, k) - (0 if bonus else 1)
     return tokens / (k * draft_ms + verify_ms)
