@@ -33,8 +33,8 @@ class CliError(Exception):
 
 
 def load(args: argparse.Namespace) -> Model:
+    from minispec.gguf_file import default_progress
     from minispec.loading import load_model
-    from minispec.weights import default_progress
 
     t0 = time.perf_counter()
     model = load_model(args.model, weights=args.weights, progress=default_progress)

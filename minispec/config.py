@@ -96,13 +96,5 @@ def config_from_dict(d: dict) -> GemmaConfig:
     return GemmaConfig(**kwargs)
 
 
-def load_config(path: str | Path) -> GemmaConfig:
-    path = Path(path)
-    try:
-        return config_from_dict(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable Gemma 3 config.json ({e})") from e
-
-
 def save_config(config: GemmaConfig, path: str | Path) -> None:
     Path(path).write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from minispec.cache import open_checkpoint
 from minispec.model import Model, params_from_state_dict, reference
 from minispec.tokenizer import load_tokenizer
-from minispec.weights import read_checkpoint, resolve_checkpoint
 
 
 def load_model(
@@ -25,8 +25,7 @@ def load_model(
     with one scale per row: a quarter of the bytes to read per token). kernels=False gives the
     plain NumPy model (`model.reference`): the readable path, several times slower.
     """
-    folder = resolve_checkpoint(path, progress=progress)
-    config, tensors = read_checkpoint(folder)
+    folder, config, tensors = open_checkpoint(path, progress=progress)
     tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
     params = params_from_state_dict(config, tensors, weights)
     model = Model(config, params, tokenizer, name=folder.name, weights=weights)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minispec import kernels
+from minispec.checkpoint import layer_shapes, layer_tensor
 from minispec.config import GemmaConfig
 from minispec.kernels import PackedWeight, linear, pack, quantize_int8, take_rows
 from minispec.kv_cache import KVCache
@@ -285,22 +286,6 @@ def forward(
 
 # ------------------------------------------------------------------ from a checkpoint's tensors
 
-_LAYER_TENSORS = {
-    "input_layernorm": "input_layernorm",
-    "q_proj": "self_attn.q_proj",
-    "k_proj": "self_attn.k_proj",
-    "v_proj": "self_attn.v_proj",
-    "q_norm": "self_attn.q_norm",
-    "k_norm": "self_attn.k_norm",
-    "o_proj": "self_attn.o_proj",
-    "post_attention_layernorm": "post_attention_layernorm",
-    "pre_feedforward_layernorm": "pre_feedforward_layernorm",
-    "gate_proj": "mlp.gate_proj",
-    "up_proj": "mlp.up_proj",
-    "down_proj": "mlp.down_proj",
-    "post_feedforward_layernorm": "post_feedforward_layernorm",
-}
-
 
 def params_from_state_dict(
     config: GemmaConfig, tensors: dict[str, np.ndarray], weights: str = "float32"
@@ -315,19 +300,15 @@ def params_from_state_dict(
     def get(name: str) -> Weight:
         # A copy in ordinary memory (packing makes one), not a view of the memory-mapped
         # checkpoint: every decoding step reads all weights, and mapped file pages can be dropped
-        # and faulted back in mid-decode (`minispec bench`: 8-12 tokens/s mapped, 16-17 copied).
+        # and faulted back in mid-decode, making decoding slower and uneven.
         w = np.asarray(tensors[name], dtype=np.float32)
         if w.ndim == 1:
             return w.copy()
         return quantize_int8(w) if weights == "int8" else pack(w)
 
+    # Layer's fields are the checkpoint's names without their module: self_attn.q_proj -> q_proj
     layers = [
-        Layer(
-            **{
-                field: get(f"model.layers.{i}.{name}.weight")
-                for field, name in _LAYER_TENSORS.items()
-            }
-        )
+        Layer(**{name.split(".")[-1]: get(layer_tensor(i, name)) for name in layer_shapes(config)})
         for i in range(config.num_hidden_layers)
     ]
     return Params(
@@ -353,13 +334,3 @@ def map_matrices(params: Params, fn: Callable[[Weight], Weight]) -> Params:
 
     layers = [Layer(**{f: one(getattr(L, f)) for f in vars(L)}) for L in params.layers]
     return Params(embed=fn(params.embed), layers=layers, final_norm=params.final_norm.copy())
-
-
-def state_dict_names(config: GemmaConfig) -> list[str]:
-    """Every tensor name a Gemma 3 text checkpoint must have."""
-    per_layer = [
-        f"model.layers.{i}.{name}.weight"
-        for i in range(config.num_hidden_layers)
-        for name in _LAYER_TENSORS.values()
-    ]
-    return ["model.embed_tokens.weight", *per_layer, "model.norm.weight"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, processors
 
+from minispec.checkpoint import expected_shapes
 from minispec.config import GemmaConfig
 from minispec.model import Model, params_from_state_dict
-from minispec.weights import expected_shapes
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0..3, as in Gemma
 

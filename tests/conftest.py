@@ -17,7 +17,7 @@ def real_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     that cache is used (and kept between runs). The variable stays set for the rest of the session,
     so code under test that calls `default_checkpoint()` finds the same folder.
     """
-    from minispec.weights import default_checkpoint
+    from minispec.cache import default_checkpoint
 
     with pytest.MonkeyPatch.context() as mp:
         if not os.environ.get("MINISPEC_CACHE"):

