@@ -1,0 +1,381 @@
+"""A multi-token-prediction (MTP) drafter that reads the target's hidden state and KV cache.
+
+In the style of Gemma 4's "-assistant" drafters (Hugging Face `Gemma4AssistantForCausalLM`),
+EAGLE (Li et al. 2024) and DeepSeek-V3's MTP module (DeepSeek-AI 2024, sec. 2.2). One draft step
+j = 1, 2, ... reads the newest token x and a hidden state h:
+
+    u   = [ norm_e(embed(x) * sqrt(D)) ; norm_h(h * s) ]            (2D,)   s: fixed per-dim scale
+    z   = W_in u                                                     (d,)    down to the width d
+    z   = z + W_o attend(rope(norm_q(W_q norm_a(z)), t + j), K_L, V_L)      query-only attention
+    z   = z + W_down(gelu(W_gate norm_m(z)) * W_up norm_m(z))                gated MLP (GeGLU)
+    h'  = W_out z                                                    (D,)    back to d_model
+    logits = final_norm(h') @ E[S].T                                 (|S|,)  the cheap head
+
+At step 1, h is the target's last block output (before its final norm) at the newest cached
+position t, the one that predicted x (`DraftContext.target_hidden`); at step j > 1 it is the
+drafter's own h' of step j - 1 (recurrent drafting: Gemma 4's assistant feeds its post-projection
+back the same way). x is the newest token, then each drafted one.
+
+**It shares the target's KV cache.** The attention has queries only. Its keys and values are
+the target's own, already cached, of one layer L (by default the last global one, whose keys
+are the newest and see the whole context): K_L[0..t], V_L[0..t]. The query is rotated to the
+position t + j its token x would take, with that layer's RoPE base, so q . k is exactly what
+the target's layer L would score. Nothing is recomputed and nothing is written into the cache.
+
+**The cheap head.** Gemma 3's tied head (262,144 x 640) is 63 % of the target's weights; a step
+that read all of it would cost more than half a target forward. The head here is the target's
+own frozen final norm and tied embedding, restricted to a subset S of the tokens the target
+most often predicts (counted on the training data's labels). Why a subset and not Gemma 4's
+clustered vocabulary ("centroids": score cluster centres, then the tokens of the best
+clusters): a base model's argmaxes concentrate on few tokens, so a fixed subset covers most
+positions (the coverage and what it costs in acceptance are in docs/drafters.md), it is one
+contiguous matrix read instead of a gather of scattered rows, and it needs no clustering of
+262,144 vectors nor a centroid scorer to train. A target choice outside S can never be drafted:
+that is its price. In sampled mode q is the distribution over S actually sampled from, and 0
+everywhere else, which the acceptance rule handles (Leviathan et al. 2023).
+
+Why the fixed scale s on h: Gemma's hidden states carry a few huge dimensions (the notes
+measured values up to ~66,000). A plain RMS normalisation of h would shrink every other
+dimension to almost nothing, so s divides each dimension by its RMS over the training data
+first (a constant, computed once and saved with the weights); the learned norm follows.
+
+The weights are saved as safetensors with their configuration in the metadata; `minispec
+train-mtp` makes them (minispec/mtp_train.py has the gradients).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from minispec.drafters.base import Draft, DraftContext, choose, make_draft
+from minispec.kernels import take_rows
+from minispec.model import Model, gelu_tanh, rms_norm, rope, softmax
+from minispec.sampling import SamplingParams
+
+# The shipped drafter for Gemma 3 270M (made by `minispec train-mtp`, see docs/drafters.md).
+DEFAULT_WEIGHTS = Path(__file__).with_name("mtp_gemma3_270m.safetensors")
+RETRAIN = "minispec train-mtp --out {path}"
+
+
+@dataclass(frozen=True)
+class MTPConfig:
+    """The drafter's sizes and which of the target's layers it reads."""
+
+    d_model: int  # D, the target's width
+    width: int  # d, the drafter's own width
+    d_ff: int  # the MLP's hidden width
+    n_heads: int  # query heads
+    n_kv_heads: int  # the target layer's key/value heads (shared by n_heads / n_kv_heads each)
+    head_dim: int
+    kv_layer: int  # L: the target layer whose cached keys and values it attends to
+    rope_base: float  # that layer's RoPE base
+    window: int | None  # that layer's sliding window (None: a global layer)
+    query_scale: float  # the target's query_pre_attn_scalar ** -0.5
+    eps: float  # RMSNorm epsilon
+    head_size: int  # |S|, tokens the cheap head scores
+
+
+def config_for(
+    target: Model,
+    width: int = 512,
+    d_ff: int = 1536,
+    head_size: int = 16_384,
+    kv_layer: int | None = None,
+) -> MTPConfig:
+    """A drafter configuration for this target; kv_layer None: its last global layer."""
+    c = target.config
+    if kv_layer is None:
+        globals_ = [i for i in range(c.num_hidden_layers) if not c.is_sliding(i)]
+        kv_layer = globals_[-1] if globals_ else c.num_hidden_layers - 1
+    if not 0 <= kv_layer < c.num_hidden_layers:
+        raise ValueError(f"kv_layer must be in [0, {c.num_hidden_layers}), got {kv_layer}")
+    sliding = c.is_sliding(kv_layer)
+    return MTPConfig(
+        d_model=c.hidden_size,
+        width=width,
+        d_ff=d_ff,
+        n_heads=c.num_attention_heads,
+        n_kv_heads=c.num_key_value_heads,
+        head_dim=c.head_dim,
+        kv_layer=kv_layer,
+        rope_base=c.rope_local_base_freq if sliding else c.rope_theta,
+        window=c.sliding_window if sliding else None,
+        query_scale=float(c.query_pre_attn_scalar**-0.5),
+        eps=c.rms_norm_eps,
+        head_size=min(head_size, c.vocab_size),
+    )
+
+
+@dataclass
+class MTPParams:
+    """The trainable weights (norm gains are Gemma-style: the gain is 1 + w), plus two constants."""
+
+    h_scale: np.ndarray  # (D,) constant: 1 / RMS of each hidden dimension over the training data
+    head_ids: np.ndarray  # (|S|,) int64 constant: the tokens the cheap head scores
+    e_norm: np.ndarray  # (D,)
+    h_norm: np.ndarray  # (D,)
+    w_in: np.ndarray  # (d, 2D)
+    attn_norm: np.ndarray  # (d,)
+    q_proj: np.ndarray  # (n_heads * head_dim, d)
+    q_norm: np.ndarray  # (head_dim,)
+    o_proj: np.ndarray  # (d, n_heads * head_dim)
+    mlp_norm: np.ndarray  # (d,)
+    gate_proj: np.ndarray  # (d_ff, d)
+    up_proj: np.ndarray  # (d_ff, d)
+    down_proj: np.ndarray  # (d, d_ff)
+    w_out: np.ndarray  # (D, d)
+
+
+CONSTANTS = ("h_scale", "head_ids")  # not trained
+TRAINED = tuple(f.name for f in fields(MTPParams) if f.name not in CONSTANTS)
+
+
+def init_params(
+    cfg: MTPConfig, target: Model, head_ids: np.ndarray, h_scale: np.ndarray, seed: int = 0
+) -> MTPParams:
+    """A fresh drafter: random matrices (scaled by 1/sqrt(fan_in)), norm gains 1 (w = 0).
+
+    The query norm starts from the target layer L's own, whose keys it will be scored against.
+    """
+    rng = np.random.default_rng(seed)
+    D, d, f, hd = cfg.d_model, cfg.width, cfg.d_ff, cfg.head_dim
+    nq = cfg.n_heads * hd
+
+    def matrix(d_out: int, d_in: int, gain: float = 1.0) -> np.ndarray:
+        return (gain * rng.standard_normal((d_out, d_in)) / np.sqrt(d_in)).astype(np.float32)
+
+    return MTPParams(
+        h_scale=np.asarray(h_scale, np.float32),
+        head_ids=np.asarray(head_ids, np.int64),
+        e_norm=np.zeros(D, np.float32),
+        h_norm=np.zeros(D, np.float32),
+        w_in=matrix(d, 2 * D),
+        attn_norm=np.zeros(d, np.float32),
+        q_proj=matrix(nq, d),
+        q_norm=np.asarray(target.params.layers[cfg.kv_layer].q_norm, np.float32).copy(),
+        o_proj=matrix(d, nq, 0.5),
+        mlp_norm=np.zeros(d, np.float32),
+        gate_proj=matrix(f, d),
+        up_proj=matrix(f, d),
+        down_proj=matrix(d, f, 0.5),
+        w_out=matrix(D, d),
+    )
+
+
+# ------------------------------------------------------------------------- one draft step
+
+
+def step_input(p: MTPParams, cfg: MTPConfig, e: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """u = [norm_e(e); norm_h(h * s)], shape (T, 2D): the token and the state, each normalised."""
+    return np.concatenate(
+        [rms_norm(e, p.e_norm, cfg.eps), rms_norm(h * p.h_scale, p.h_norm, cfg.eps)], axis=-1
+    )
+
+
+def query_only_attention(
+    p: MTPParams,
+    cfg: MTPConfig,
+    z: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    positions: np.ndarray,
+    seen: np.ndarray,
+) -> np.ndarray:
+    """W_o softmax(q K^T) V over the target's cached keys: no keys or values of its own.
+
+    z: (T, d); keys, values: (S, n_kv, head_dim), already normalised and rotated by the target;
+    positions: (T,) each query's position; seen: (T, S) bool, which keys each query may read.
+    """
+    T, H, G, hd = z.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    q = (rms_norm(z, p.attn_norm, cfg.eps) @ p.q_proj.T).reshape(T, H, hd)
+    q = rope(rms_norm(q, p.q_norm, cfg.eps), positions, cfg.rope_base) * cfg.query_scale
+    out = np.empty_like(q)  # (T, H, head_dim)
+    group = H // G
+    for g in range(G):  # grouped-query attention: `group` query heads read key/value head g
+        heads = slice(g * group, (g + 1) * group)
+        scores = np.einsum("thd,sd->ths", q[:, heads], keys[:, g])  # (T, group, S)
+        scores = np.where(seen[:, None, :], scores, -np.inf)
+        out[:, heads] = np.einsum("ths,sd->thd", softmax(scores), values[:, g])
+    return out.reshape(T, H * hd) @ p.o_proj.T  # (T, d)
+
+
+def gated_mlp(p: MTPParams, cfg: MTPConfig, z: np.ndarray) -> np.ndarray:
+    """W_down(gelu(W_gate m) * W_up m), m = norm_m(z): GeGLU (Shazeer 2020), as Gemma's."""
+    m = rms_norm(z, p.mlp_norm, cfg.eps)
+    return (gelu_tanh(m @ p.gate_proj.T) * (m @ p.up_proj.T)) @ p.down_proj.T
+
+
+def mtp_step(
+    p: MTPParams,
+    cfg: MTPConfig,
+    e: np.ndarray,
+    h: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    positions: np.ndarray,
+    seen: np.ndarray,
+) -> np.ndarray:
+    """One draft step for T queries: h' = W_out(block(W_in u)), shape (T, D). See the module doc.
+
+    e: (T, D) scaled embeddings of the newest tokens; h: (T, D) the states; the rest as for
+    `query_only_attention`.
+    """
+    z = step_input(p, cfg, e, h) @ p.w_in.T  # (T, d)
+    z = z + query_only_attention(p, cfg, z, keys, values, positions, seen)
+    z = z + gated_mlp(p, cfg, z)
+    return z @ p.w_out.T  # (T, D)
+
+
+def head_logits(h: np.ndarray, final_norm: np.ndarray, head_rows: np.ndarray, eps: float):
+    """The cheap head: the target's final norm and its embedding rows of S, shape (T, |S|)."""
+    return rms_norm(h, final_norm, eps) @ head_rows.T
+
+
+def visible(positions: np.ndarray, n_keys: int, window: int | None) -> np.ndarray:
+    """(T, S) bool: a query at position t + j reads the cached keys s <= t (and, on a sliding
+    layer, only those the target's layer would still see from t + j: t + j - s < window)."""
+    s = np.arange(n_keys)[None, :]
+    seen = np.broadcast_to(s < n_keys, (positions.size, n_keys))
+    if window is not None:
+        seen = seen & (positions[:, None] - s < window)
+    return seen
+
+
+# ------------------------------------------------------------------------------- the drafter
+
+
+class MTPDrafter:
+    """Draft k tokens recurrently from the target's hidden state and its layer-L keys/values."""
+
+    def __init__(self, target: Model, params: MTPParams, cfg: MTPConfig, name: str = "mtp"):
+        check_matches_target(cfg, params, target)
+        self.target, self.params, self.cfg = target, params, cfg
+        self.vocab_size = target.config.vocab_size
+        self.name = name
+        # The head's rows, gathered once: (|S|, D) float32, the target's tied embedding.
+        self.head_rows = take_rows(target.params.embed, params.head_ids)
+        self.final_norm = np.asarray(target.params.final_norm, np.float32)
+        self.embed_scale = np.float32(np.sqrt(cfg.d_model))
+
+    def reset(self, target: Model) -> None:
+        if target is not self.target:
+            raise ValueError("an MTP drafter drafts only for the model it was built with")
+
+    def propose(
+        self, ctx: DraftContext, k: int, sampling: SamplingParams, rng: np.random.Generator
+    ) -> Draft:
+        cfg, p, cache = self.cfg, self.params, ctx.target_cache
+        n = cache.length  # keys 0..t = n - 1 are cached; the newest token sits at position n
+        keys, values = cache.keys[cfg.kv_layer, :n], cache.values[cfg.kv_layer, :n]  # read only
+        h = np.asarray(ctx.target_hidden, np.float32)[None]  # (1, D)
+        last = ctx.tokens[-1]
+        tokens, qs, rows = [], [], []
+        for j in range(k):
+            pos = np.array([n + j])
+            e = take_rows(self.target.params.embed, np.array([last])) * self.embed_scale
+            h = mtp_step(p, cfg, e, h, keys, values, pos, visible(pos, n, cfg.window))
+            logits = self.full_logits(head_logits(h, self.final_norm, self.head_rows, cfg.eps)[0])
+            last, q = choose(logits, sampling, rng)
+            tokens.append(last)
+            qs.append(q)
+            rows.append(logits)
+        return make_draft(tokens, qs, rows)
+
+    def full_logits(self, scores: np.ndarray) -> np.ndarray:
+        """Scores over S placed in a full-width row; tokens outside S get -inf (q = 0)."""
+        out = np.full(self.vocab_size, -np.inf, dtype=np.float32)
+        out[self.params.head_ids] = scores
+        return out
+
+    def rollback(self, n_tokens: int) -> None:
+        pass  # no state of its own: the target's cache and hidden state are the loop's
+
+
+# -------------------------------------------------------------------------------- the weights
+
+
+def target_fingerprint(target: Model) -> str:
+    """A short hash of the target's final norm: tells a drafter trained for another model."""
+    return hashlib.sha256(np.asarray(target.params.final_norm, np.float32).tobytes()).hexdigest()[
+        :16
+    ]
+
+
+def save_mtp(
+    path: str | Path, params: MTPParams, cfg: MTPConfig, target: Model, info: dict | None = None
+) -> None:
+    """Write the weights as safetensors; the configuration and `info` go in the metadata."""
+    from safetensors.numpy import save_file
+
+    tensors = {name: np.ascontiguousarray(getattr(params, name)) for name in vars(params)}
+    metadata = {
+        "config": json.dumps(asdict(cfg)),
+        "target_fingerprint": target_fingerprint(target),
+        "target_vocab_size": str(target.config.vocab_size),
+        "info": json.dumps(info or {}),
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def load_mtp(path: str | Path) -> tuple[MTPParams, MTPConfig, dict]:
+    """Read weights written by `save_mtp`: (params, config, metadata). Never unpickles anything.
+
+    A missing or unreadable file raises an error that says how to make it again.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    retrain = RETRAIN.format(path=path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained MTP drafter at {path}: train one with `{retrain}`")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        cfg = MTPConfig(**json.loads(metadata["config"]))
+        params = MTPParams(**{f.name: tensors[f.name] for f in fields(MTPParams)})
+    except Exception as e:  # a truncated file, a wrong format, a missing tensor or field
+        raise ValueError(
+            f"the MTP drafter's weights at {path} are unreadable ({type(e).__name__}: {e}): "
+            f"train them again with `{retrain}`"
+        ) from e
+    return params, cfg, metadata
+
+
+def check_matches_target(
+    cfg: MTPConfig, params: MTPParams, target: Model, metadata: dict | None = None
+) -> None:
+    """Refuse weights made for another model, with what to do about it."""
+    c = target.config
+    problems = []
+    if cfg.d_model != c.hidden_size:
+        problems.append(f"d_model {cfg.d_model} != the target's {c.hidden_size}")
+    if not 0 <= cfg.kv_layer < c.num_hidden_layers or cfg.head_dim != c.head_dim:
+        problems.append(f"it reads layer {cfg.kv_layer} with head_dim {cfg.head_dim}")
+    if cfg.n_kv_heads != c.num_key_value_heads:
+        problems.append(f"{cfg.n_kv_heads} key/value heads != the target's {c.num_key_value_heads}")
+    if params.head_ids.size and (
+        params.head_ids.min() < 0 or params.head_ids.max() >= c.vocab_size
+    ):
+        problems.append("its head names tokens outside the target's vocabulary")
+    if metadata and metadata.get("target_fingerprint") not in (None, target_fingerprint(target)):
+        problems.append("it was trained for another model (the fingerprints differ)")
+    if problems:
+        raise ValueError(
+            "these MTP drafter weights do not fit this target: "
+            + "; ".join(problems)
+            + ": train a drafter for it with `minispec train-mtp`"
+        )
+
+
+def load_drafter(target: Model, path: str | Path | None = None) -> MTPDrafter:
+    """The trained drafter at path (default: the one shipped for Gemma 3 270M), for target."""
+    params, cfg, metadata = load_mtp(path or DEFAULT_WEIGHTS)
+    check_matches_target(cfg, params, target, metadata)
+    return MTPDrafter(target, params, cfg)

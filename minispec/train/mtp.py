@@ -1,0 +1,310 @@
+"""Training the MTP drafter: unrolled over its draft steps, self-distilled, with Adam.
+
+The drafter (minispec/drafters/mtp.py) is trained as it is used. For each cached position t of
+a teacher-forced document, step 1 reads the target's hidden state h_t and the next token
+x_{t+1}; step j > 1 reads the drafter's own output of step j - 1 and x_{t+j} (unrolled, so
+draft positions 2 and 3 learn from the states they will really see). Every step attends to
+the target's cached keys and values of positions 0..t only, and is scored against the
+target's own choice there (self-distillation, as Gemma 4's assistant and EAGLE learn the
+target, not the text):
+
+    loss = sum_j  CE( head(h'_j), argmax p_target(. | x_{<=t+j}) )
+
+Labels the cheap head cannot score (outside its token subset) are left out of the loss; the
+held-out agreement counts them as misses. Gradients flow back through all the steps
+(backpropagation through time).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from minispec.drafters.mtp import TRAINED, MTPConfig, MTPParams
+from minispec.kernels import take_rows
+from minispec.model import Model
+from minispec.train.adam import AdamState, adam_step
+from minispec.train.layers import (
+    attention_backward,
+    attention_forward,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    linear_backward,
+    linear_forward,
+    mlp_backward,
+    mlp_forward,
+    rms_norm_backward,
+    rms_norm_forward,
+    rope_backward,
+    rope_forward,
+)
+
+
+@dataclass
+class Batch:
+    """B documents of S tokens, as the target saw them in one teacher-forced pass each."""
+
+    tokens: np.ndarray  # (B, S) int64
+    hidden: np.ndarray  # (B, S, D) the target's last block output, before its final norm
+    keys: np.ndarray  # (B, S, G, hd) the target's cached keys of layer L
+    values: np.ndarray  # (B, S, G, hd)
+    labels: np.ndarray  # (B, S) int64: the target's argmax at each position (its next token)
+
+
+@dataclass
+class Frozen:
+    """What the drafter borrows from the target and never trains."""
+
+    embed: object  # the target's embedding (Weight): the input token's row, scaled by sqrt(D)
+    final_norm: np.ndarray  # (D,) the target's final norm gain
+    head_rows: np.ndarray  # (|S|, D) the target's tied embedding rows of the head's tokens
+    head_index: np.ndarray  # (vocab,) token -> its row in the head, -1 if not scored
+
+
+def frozen_parts(target: Model, head_ids: np.ndarray, dtype=np.float32) -> Frozen:
+    index = np.full(target.config.vocab_size, -1, np.int64)
+    index[head_ids] = np.arange(head_ids.size)
+    return Frozen(
+        embed=target.params.embed,
+        final_norm=np.asarray(target.params.final_norm, dtype),
+        head_rows=take_rows(target.params.embed, head_ids).astype(dtype),
+        head_index=index,
+    )
+
+
+# ------------------------------------------------------------------------ one step, batched
+
+
+def step_forward(p: MTPParams, cfg: MTPConfig, e, h, keys, values, positions, seen):
+    """`drafters.mtp.mtp_step` for (B, T) queries at once, keeping what the backward needs.
+
+    e, h: (B, T, D); keys, values: (B, S, G, hd); positions: (T,); seen: (T, S).
+    Returns h' (B, T, D) and the caches.
+    """
+    B, T, D = e.shape
+    H, hd, eps = cfg.n_heads, cfg.head_dim, cfg.eps
+    ue, c_e = rms_norm_forward(e, p.e_norm, eps)
+    uh, c_h = rms_norm_forward(h * p.h_scale, p.h_norm, eps)
+    z0, c_in = linear_forward(np.concatenate([ue, uh], axis=-1), p.w_in)  # (B, T, d)
+    a, c_an = rms_norm_forward(z0, p.attn_norm, eps)
+    qr, c_q = linear_forward(a, p.q_proj)
+    qn, c_qn = rms_norm_forward(qr.reshape(B, T, H, hd), p.q_norm, eps)
+    q = rope_forward(qn, positions, cfg.rope_base) * cfg.query_scale  # (B, T, H, hd)
+    o, c_att = attention_forward(q, keys, values, seen)
+    ao, c_o = linear_forward(o.reshape(B, T, H * hd), p.o_proj)
+    z1 = z0 + ao
+    m, c_mn = rms_norm_forward(z1, p.mlp_norm, eps)
+    f, c_mlp = mlp_forward(m, p.gate_proj, p.up_proj, p.down_proj)
+    out, c_out = linear_forward(z1 + f, p.w_out)  # (B, T, D)
+    return out, (c_e, c_h, c_in, c_an, c_q, c_qn, c_att, c_o, c_mn, c_mlp, c_out)
+
+
+def step_backward(dout, caches, p: MTPParams, cfg: MTPConfig, positions):
+    """Gradients of one step: (dL/dh of its input state, {weight name: dL/dweight})."""
+    c_e, c_h, c_in, c_an, c_q, c_qn, c_att, c_o, c_mn, c_mlp, c_out = caches
+    B, T, _ = dout.shape
+    H, hd, D = cfg.n_heads, cfg.head_dim, cfg.d_model
+    g: dict[str, np.ndarray] = {}
+    dz2, g["w_out"] = linear_backward(dout, c_out)
+    dm, (g["gate_proj"], g["up_proj"], g["down_proj"]) = mlp_backward(dz2, c_mlp)
+    dz1_m, g["mlp_norm"] = rms_norm_backward(dm, c_mn)
+    dz1 = dz2 + dz1_m  # the residual passes the gradient straight through
+    do, g["o_proj"] = linear_backward(dz1, c_o)
+    dq = attention_backward(do.reshape(B, T, H, hd), c_att) * cfg.query_scale
+    dqn = rope_backward(dq, positions, cfg.rope_base)
+    dqr, g["q_norm"] = rms_norm_backward(dqn, c_qn)
+    da, g["q_proj"] = linear_backward(dqr.reshape(B, T, H * hd), c_q)
+    dz0_a, g["attn_norm"] = rms_norm_backward(da, c_an)
+    du, g["w_in"] = linear_backward(dz1 + dz0_a, c_in)
+    _, g["e_norm"] = rms_norm_backward(du[..., :D], c_e)  # the embedding itself is frozen
+    dhs, g["h_norm"] = rms_norm_backward(du[..., D:], c_h)
+    return dhs * p.h_scale, g
+
+
+def head_forward(h, frozen: Frozen, eps: float):
+    """The cheap head: the target's frozen final norm and embedding rows. (B, T, |S|)."""
+    hn, c_fn = rms_norm_forward(h, frozen.final_norm, eps)
+    return hn @ frozen.head_rows.T, c_fn
+
+
+def head_backward(dlogits, c_fn, frozen: Frozen):
+    """dL/dh only: the head's rows are the target's and stay as they are."""
+    dh, _ = rms_norm_backward(dlogits @ frozen.head_rows, c_fn)
+    return dh
+
+
+# ----------------------------------------------------------------------- the unrolled loss
+
+
+def unroll_inputs(batch: Batch, frozen: Frozen, cfg: MTPConfig, n_steps: int, dtype):
+    """Rows t = 0..S-1-n_steps; step j's token, label and visible keys. Returns a dict."""
+    B, S = batch.tokens.shape
+    T = S - n_steps
+    t = np.arange(T)
+    scale = np.sqrt(cfg.d_model)
+    steps = []
+    for j in range(1, n_steps + 1):
+        tok = batch.tokens[:, t + j]  # (B, T): x_{t+j}, the token step j reads
+        e = take_rows(frozen.embed, tok.reshape(-1)).reshape(B, T, -1).astype(dtype) * scale
+        positions = t + j  # where x_{t+j} sits: the query's RoPE position
+        s = np.arange(S)[None, :]
+        seen = s <= t[:, None]  # (T, S): only the cached keys 0..t
+        if cfg.window is not None:
+            seen = seen & (positions[:, None] - s < cfg.window)
+        label = batch.labels[:, t + j]  # (B, T): the target's choice after x_{t+j}
+        steps.append(dict(e=e, positions=positions, seen=seen, label=label))
+    return batch.hidden[:, :T].astype(dtype), steps
+
+
+def unrolled_loss(
+    p: MTPParams, cfg: MTPConfig, frozen: Frozen, batch: Batch, n_steps: int, grads: bool = True
+):
+    """Sum over steps of the cross-entropy; with grads, also {name: gradient} by BPTT.
+
+    Returns (loss, grads or None, per-step predictions (n_steps, B, T) token ids).
+    """
+    dtype = p.w_in.dtype
+    h, steps = unroll_inputs(batch, frozen, cfg, n_steps, dtype)
+    keys, values = batch.keys.astype(dtype), batch.values.astype(dtype)
+    total, tape, predictions = 0.0, [], []
+    for st in steps:
+        h, caches = step_forward(p, cfg, st["e"], h, keys, values, st["positions"], st["seen"])
+        logits, c_fn = head_forward(h, frozen, cfg.eps)  # (B, T, |S|)
+        B, T, C = logits.shape
+        target = frozen.head_index[st["label"]].reshape(-1)  # -1: not in the head
+        loss, c_ce = cross_entropy_forward(logits.reshape(B * T, C), target)
+        total += loss
+        predictions.append(p.head_ids[np.argmax(logits, axis=-1)])
+        tape.append((caches, c_fn, c_ce, (B, T, C), st["positions"]))
+    if not grads:
+        return total, None, np.stack(predictions)
+    g_total = {name: np.zeros_like(getattr(p, name)) for name in TRAINED}
+    dh_next = 0.0  # dL/dh' of the last step from later steps: none
+    for caches, c_fn, c_ce, (B, T, C), positions in reversed(tape):
+        dlogits = cross_entropy_backward(c_ce).reshape(B, T, C)
+        dh = head_backward(dlogits, c_fn, frozen) + dh_next
+        dh_next, g = step_backward(dh, caches, p, cfg, positions)
+        for name, value in g.items():
+            g_total[name] += value
+    return total, g_total, np.stack(predictions)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+@dataclass
+class TrainData:
+    """Teacher-forced documents (see mtp_data.py), split by document into train and held out."""
+
+    tokens: np.ndarray  # (n, S)
+    hidden: np.ndarray  # (n, S, D)
+    keys: np.ndarray  # (n, S, G, hd)
+    values: np.ndarray
+    labels: np.ndarray  # (n, S)
+    held_out: np.ndarray  # (n,) bool
+    source: np.ndarray  # (n,) str: "prose", "docstrings", "code", "own"
+
+    def batch(self, rows: np.ndarray) -> Batch:
+        return Batch(*(getattr(self, f.name)[rows] for f in fields(Batch)))
+
+
+def agreement(predictions: np.ndarray, labels: np.ndarray, n_steps: int) -> dict:
+    """Held-out figures: per step j the top-1 agreement with the target, and the chained rate
+    (steps 1..j all right), whose sum + 1 estimates tokens per target forward (tau)."""
+    T = labels.shape[1] - n_steps
+    right = np.stack([predictions[j] == labels[:, np.arange(T) + j + 1] for j in range(n_steps)])
+    chained = np.cumprod(right, axis=0)  # (n_steps, B, T)
+    return {
+        "top1": [float(r.mean()) for r in right],
+        "chained": [float(c.mean()) for c in chained],
+        "tau": 1.0 + float(chained.mean(axis=(1, 2)).sum()),
+    }
+
+
+def evaluate(p, cfg, frozen, data: TrainData, rows: np.ndarray, n_steps: int, batch: int = 4):
+    """Loss and agreement on the given documents (no gradients)."""
+    losses, preds, labels = [], [], []
+    for i in range(0, rows.size, batch):
+        b = data.batch(rows[i : i + batch])
+        loss, _, pr = unrolled_loss(p, cfg, frozen, b, n_steps, grads=False)
+        losses.append(loss * len(b.tokens))
+        preds.append(pr)
+        labels.append(b.labels)
+    out = agreement(np.concatenate(preds, axis=1), np.concatenate(labels), n_steps)
+    out["loss"] = float(np.sum(losses) / rows.size)
+    return out
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 600
+    batch: int = 4  # documents per step (each gives S - n_steps positions)
+    n_steps: int = 3  # draft steps unrolled
+    lr: float = 2e-3
+    warmup: int = 30
+    seed: int = 0
+    eval_every: int = 50
+    eval_docs: int = 16  # held-out documents scored at each evaluation
+
+
+def learning_rate(step: int, s: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to a tenth (Loshchilov & Hutter 2017)."""
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    frac = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * (0.1 + 0.9 * 0.5 * (1.0 + np.cos(np.pi * frac)))
+
+
+def train(
+    p: MTPParams,
+    cfg: MTPConfig,
+    frozen: Frozen,
+    data: TrainData,
+    s: TrainSettings,
+    say: Callable[[str], None] = print,
+) -> list[dict]:
+    """Adam on the unrolled loss; returns the curve (one dict per evaluation)."""
+    rng = np.random.default_rng(s.seed)
+    train_rows = np.flatnonzero(~data.held_out)
+    held_rows = np.flatnonzero(data.held_out)
+    eval_rows = (
+        held_rows[np.linspace(0, held_rows.size - 1, min(s.eval_docs, held_rows.size)).astype(int)]
+        if held_rows.size
+        else held_rows
+    )
+    if train_rows.size == 0:
+        raise ValueError("no training documents: give the data more text")
+    state = AdamState(lr=s.lr)
+    curve, t0, seen_positions = [], time.perf_counter(), 0
+    per_doc = data.tokens.shape[1] - s.n_steps
+    for step in range(s.steps + 1):
+        if step % s.eval_every == 0 or step == s.steps:
+            point = {
+                "step": step,
+                "positions_seen": seen_positions,
+                "seconds": time.perf_counter() - t0,
+            }
+            if eval_rows.size:
+                point["held_out"] = evaluate(p, cfg, frozen, data, eval_rows, s.n_steps)
+                h = point["held_out"]
+                say(
+                    f"step {step:5d}  held-out loss {h['loss']:.3f}  top-1 agreement "
+                    + " ".join(f"{a:.3f}" for a in h["top1"])
+                    + f"  tau~{h['tau']:.2f}  ({point['seconds']:.0f} s)"
+                )
+            curve.append(point)
+        if step == s.steps:
+            break
+        rows = rng.choice(train_rows, size=min(s.batch, train_rows.size), replace=False)
+        loss, grads, _ = unrolled_loss(p, cfg, frozen, data.batch(rows), s.n_steps)
+        norm = adam_step(p, grads, state, lr=learning_rate(step, s))
+        seen_positions += rows.size * per_doc
+        if step % 10 == 0:
+            say(
+                f"step {step:5d}  train loss {loss:.3f}  |grad| {norm:.2f}  "
+                f"lr {learning_rate(step, s):.2e}"
+            )
+    return curve

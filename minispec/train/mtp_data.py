@@ -1,0 +1,237 @@
+"""The MTP drafter's training data, made here from text on the machine: nothing is downloaded.
+
+Four sources of documents, so the drafter sees prose as well as code:
+
+    prose        Python's own reference documentation (pydoc's topics, `pydoc_data`)
+    docstrings   the docstrings of the standard library's modules (read with `ast`, not imported)
+    code         the standard library's source files
+    own          the target's own sampled continuations of varied prompts (stories, letters,
+                 news, recipes, dialogue, code): the closest thing to what the drafter reads
+                 when it runs; drawn with int8 weights, which are faster and nearly always agree
+
+Each document is tokenised and the documents of one source are cut into chunks of S tokens
+(each starting with <bos>). A document goes wholly to training or to the held-out split, by a
+hash of its name, so held-out figures are on text the drafter never saw.
+
+Then one teacher-forced forward pass of the target per chunk (prefill is fast, generation is
+not) gives, at every position, what the drafter reads and learns: the last block's output h
+(before the final norm), the keys and values cached by layer L, and the target's argmax, the
+label (self-distillation).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import sysconfig
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from minispec.kv_cache import new_cache
+from minispec.model import Model, forward_hidden
+from minispec.train.mtp import TrainData
+
+# Prompts for the target's own continuations: varied on purpose (the drafter is judged on
+# narrative prose and letters as well as code).
+OWN_PROMPTS = [
+    "Once upon a time, in a small village by the sea, there lived",
+    "Dear Margaret,\n\nThank you so much for your letter. I",
+    "The old lighthouse keeper climbed the stairs one last time. He",
+    "BREAKING NEWS: City council votes to",
+    "My grandmother's apple pie recipe\n\nIngredients:\n",
+    '"Where have you been?" she asked. "I\'ve been waiting for hours."\n\n',
+    "Chapter 1\n\nThe train was late, as it always was on Mondays.",
+    "Dear Sir or Madam,\n\nI am writing to apply for the position of",
+    "The history of the bicycle begins in the early nineteenth century, when",
+    "Hi Tom,\n\nJust a quick note to let you know that",
+    "In this tutorial, we will learn how to",
+    "The weather today was strange. In the morning",
+    "She opened the envelope slowly, afraid of what she might find inside.",
+    "Top 10 tips for a better night's sleep:\n\n1.",
+    "The meeting began at nine o'clock sharp. The director",
+    "It was the coldest winter anyone could remember.",
+    "Review: The new restaurant on Main Street",
+    "To whom it may concern,\n\nI would like to recommend",
+    "The scientists gathered around the screen as the first images arrived.",
+    "Grandpa always said that the river remembers everything.",
+    'def parse_config(path):\n    """Read a configuration file and',
+    "import numpy as np\n\n\ndef moving_average(x, n):\n",
+    'class Stack:\n    """A last-in, first-out stack."""\n\n    def __init__(self):\n',
+    "# A simple web server in Python\nfrom http.server import",
+    "The soldiers marched through the night, and at dawn",
+    "Dear diary,\n\nToday was the best day of my life. I",
+    "How to plant tomatoes in your garden\n\nFirst,",
+    "The detective looked at the body and then at the open window.",
+    "Once the guests had left, Anna sat down at the piano and",
+    "Professor Hill began the lecture by asking a simple question:",
+]
+
+SHARES = {"prose": 0.45, "docstrings": 0.25, "code": 0.20, "own": 0.10}
+
+
+def held_out(name: str, fraction: float) -> bool:
+    """Whether document `name` is held out: a stable hash, the same on every machine."""
+    h = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    return h < fraction * 16**8
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's top-level modules, sorted (no tests, no site-packages)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted(p for p in root.glob("*.py") if not p.name.startswith(("test", "_")))
+
+
+def prose_documents() -> list[tuple[str, str]]:
+    """pydoc's topics: the language reference as English prose, one document per topic."""
+    from pydoc_data.topics import topics
+
+    return [(f"prose:{name}", topics[name]) for name in sorted(topics)]
+
+
+def docstring_documents() -> list[tuple[str, str]]:
+    """Each standard-library module's docstrings (module, classes, functions), as one text."""
+    docs = []
+    for path in stdlib_files():
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        nodes = [tree] + [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        ]
+        texts = [ast.get_docstring(n) for n in nodes]
+        text = "\n\n".join(t for t in texts if t and len(t) > 40)
+        if text:
+            docs.append((f"docstrings:{path.stem}", text))
+    return docs
+
+
+def code_documents() -> list[tuple[str, str]]:
+    return [
+        (f"code:{p.stem}", p.read_text(encoding="utf-8", errors="replace")) for p in stdlib_files()
+    ]
+
+
+def own_documents(
+    target: Model, n_tokens: int, seed: int = 0, say: Callable[[str], None] = print
+) -> list[tuple[str, str]]:
+    """The target's own continuations of OWN_PROMPTS, sampled at temperature 1 (int8 weights)."""
+    from minispec.drafters.draft_model import quantized_copy
+    from minispec.generate import generate
+    from minispec.sampling import SamplingParams
+    from minispec.tokenizer import encode
+
+    if n_tokens <= 0:
+        return []
+    fast = quantized_copy(target) if target.weights == "float32" else target
+    per_prompt = max(16, n_tokens // len(OWN_PROMPTS))
+    docs, made = [], 0
+    for i, prompt in enumerate(OWN_PROMPTS):
+        if made >= n_tokens:
+            break
+        ids = encode(target.tokenizer, prompt)
+        out = generate(fast, ids, per_prompt, SamplingParams(temperature=1.0), seed + i)
+        docs.append((f"own:{i}", prompt + out.text))
+        made += len(out.ids)
+        say(f"own continuations: {made} tokens sampled")
+    return docs
+
+
+def chunk_documents(
+    target: Model, docs: list[tuple[str, str]], length: int, budget: int, fraction: float
+) -> tuple[list[np.ndarray], list[bool]]:
+    """Cut one source's documents into <bos> + (length - 1)-token chunks, up to `budget` tokens.
+
+    Documents are taken in a fixed shuffled order; train and held-out documents fill separate
+    streams, so no chunk mixes the two.
+    """
+    from minispec.tokenizer import encode
+
+    order = np.random.default_rng(0).permutation(len(docs))
+    streams: dict[bool, list[int]] = {False: [], True: []}
+    bos = target.config.bos_token_id
+    for i in order:
+        if sum(len(s) for s in streams.values()) >= budget:
+            break
+        name, text = docs[i]
+        streams[held_out(name, fraction)] += encode(target.tokenizer, text, add_bos=False) + [
+            *encode(target.tokenizer, "\n\n", add_bos=False)
+        ]
+    chunks, split = [], []
+    for is_held, stream in streams.items():
+        for start in range(0, len(stream) - (length - 1) + 1, length - 1):
+            chunks.append(np.array([bos, *stream[start : start + length - 1]], np.int64))
+            split.append(is_held)
+    return chunks, split
+
+
+def teacher_forced(
+    target: Model, chunks: list[np.ndarray], kv_layer: int, say: Callable[[str], None] = print
+) -> dict[str, np.ndarray]:
+    """One forward pass of the target per chunk: hidden states, layer-L keys/values, argmaxes."""
+    n, S = len(chunks), len(chunks[0])
+    c = target.config
+    out = {
+        "tokens": np.stack(chunks),
+        "hidden": np.empty((n, S, c.hidden_size), np.float32),
+        "keys": np.empty((n, S, c.num_key_value_heads, c.head_dim), np.float32),
+        "values": np.empty((n, S, c.num_key_value_heads, c.head_dim), np.float32),
+        "labels": np.empty((n, S), np.int64),
+    }
+    for i, chunk in enumerate(chunks):
+        cache = new_cache(c, capacity=S)
+        f = forward_hidden(target, chunk, cache)
+        out["hidden"][i] = f.hidden
+        out["labels"][i] = np.argmax(f.logits, axis=-1)
+        out["keys"][i] = cache.keys[kv_layer, :S]
+        out["values"][i] = cache.values[kv_layer, :S]
+        if (i + 1) % 10 == 0 or i + 1 == n:
+            say(f"positions prepared: {(i + 1) * S} of {n * S}")
+    return out
+
+
+def make_data(
+    target: Model,
+    kv_layer: int,
+    positions: int = 220_000,
+    length: int = 512,
+    held_out_fraction: float = 0.08,
+    own_tokens: int = 6_000,
+    seed: int = 0,
+    say: Callable[[str], None] = print,
+) -> TrainData:
+    """Everything above: documents, chunks, the teacher-forced passes. Deterministic per seed."""
+    sources = {
+        "prose": prose_documents(),
+        "docstrings": docstring_documents(),
+        "code": code_documents(),
+        "own": own_documents(target, own_tokens, seed, say),
+    }
+    chunks, split, source = [], [], []
+    for name, docs in sources.items():
+        budget = (
+            positions - sum(len(c) for c in chunks)
+            if name == "own"
+            else int(SHARES[name] * positions)
+        )
+        c, s = chunk_documents(target, docs, length, budget, held_out_fraction)
+        chunks += c
+        split += s
+        source += [name] * len(c)
+        say(f"{name}: {len(c)} chunks of {length} tokens ({sum(s)} held out)")
+    arrays = teacher_forced(target, chunks, kv_layer, say)
+    return TrainData(**arrays, held_out=np.array(split), source=np.array(source))
+
+
+def save_data(path: str | Path, data: TrainData) -> None:
+    """The prepared data as one .npz (plain arrays, read back without pickle)."""
+    np.savez(path, **{k: getattr(data, k) for k in vars(data)})
+
+
+def load_data(path: str | Path) -> TrainData:
+    with np.load(path, allow_pickle=False) as f:
+        return TrainData(**{k: f[k] for k in f.files})
