@@ -241,6 +241,56 @@ def print_bench(r: dict) -> None:
         )
 
 
+def cmd_train_mtp(args: argparse.Namespace) -> dict | None:
+    """Make the teacher-forced data (or read it back), train the MTP drafter, save it."""
+    from pathlib import Path
+
+    from minispec.drafters.mtp import config_for, save_mtp
+    from minispec.train import mtp, mtp_data
+
+    if min(args.positions, args.steps, args.batch, args.length - args.unroll - 1) < 1:
+        raise CliError("--positions, --steps and --batch must be >= 1, --length > --unroll + 1")
+    model = load(args)
+    say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    t0 = time.perf_counter()
+    if args.data and Path(args.data).is_file():
+        data = mtp_data.load_data(args.data)
+        say(f"read {data.tokens.size} prepared positions from {args.data}")
+    else:
+        layer = config_for(model).kv_layer
+        data = mtp_data.make_data(
+            model,
+            layer,
+            args.positions,
+            args.length,
+            own_tokens=args.own_tokens,
+            seed=args.seed,
+            say=say,
+        )
+        if args.data:
+            mtp_data.save_data(args.data, data)
+    data_s = time.perf_counter() - t0
+    settings = mtp.TrainSettings(
+        steps=args.steps, batch=args.batch, n_steps=args.unroll, lr=args.lr, seed=args.seed
+    )
+    params, cfg, report = mtp.train_mtp(
+        model,
+        data,
+        width=args.width,
+        d_ff=args.d_ff,
+        head_size=args.head_size,
+        settings=settings,
+        say=say,
+    )
+    report.update(data_seconds=data_s, command=" ".join(sys.argv), out=str(args.out))
+    save_mtp(args.out, params, cfg, model, info=report)
+    say(
+        f"saved {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB) after "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
+    return report if args.json else None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -251,6 +301,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--weights", choices=["float32", "int8"], default="float32", help="weight format in memory"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def _mtp_default() -> object:
+    from minispec.drafters.mtp import DEFAULT_WEIGHTS
+
+    return DEFAULT_WEIGHTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--drafter",
         default="none",
-        metavar="{none,ngram,early-exit,int8,model:PATH}",
+        metavar="{none,ngram,early-exit,int8,model:PATH,mtp}",
         help="speculative decoding with this drafter (default none: plain decoding); "
         "early-exit also takes :LAYERS or :LAYERS:HEAD_SIZE",
     )
@@ -321,6 +377,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(b)
     b.set_defaults(run=cmd_bench)
+
+    t = sub.add_parser(
+        "train-mtp",
+        help="train the MTP drafter (NumPy, hand-written gradients) and save it",
+        description="Teacher-forced passes of the model over offline text (Python's docs, "
+        "docstrings, standard-library code, its own samples), then Adam on the drafter "
+        "unrolled over its draft steps, learning the model's own argmax; prints progress.",
+    )
+    t.add_argument("--out", default=str(_mtp_default()), help="where to write the weights")
+    t.add_argument(
+        "--data",
+        metavar="FILE",
+        help="prepared data (.npz): read if it exists, else made and written there",
+    )
+    t.add_argument("--positions", type=int, default=220_000, help="positions to prepare")
+    t.add_argument("--length", type=int, default=512, help="tokens per document chunk (512)")
+    t.add_argument("--own-tokens", type=int, default=6_000, help="own samples to draw (6000)")
+    t.add_argument("--steps", type=int, default=400, help="Adam steps (400)")
+    t.add_argument("--batch", type=int, default=2, help="chunks per step (2)")
+    t.add_argument("--unroll", type=int, default=3, help="draft steps unrolled (3)")
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (2e-3)")
+    t.add_argument("--width", type=int, default=512, help="the drafter's width (512)")
+    t.add_argument("--d-ff", type=int, default=1536, help="its MLP width (1536)")
+    t.add_argument("--head-size", type=int, default=16_384, help="tokens the head scores")
+    t.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    add_model_args(t)
+    t.set_defaults(run=cmd_train_mtp)
     return parser
 
 

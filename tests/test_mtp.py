@@ -411,3 +411,26 @@ def test_real_greedy_with_mtp_equals_plain_greedy(real_checkpoint, k):
             model, ids, d, k=k, max_new_tokens=16, stop_at_eos=False, trace=False
         )
         assert got.ids == plain
+
+
+# ------------------------------------------------------------------------- make_drafter, CLI
+
+
+def test_make_drafter_mtp(target, drafter, tmp_path):
+    from minispec.drafters import check_drafter_spec, make_drafter
+
+    check_drafter_spec("mtp")
+    check_drafter_spec("mtp:some/weights.safetensors")
+    path = tmp_path / "tiny-mtp.safetensors"
+    save_mtp(path, drafter.params, drafter.cfg, target)
+    d = make_drafter(f"mtp:{path}", target)
+    assert isinstance(d, MTPDrafter) and d.cfg == drafter.cfg
+    with pytest.raises(FileNotFoundError, match="train-mtp --out"):
+        make_drafter(f"mtp:{tmp_path / 'missing.safetensors'}", target)
+
+
+def test_cli_train_mtp_refuses_bad_settings_before_loading(capsys):
+    from minispec.cli import main
+
+    assert main(["train-mtp", "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err

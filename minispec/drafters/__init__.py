@@ -4,6 +4,8 @@
     early-exit   the target's own first layers and output head               (early_exit.py)
     int8         the target with int8 weights, as a separate draft model     (draft_model.py)
     model:PATH   any checkpoint with the target's vocabulary                 (draft_model.py)
+    mtp          a trained multi-token-prediction drafter reading the target's
+                 hidden state and KV cache (mtp:PATH for other weights)      (mtp.py)
 
 All follow the protocol in base.py; `make_drafter` builds one from the strings above.
 """
@@ -15,11 +17,12 @@ import re
 from minispec.drafters.base import Draft, DraftContext, Drafter
 from minispec.drafters.draft_model import DraftModelDrafter, check_same_vocabulary, quantized_copy
 from minispec.drafters.early_exit import EarlyExitDrafter, default_head_size
+from minispec.drafters.mtp import MTPDrafter
 from minispec.drafters.ngram import NgramDrafter
 from minispec.model import Model
 
-DRAFTER_SPECS = ("none", "ngram", "early-exit", "int8", "model:PATH")
-SPEC = re.compile(r"none|ngram|int8|early-exit(:\d+(:\d+)?)?|model:.+")
+DRAFTER_SPECS = ("none", "ngram", "early-exit", "int8", "model:PATH", "mtp")
+SPEC = re.compile(r"none|ngram|int8|early-exit(:\d+(:\d+)?)?|model:.+|mtp(:.+)?")
 
 
 def check_drafter_spec(spec: str) -> None:
@@ -27,7 +30,8 @@ def check_drafter_spec(spec: str) -> None:
     if not SPEC.fullmatch(spec):
         raise ValueError(
             f"unknown drafter {spec!r}: use one of {', '.join(DRAFTER_SPECS)} "
-            "(early-exit also as early-exit:LAYERS or early-exit:LAYERS:HEAD_SIZE)"
+            "(early-exit also as early-exit:LAYERS or early-exit:LAYERS:HEAD_SIZE; mtp also as "
+            "mtp:PATH to a trained drafter's .safetensors)"
         )
 
 
@@ -38,6 +42,7 @@ def make_drafter(spec: str, target: Model, **opts: object) -> Drafter | None:
     ngram: max_n (3), min_n (1). early-exit: layers (5/6 of the target's), head_size (16,384
     candidate tokens for a large vocabulary, else all; 0 = the full head); also written
     "early-exit:L" and "early-exit:L:N". model:PATH: weights ("float32" or "int8").
+    mtp: the shipped weights for Gemma 3 270M; mtp:PATH: weights made by `minispec train-mtp`.
     """
     check_drafter_spec(spec)
     name, _, arg = spec.partition(":")
@@ -50,6 +55,10 @@ def make_drafter(spec: str, target: Model, **opts: object) -> Drafter | None:
         n_layers = int(layers) if layers else opts.get("layers")
         head_size = int(head) if head else opts.get("head_size", default_head_size(target))
         return EarlyExitDrafter(target, n_layers=n_layers, head_size=head_size or None)
+    if name == "mtp":
+        from minispec.drafters.mtp import load_drafter
+
+        return load_drafter(target, arg or None)
     if name == "int8":
         return DraftModelDrafter(quantized_copy(target), name="int8-draft")
     from minispec.loading import load_model  # name == "model": a checkpoint to load
@@ -65,6 +74,7 @@ __all__ = [
     "DraftModelDrafter",
     "Drafter",
     "EarlyExitDrafter",
+    "MTPDrafter",
     "NgramDrafter",
     "check_drafter_spec",
     "make_drafter",

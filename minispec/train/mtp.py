@@ -308,3 +308,64 @@ def train(
                 f"lr {learning_rate(step, s):.2e}"
             )
     return curve
+
+
+# ------------------------------------------------------------------------- the whole recipe
+
+
+def choose_head(labels: np.ndarray, head_size: int) -> np.ndarray:
+    """The cheap head's tokens: the head_size labels the target chose most often (sorted ids)."""
+    ids, counts = np.unique(labels, return_counts=True)
+    order = np.lexsort((ids, -counts))  # most frequent first, ties by id
+    return np.sort(ids[order[:head_size]])
+
+
+def hidden_scale(hidden: np.ndarray) -> np.ndarray:
+    """s = 1 / RMS of each hidden dimension over the training positions: (D,) float32."""
+    h = hidden.reshape(-1, hidden.shape[-1]).astype(np.float64)
+    return (1.0 / np.sqrt(np.mean(h * h, axis=0) + 1e-6)).astype(np.float32)
+
+
+def by_source(p, cfg, frozen, data: TrainData, n_steps: int) -> dict:
+    """Held-out figures for each source of text, over every held-out document."""
+    out = {}
+    for name in np.unique(data.source[data.held_out]):
+        rows = np.flatnonzero(data.held_out & (data.source == name))
+        out[str(name)] = evaluate(p, cfg, frozen, data, rows, n_steps)
+    return out
+
+
+def train_mtp(
+    target: Model,
+    data: TrainData,
+    *,
+    width: int = 512,
+    d_ff: int = 1536,
+    head_size: int = 16_384,
+    settings: TrainSettings | None = None,
+    say: Callable[[str], None] = print,
+) -> tuple[MTPParams, MTPConfig, dict]:
+    """Pick the head, initialise, train, measure on held-out text: (params, config, report)."""
+    from minispec.drafters.mtp import config_for, init_params
+
+    s = settings or TrainSettings()
+    cfg = config_for(target, width=width, d_ff=d_ff, head_size=head_size)
+    train_rows = ~data.held_out
+    head_ids = choose_head(data.labels[train_rows], cfg.head_size)
+    held = data.labels[data.held_out]
+    coverage = float(np.isin(held, head_ids).mean()) if held.size else float("nan")
+    say(f"head: {head_ids.size} tokens, covering {coverage:.1%} of the held-out labels")
+    p = init_params(cfg, target, head_ids, hidden_scale(data.hidden[train_rows]), s.seed)
+    frozen = frozen_parts(target, head_ids)
+    t0 = time.perf_counter()
+    curve = train(p, cfg, frozen, data, s, say)
+    report = {
+        "settings": vars(s),
+        "train_seconds": time.perf_counter() - t0,
+        "train_positions": int(train_rows.sum()) * data.tokens.shape[1],
+        "held_out_positions": int(data.held_out.sum()) * data.tokens.shape[1],
+        "head_coverage": coverage,
+        "curve": curve,
+        "held_out_by_source": by_source(p, cfg, frozen, data, s.n_steps) if held.size else {},
+    }
+    return p, cfg, report
