@@ -7,6 +7,7 @@ as a learner would: run, step forward and back, jump, play, replay a saved trace
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,58 @@ def test_numbers_and_compare_tabs(app: AppTest) -> None:
     no_errors(app)
     table = app.dataframe[0].value
     assert list(table["drafter"]) == ["ngram", "early-exit", "int8"]
+
+
+LESSONS = Path(APP).parents[1] / "lessons"
+LEARN_MORE = re.compile(r"Learn more: `lessons/([^`]+\.ipynb)`")
+
+
+def in_order(node: object) -> list:
+    """The page's elements in the order they are drawn (a depth-first walk of the tree)."""
+    children = getattr(node, "children", None)
+    if children is None:
+        return [node]
+    return [leaf for key in sorted(children) for leaf in in_order(children[key])]
+
+
+def lessons_by_panel(at: AppTest) -> dict[str, list[str]]:
+    """Each panel heading (#### ...) on the page -> the lessons its explanation names."""
+    named, heading = {}, None
+    for el in in_order(at.main):
+        kind, value = getattr(el, "type", ""), str(getattr(el, "value", ""))
+        if kind == "markdown" and value.startswith("#### "):
+            heading = value
+            named[heading] = []
+        elif kind == "caption" and heading is not None:
+            named[heading] += LEARN_MORE.findall(value)
+            heading = None  # only the caption right under the heading explains it
+    return named
+
+
+@pytest.mark.parametrize("temperature, rule", [(0.0, "03_greedy"), (0.8, "04_speculative_samp")])
+def test_each_panel_names_the_lesson_that_explains_it(
+    app: AppTest, temperature: float, rule: str
+) -> None:
+    app.selectbox(key="drafter").set_value("int8")  # it drafts in every step, so panel 4 shows
+    run_model(app, k=3, temperature=temperature)
+    no_errors(app)
+    step_panels = lessons_by_panel(app)
+    assert any(h.startswith("#### 4 · ") for h in step_panels)
+    app.session_state["tab"] = "Numbers"
+    app.run()
+    numbers = lessons_by_panel(app)
+    app.session_state["tab"] = "Compare drafters"
+    app.run()
+    compare = [LEARN_MORE.findall(c.value) for c in app.caption]
+    assert ["05_drafters_and_speedup.ipynb"] in compare
+    for heading, lessons in {**step_panels, **numbers}.items():
+        assert len(lessons) == 1, f"panel {heading!r} names no lesson (or several): {lessons}"
+        assert (LESSONS / lessons[0]).is_file(), f"{heading!r} names a missing {lessons[0]}"
+    for number in (4, 5):  # the rule's panels: the greedy rule or speculative sampling
+        (lesson,) = next(v for h, v in step_panels.items() if h.startswith(f"#### {number} · "))
+        assert lesson.startswith(rule), (number, lesson)
+    shown = {lesson for lessons in {**step_panels, **numbers}.values() for lesson in lessons}
+    assert {"02_memory_bound.ipynb", "05_drafters_and_speedup.ipynb"} <= shown
 
 
 def saved_trace(tmp_path: Path) -> tuple[Path, object]:

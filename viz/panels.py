@@ -46,9 +46,19 @@ def drafter_words(name: str) -> str:
     return DRAFTER_WORDS[start] if start else f"The drafter {name}."
 
 
-def section(number: int, title: str, words: str) -> None:
+def learn_more(words: str, lesson: str) -> str:
+    """A panel's words, then the lesson notebook that explains it (a path: no network needed)."""
+    return f"{words}  \nLearn more: `lessons/{lesson}.ipynb`"
+
+
+def rule_lesson(greedy: bool) -> str:
+    """The lesson of the acceptance rule this run used."""
+    return "03_greedy_speculative" if greedy else "04_speculative_sampling"
+
+
+def section(number: int, title: str, words: str, lesson: str) -> None:
     st.markdown(f"#### {number} · {title}")
-    st.caption(words)
+    st.caption(learn_more(words, lesson))
 
 
 # ------------------------------------------------------------------------------ the step view
@@ -85,6 +95,7 @@ def context_section(story: Story, i: int) -> None:
         f"What the model has read: {story.steps[i]['context_length']} tokens. Gemma keeps all "
         "but the newest one in its KV cache, its memory of earlier positions; the newest token, "
         "at the end, is read in this step.",
+        "02_memory_bound",
     )
     st.html(look.context_html(story, i))
 
@@ -95,6 +106,7 @@ def draft_section(trace: Trace, r: dict) -> None:
         2,
         f"The drafter guesses {n} token{'s' if n != 1 else ''} (k = {trace.k})",
         drafter_words(trace.drafter) + (" This time it had nothing to propose." if n == 0 else ""),
+        "05_drafters_and_speedup",
     )
     if n:
         st.html(look.draft_chips(r["drafted"]))
@@ -109,6 +121,7 @@ def verification_section(r: dict, newest: str) -> None:
         f"({1000 * r['verify_s']:.0f} ms here). Each position sees only the tokens before it, so "
         f"the pass returns {n + 1} next-token distributions p: one to check each guess, and one "
         "more for the token after the last guess.",
+        "03_greedy_speculative",
     )
     st.html(f'<div style="overflow-x:auto">{look.verification_pass(r, newest)}</div>')
 
@@ -127,7 +140,7 @@ def decision_section(r: dict, i: int, greedy: bool) -> None:
             "The first rejection ends the step; the guesses after it were built on a wrong "
             "token, so they are dropped unchecked."
         )
-    section(4, "Accept or reject, guess by guess", rule)
+    section(4, "Accept or reject, guess by guess", rule, rule_lesson(greedy))
     keys = [
         look.swatch("target") + "p: Gemma's probabilities",
         look.swatch("draft") + "q: the drafter's",
@@ -174,7 +187,7 @@ def next_token_section(r: dict, i: int, greedy: bool) -> None:
             "as if Gemma had sampled it alone."
         )
         title = "The target's correction"
-    section(5, title, words)
+    section(5, title, words, rule_lesson(greedy))
     chip = look.chip(token_label(nxt), kind, f"{kind} · prob {nxt['prob']:.2f}")
     st.html(f'<div class="ms-chips">{chip}</div>')
     if r["residual_top"]:
@@ -196,6 +209,7 @@ def rollback_section(r: dict, newest: str) -> None:
         f"The pass wrote {n + 1} positions into the cache. Those after the first rejection "
         "hold keys and values computed from discarded guesses, so the cache is cut back. "
         f"The new {kind} token is not in it yet: it is the newest token the next step reads.",
+        "03_greedy_speculative",
     )
     st.html(look.cache_diagram(r, newest))
     st.markdown(
@@ -224,9 +238,12 @@ def verdict_line(d: dict, greedy: bool) -> str:
 def numbers(run: Run, store: runs.Store | None, model: object | None) -> None:
     stats = run.story.stats
     st.caption(
-        "Measured in this session, on this machine"
-        + (" (recorded when the trace was made)." if run.source == "replay" else ".")
-        + " Speeds include recording the trace, a few milliseconds per step."
+        learn_more(
+            "Measured in this session, on this machine"
+            + (" (recorded when the trace was made)." if run.source == "replay" else ".")
+            + " Speeds include recording the trace, a few milliseconds per step.",
+            "05_drafters_and_speedup",
+        )
     )
     c = st.columns(5)
     c[0].metric(
@@ -277,9 +294,13 @@ def numbers(run: Run, store: runs.Store | None, model: object | None) -> None:
 
     st.markdown("#### Why checking k guesses costs about one token")
     st.caption(
-        "A forward pass reads all of Gemma's weights from memory once, whatever the number of "
-        "positions T it processes; on a CPU that reading, not the arithmetic, is most of the "
-        "time. So one pass over k + 1 positions costs little more than one over a single token."
+        learn_more(
+            "A forward pass reads all of Gemma's weights from memory once, whatever the number "
+            "of positions T it processes; on a CPU that reading, not the arithmetic, is most of "
+            "the time. So one pass over k + 1 positions costs little more than one over a single "
+            "token.",
+            "02_memory_bound",
+        )
     )
     if store is None or model is None:
         st.info("The forward-time chart needs the model: choose **Run the model** in the sidebar.")
@@ -331,10 +352,14 @@ def comparison(rows: list[dict], plain: float | None) -> None:
 def compare_tab(store: runs.Store, model: object, settings: runs.Settings) -> None:
     state = st.session_state
     st.caption(
-        "Each drafter on the prompt and settings in the sidebar, one after the other, against "
-        "plain decoding measured in this session. A good drafter is cheap *and* often right: "
-        "the n-gram drafter costs nothing but only helps when the text repeats itself; the model "
-        "drafters guess everywhere but each guess costs a forward pass of their own."
+        learn_more(
+            "Each drafter on the prompt and settings in the sidebar, one after the other, "
+            "against plain decoding measured in this session. A good drafter is cheap *and* "
+            "often right: the n-gram drafter costs nothing but only helps when the text repeats "
+            "itself; the model drafters guess everywhere but each guess costs a forward pass of "
+            "their own.",
+            "05_drafters_and_speedup",
+        )
     )
     specs = st.multiselect("Drafters", list(runs.DRAFTERS), default=list(runs.DRAFTERS), key="cmp")
     key = (model.name, settings, tuple(specs))
@@ -397,8 +422,11 @@ def stepper(story: Story) -> None:
 
         st.markdown("#### The whole output")
         st.caption(
-            "Every new token, coloured by where it came from; hover a token for its step and "
-            "probabilities. The step on show is outlined; later tokens are faded."
+            learn_more(
+                "Every new token, coloured by where it came from; hover a token for its step "
+                "and probabilities. The step on show is outlined; later tokens are faded.",
+                "03_greedy_speculative",
+            )
         )
         st.html(look.token_strip(story, state.step if n else None))
         if n == 0:
