@@ -76,7 +76,11 @@ def execute(nb: nbformat.NotebookNode, tmp_path: Path) -> nbformat.NotebookNode:
     client = NotebookClient(
         nb, km=km, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(LESSONS)}}
     )
-    client.execute()
+    try:
+        client.execute()
+    finally:  # nbclient leaves a kernel it was handed running: each holds a model (GBs)
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     return nb
 
 
