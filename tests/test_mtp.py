@@ -37,6 +37,7 @@ from minispec.train.mtp import (
     TrainData,
     TrainSettings,
     frozen_parts,
+    hidden_stats,
     step_forward,
     train,
     unrolled_loss,
@@ -184,7 +185,8 @@ def tiny_setup(target, dtype=np.float64, S=10, B=2, head_size=60, seed=0):
     head_ids = np.unique(np.concatenate([arrays["labels"].ravel(), np.arange(head_size)]))[
         :head_size
     ]
-    p = init_params(cfg, target, head_ids, 1.0 / (np.abs(arrays["hidden"]).mean((0, 1)) + 1), seed)
+    scale, mean = hidden_stats(arrays["hidden"])
+    p = init_params(cfg, target, head_ids, scale, mean, seed)
     p = MTPParams(
         **{k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in vars(p).items()}
     )

@@ -8,7 +8,7 @@ j = 1, 2, ... reads the newest token x and a hidden state h:
     z   = W_in u                                                     (d,)    down to the width d
     z   = z + W_o attend(rope(norm_q(W_q norm_a(z)), t + j), K_L, V_L)      query-only attention
     z   = z + W_down(gelu(W_gate norm_m(z)) * W_up norm_m(z))                gated MLP (GeGLU)
-    h'  = W_out z                                                    (D,)    back to d_model
+    h'  = W_out z + b_out                                            (D,)    back to d_model
     logits = final_norm(h') @ E[S].T                                 (|S|,)  the cheap head
 
 At step 1, h is the target's last block output (before its final norm) at the newest cached
@@ -129,6 +129,7 @@ class MTPParams:
     up_proj: np.ndarray  # (d_ff, d)
     down_proj: np.ndarray  # (d, d_ff)
     w_out: np.ndarray  # (D, d)
+    b_out: np.ndarray  # (D,) starts at the mean hidden state: the head first predicts the average
 
 
 CONSTANTS = ("h_scale", "head_ids")  # not trained
@@ -136,11 +137,18 @@ TRAINED = tuple(f.name for f in fields(MTPParams) if f.name not in CONSTANTS)
 
 
 def init_params(
-    cfg: MTPConfig, target: Model, head_ids: np.ndarray, h_scale: np.ndarray, seed: int = 0
+    cfg: MTPConfig,
+    target: Model,
+    head_ids: np.ndarray,
+    h_scale: np.ndarray,
+    h_mean: np.ndarray | None = None,
+    seed: int = 0,
 ) -> MTPParams:
     """A fresh drafter: random matrices (scaled by 1/sqrt(fan_in)), norm gains 1 (w = 0).
 
     The query norm starts from the target layer L's own, whose keys it will be scored against.
+    b_out starts at h_mean, the target's mean hidden state, and W_out small: the first guesses
+    are then about the target's average next token, not the huge logits of a random state.
     """
     rng = np.random.default_rng(seed)
     D, d, f, hd = cfg.d_model, cfg.width, cfg.d_ff, cfg.head_dim
@@ -163,7 +171,10 @@ def init_params(
         gate_proj=matrix(f, d),
         up_proj=matrix(f, d),
         down_proj=matrix(d, f, 0.5),
-        w_out=matrix(D, d),
+        w_out=matrix(
+            D, d, 0.1 * float(np.sqrt(np.mean(np.square(h_mean)))) if h_mean is not None else 1.0
+        ),
+        b_out=np.zeros(D, np.float32) if h_mean is None else np.asarray(h_mean, np.float32),
     )
 
 
@@ -198,9 +209,9 @@ def query_only_attention(
     group = H // G
     for g in range(G):  # grouped-query attention: `group` query heads read key/value head g
         heads = slice(g * group, (g + 1) * group)
-        scores = np.einsum("thd,sd->ths", q[:, heads], keys[:, g])  # (T, group, S)
+        scores = q[:, heads] @ keys[:, g].T  # (T, group, S)
         scores = np.where(seen[:, None, :], scores, -np.inf)
-        out[:, heads] = np.einsum("ths,sd->thd", softmax(scores), values[:, g])
+        out[:, heads] = softmax(scores) @ values[:, g]  # (T, group, head_dim)
     return out.reshape(T, H * hd) @ p.o_proj.T  # (T, d)
 
 
@@ -228,7 +239,7 @@ def mtp_step(
     z = step_input(p, cfg, e, h) @ p.w_in.T  # (T, d)
     z = z + query_only_attention(p, cfg, z, keys, values, positions, seen)
     z = z + gated_mlp(p, cfg, z)
-    return z @ p.w_out.T  # (T, D)
+    return z @ p.w_out.T + p.b_out  # (T, D)
 
 
 def head_logits(h: np.ndarray, final_norm: np.ndarray, head_rows: np.ndarray, eps: float):
@@ -237,12 +248,14 @@ def head_logits(h: np.ndarray, final_norm: np.ndarray, head_rows: np.ndarray, ep
 
 
 def visible(positions: np.ndarray, n_keys: int, window: int | None) -> np.ndarray:
-    """(T, S) bool: a query at position t + j reads the cached keys s <= t (and, on a sliding
-    layer, only those the target's layer would still see from t + j: t + j - s < window)."""
-    s = np.arange(n_keys)[None, :]
-    seen = np.broadcast_to(s < n_keys, (positions.size, n_keys))
+    """(T, S) bool, which of the n_keys cached keys (positions 0..t) each query reads.
+
+    All of them on a global layer; on a sliding layer only those the target's own layer would
+    still see from the query's position t + j: t + j - s < window.
+    """
+    seen = np.ones((positions.size, n_keys), dtype=bool)
     if window is not None:
-        seen = seen & (positions[:, None] - s < window)
+        seen &= positions[:, None] - np.arange(n_keys)[None, :] < window
     return seen
 
 

@@ -99,6 +99,7 @@ def step_forward(p: MTPParams, cfg: MTPConfig, e, h, keys, values, positions, se
     m, c_mn = rms_norm_forward(z1, p.mlp_norm, eps)
     f, c_mlp = mlp_forward(m, p.gate_proj, p.up_proj, p.down_proj)
     out, c_out = linear_forward(z1 + f, p.w_out)  # (B, T, D)
+    out = out + p.b_out
     return out, (c_e, c_h, c_in, c_an, c_q, c_qn, c_att, c_o, c_mn, c_mlp, c_out)
 
 
@@ -108,6 +109,7 @@ def step_backward(dout, caches, p: MTPParams, cfg: MTPConfig, positions):
     B, T, _ = dout.shape
     H, hd, D = cfg.n_heads, cfg.head_dim, cfg.d_model
     g: dict[str, np.ndarray] = {}
+    g["b_out"] = np.sum(dout.reshape(-1, D), axis=0)
     dz2, g["w_out"] = linear_backward(dout, c_out)
     dm, (g["gate_proj"], g["up_proj"], g["down_proj"]) = mlp_backward(dz2, c_mlp)
     dz1_m, g["mlp_norm"] = rms_norm_backward(dm, c_mn)
@@ -320,10 +322,12 @@ def choose_head(labels: np.ndarray, head_size: int) -> np.ndarray:
     return np.sort(ids[order[:head_size]])
 
 
-def hidden_scale(hidden: np.ndarray) -> np.ndarray:
-    """s = 1 / RMS of each hidden dimension over the training positions: (D,) float32."""
+def hidden_stats(hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(s, mean): s = 1 / RMS of each hidden dimension over the training positions, and the
+    mean hidden state; (D,) float32 each."""
     h = hidden.reshape(-1, hidden.shape[-1]).astype(np.float64)
-    return (1.0 / np.sqrt(np.mean(h * h, axis=0) + 1e-6)).astype(np.float32)
+    s = 1.0 / np.sqrt(np.mean(h * h, axis=0) + 1e-6)
+    return s.astype(np.float32), h.mean(axis=0).astype(np.float32)
 
 
 def by_source(p, cfg, frozen, data: TrainData, n_steps: int) -> dict:
@@ -355,7 +359,8 @@ def train_mtp(
     held = data.labels[data.held_out]
     coverage = float(np.isin(held, head_ids).mean()) if held.size else float("nan")
     say(f"head: {head_ids.size} tokens, covering {coverage:.1%} of the held-out labels")
-    p = init_params(cfg, target, head_ids, hidden_scale(data.hidden[train_rows]), s.seed)
+    scale, mean = hidden_stats(data.hidden[train_rows])
+    p = init_params(cfg, target, head_ids, scale, mean, s.seed)
     frozen = frozen_parts(target, head_ids)
     t0 = time.perf_counter()
     curve = train(p, cfg, frozen, data, s, say)

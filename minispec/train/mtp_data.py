@@ -142,27 +142,38 @@ def own_documents(
 
 
 def chunk_documents(
-    target: Model, docs: list[tuple[str, str]], length: int, budget: int, fraction: float
+    target: Model,
+    docs: list[tuple[str, str]],
+    length: int,
+    budget: int,
+    fraction: float,
+    per_doc: int = 4,
 ) -> tuple[list[np.ndarray], list[bool]]:
-    """Cut one source's documents into <bos> + (length - 1)-token chunks, up to `budget` tokens.
+    """Cut one source's documents into <bos> + (length - 1)-token chunks, about `budget` tokens.
 
-    Documents are taken in a fixed shuffled order; train and held-out documents fill separate
-    streams, so no chunk mixes the two.
+    Documents are taken in a fixed shuffled order, at most `per_doc` chunks' worth of each (so
+    many documents are seen, not a few long ones). Train and held-out documents fill separate
+    streams (held out: about `fraction` of the budget), so no chunk mixes the two.
     """
     from minispec.tokenizer import encode
 
     order = np.random.default_rng(0).permutation(len(docs))
+    room = {False: int(budget * (1 - fraction)), True: int(budget * fraction)}
     streams: dict[bool, list[int]] = {False: [], True: []}
-    bos = target.config.bos_token_id
+    sep = encode(target.tokenizer, "\n\n", add_bos=False)
     for i in order:
-        if sum(len(s) for s in streams.values()) >= budget:
-            break
         name, text = docs[i]
-        streams[held_out(name, fraction)] += encode(target.tokenizer, text, add_bos=False) + [
-            *encode(target.tokenizer, "\n\n", add_bos=False)
-        ]
+        split = held_out(name, fraction)
+        if len(streams[split]) >= room[split]:
+            if all(len(streams[k]) >= room[k] for k in streams):
+                break
+            continue
+        ids = encode(target.tokenizer, text, add_bos=False)[: per_doc * (length - 1)]
+        streams[split] += ids + sep
     chunks, split = [], []
+    bos = target.config.bos_token_id
     for is_held, stream in streams.items():
+        stream = stream[: max(room[is_held], length - 1)]
         for start in range(0, len(stream) - (length - 1) + 1, length - 1):
             chunks.append(np.array([bos, *stream[start : start + length - 1]], np.int64))
             split.append(is_held)
@@ -229,6 +240,7 @@ def make_data(
 
 def save_data(path: str | Path, data: TrainData) -> None:
     """The prepared data as one .npz (plain arrays, read back without pickle)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **{k: getattr(data, k) for k in vars(data)})
 
 
