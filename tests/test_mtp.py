@@ -436,3 +436,28 @@ def test_cli_train_mtp_refuses_bad_settings_before_loading(capsys):
 
     assert main(["train-mtp", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_compare_drafters_and_the_curve_plot(target, drafter, tmp_path):
+    from minispec.train.mtp_eval import compare_drafters, curve_png
+
+    path = tmp_path / "tiny-mtp.safetensors"
+    save_mtp(path, drafter.params, drafter.cfg, target)
+    rows = compare_drafters(
+        target,
+        ["ngram", f"mtp:{path}"],
+        k=3,
+        new_tokens=12,
+        prompts={"text": "the cat sat on the mat; the cat"},
+    )
+    assert [r["drafter"] for r in rows] == ["ngram", f"mtp:{path}"]
+    assert all(r["same_as_plain"] and r["tau"] >= 1.0 and r["c"] > 0 for r in rows)
+    assert len(rows[1]["acceptance_by_position"]) == 3
+    report = {
+        "curve": [
+            {"step": 0, "held_out": {"top1": [0.0, 0.0]}},
+            {"step": 10, "held_out": {"top1": [0.3, 0.1]}},
+        ]
+    }
+    curve_png(report, str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -38,7 +38,7 @@ from minispec.train.mtp import TrainData
 OWN_PROMPTS = [
     "Once upon a time, in a small village by the sea, there lived",
     "Dear Margaret,\n\nThank you so much for your letter. I",
-    "The old lighthouse keeper climbed the stairs one last time. He",
+    "The old clockmaker wound every clock in the shop one last time. He",
     "BREAKING NEWS: City council votes to",
     "My grandmother's apple pie recipe\n\nIngredients:\n",
     '"Where have you been?" she asked. "I\'ve been waiting for hours."\n\n',

@@ -1,0 +1,111 @@
+"""The trained MTP drafter in the engine, on held-out prompts, beside the other drafters.
+
+Greedy speculative decoding with each drafter on prompts that are in no training text: the
+acceptance at each draft position, tokens per target forward (tau), the drafter's cost c per
+draft step as a fraction of one target forward (both timed in the same run), and the
+wall-clock speedup over plain decoding. `curve_png` draws a training run's held-out curve.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from minispec.drafters import make_drafter
+from minispec.generate import generate
+from minispec.model import Model
+from minispec.speculative import speculative_generate
+from minispec.tokenizer import encode
+
+# Held out: none of these texts, nor their themes, is among the training documents.
+EVAL_PROMPTS = {
+    "prose": (
+        "The lighthouse keeper had lived alone on the island for eleven years. Every evening "
+        "he climbed the spiral stairs, trimmed the wick and watched the ships pass far out at "
+        "sea. One winter night, a small boat appeared"
+    ),
+    "letter": (
+        "Dear Aunt Clara,\n\nI hope this letter finds you well. The summer here has been "
+        "long and hot, and the garden you planted with us"
+    ),
+    "code": (
+        'def binary_search(items, target):\n    """Return the index of target in the '
+        'sorted list items, or -1."""\n    lo, hi = 0, len(items) - 1\n'
+    ),
+}
+
+
+def compare_drafters(
+    model: Model,
+    specs: list[str],
+    k: int = 3,
+    new_tokens: int = 64,
+    runs: int = 1,
+    prompts: dict[str, str] | None = None,
+) -> list[dict]:
+    """One row per (prompt, drafter): acceptance by position, tau, c, tokens/s, speedup."""
+    drafters = {spec: make_drafter(spec, model) for spec in specs}
+    rows = []
+    for name, text in (prompts or EVAL_PROMPTS).items():
+        ids = encode(model.tokenizer, text)
+        plain_runs = [generate(model, ids, new_tokens, stop_at_eos=False) for _ in range(runs)]
+        plain_speed = statistics.median(g.tokens_per_s for g in plain_runs)
+        for spec, drafter in drafters.items():
+            outs = [
+                speculative_generate(
+                    model, ids, drafter, k, new_tokens, stop_at_eos=False, trace=False
+                )
+                for _ in range(runs)
+            ]
+            s = outs[0].stats
+            drafted = max(1, s.drafted)
+            # c: one draft step's time over one verify pass's (each verify is one forward)
+            cost = (s.draft_s / drafted) / (s.verify_s / max(1, s.steps))
+            speed = statistics.median(o.stats.tokens_per_s for o in outs)
+            rows.append(
+                {
+                    "prompt": name,
+                    "drafter": spec,
+                    "k": k,
+                    "acceptance_by_position": s.acceptance_by_position,
+                    "alpha": s.alpha,
+                    "tau": s.tau,
+                    "c": cost,
+                    "tokens_per_s": speed,
+                    "plain_tokens_per_s": plain_speed,
+                    "speedup": speed / plain_speed,
+                    "same_as_plain": outs[0].ids == plain_runs[0].ids,
+                }
+            )
+    return rows
+
+
+def curve_png(report: dict, path: str, size: tuple[int, int] = (720, 420)) -> None:
+    """Held-out top-1 agreement per draft position against training step, as a PNG (Pillow)."""
+    from PIL import Image, ImageDraw
+
+    points = [p for p in report["curve"] if "held_out" in p]
+    w, h = size
+    left, right, top, bottom = 60, 20, 30, 50
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    last = max(1, points[-1]["step"])
+    ymax = max(0.05, max(max(p["held_out"]["top1"]) for p in points)) * 1.15
+
+    def xy(step: float, y: float) -> tuple[float, float]:
+        return (left + (w - left - right) * step / last, h - bottom - (h - top - bottom) * y / ymax)
+
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+    n = len(points[0]["held_out"]["top1"])
+    for j in range(n):
+        line = [xy(p["step"], p["held_out"]["top1"][j]) for p in points]
+        d.line(line, fill=colors[j % 4], width=3)
+        d.text((w - right - 150, top + 8 + 14 * j), f"draft position {j + 1}", fill=colors[j % 4])
+    for i in range(5):
+        y = ymax * i / 5
+        d.text((8, xy(0, y)[1] - 6), f"{y:.2f}", fill="black")
+    d.text((left, h - bottom + 8), "0", fill="black")
+    d.text((w - right - 40, h - bottom + 8), f"{last}", fill="black")
+    d.text((w // 2 - 80, h - bottom + 24), "training step (Adam)", fill="black")
+    d.text((left, 8), "held-out top-1 agreement with the target's argmax", fill="black")
+    img.save(path)
