@@ -107,6 +107,8 @@ LANES = _vector_lanes()
 # 16 of AVX2 hold 6 x 2 (each leaves room for the 2 weight vectors and 1 broadcast input).
 TILE_PANELS, TILE_ROWS = (2, 12) if LANES == 16 else (1, 6)
 TILE_COLS = TILE_PANELS * PANEL  # output columns per tile: 32 or 16
+# One row alone (decoding) goes through WIDE_PANELS panels at a time: 8 accumulators either way
+WIDE_PANELS = 8 if LANES == 16 else 4
 PREFETCH = 64  # the tile asks for each panel's weights 64 steps of k ahead (4 KB in float32)
 # ... when it has this many rows or more (float32, one row: the hardware keeps up alone)
 PREFETCH_ROWS = {"float32": 2, "int8": 1}
@@ -319,7 +321,7 @@ def _tile(typingctx, x, t0, rows, panels, p, k0, k1, scale, out):
             block = builder.append_basic_block(f"tile.rows{r}")
             switch.add_case(ir.Constant(_I64, r), block)
             builder.position_at_end(block)
-            _emit_tile_loop(builder, r, xs, ws, scales, outs, t0, p, k0, k1)
+            _emit_tile_loop(builder, r, TILE_PANELS, xs, ws, scales, outs, t0, p, k0, k1)
             builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
@@ -327,8 +329,36 @@ def _tile(typingctx, x, t0, rows, panels, p, k0, k1, scale, out):
     return types.void(x, t0, rows, panels, p, k0, k1, scale, out), codegen
 
 
-def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, k0, k1) -> None:
-    """The IR of one tile with a fixed number of rows (see `_tile`)."""
+@intrinsic
+def _row_tile(typingctx, x, t0, panels, p, k0, k1, scale, out):
+    """`_tile` for one row and WIDE_PANELS panels: out[t0, cols] += x[t0, k0:k1] @ w[cols, k0:k1].T
+    with cols = 16p .. 16p + 16 WIDE_PANELS.
+
+    Why: one row of `_tile` keeps only TILE_COLS / LANES accumulators (2), so each k waits for
+    the FMA before it (4 cycles): one FMA chain per vector is latency-bound, not memory-bound.
+    For int8 weights that is slower than memory can deliver them. WIDE_PANELS panels keep 8
+    chains in flight. Each output is still the same one FMA chain in k order: the same bits.
+    """
+    int8 = panels.dtype == types.int8
+
+    def codegen(context, builder, signature, args):
+        def array(i):
+            return context.make_array(signature.args[i])(context, builder, args[i])
+
+        def int64(i):
+            return context.cast(builder, args[i], signature.args[i], types.int64)
+
+        xs, ws, outs = array(0), array(2), array(7)
+        scales = array(6) if int8 else None
+        t0, p, k0, k1 = (int64(i) for i in (1, 3, 4, 5))
+        _emit_tile_loop(builder, 1, WIDE_PANELS, xs, ws, scales, outs, t0, p, k0, k1)
+        return context.get_dummy_value()
+
+    return types.void(x, t0, panels, p, k0, k1, scale, out), codegen
+
+
+def _emit_tile_loop(builder, rows, n_panels, xs, ws, scales, outs, t0, p, k0, k1) -> None:
+    """The IR of one tile with a fixed number of rows and of panels (see `_tile`)."""
     f32xn = ir.VectorType(ir.FloatType(), LANES)
 
     def const(value: int) -> ir.Constant:
@@ -362,8 +392,8 @@ def _emit_tile_loop(builder, rows, xs, ws, scales, outs, t0, p, k0, k1) -> None:
     # Column c of the tile (c = 0, LANES, 2 LANES, ...) is lane c % 16 of panel p + c // 16:
     # its k-th weights start at panels.data + (p + c // 16) * panel_stride + k * k_stride
     # + c % 16 (packed: panel_stride = d_in * 16, k_stride = 16).
-    cols = range(0, TILE_COLS, LANES)
-    panel_start = [builder.mul(builder.add(p, const(j)), panel_stride) for j in range(TILE_PANELS)]
+    cols = range(0, n_panels * PANEL, LANES)
+    panel_start = [builder.mul(builder.add(p, const(j)), panel_stride) for j in range(n_panels)]
     w_start = [builder.add(panel_start[c // PANEL], const(c % PANEL)) for c in cols]
     x_row = [builder.mul(builder.add(t0, const(r)), x_stride) for r in range(rows)]  # &x[t0 + r]
     if scales is not None:
@@ -428,19 +458,35 @@ def _matmul_kernel(x, panels, scale, out):
     TILE_ROWS at a time.
     """
     T, d_in = x.shape
-    n_tiles = panels.shape[0] // TILE_PANELS
+    n_panels = panels.shape[0]
+    if T == 1:  # one row: WIDE_PANELS panels at a time (the last few by tiles)
+        n_wide = -(-n_panels // WIDE_PANELS)
+        n_chunks = min(N_CHUNKS, n_wide)
+        for c in prange(n_chunks):
+            for u in range(c * n_wide // n_chunks, (c + 1) * n_wide // n_chunks):
+                p = WIDE_PANELS * u
+                if p + WIDE_PANELS <= n_panels:
+                    _row_tile(x, 0, panels, p, 0, d_in, scale, out)
+                else:
+                    for q in range(p, n_panels, TILE_PANELS):
+                        _tile(x, 0, 1, panels, q, 0, d_in, scale, out)
+        return
+    n_tiles = n_panels // TILE_PANELS
     n_chunks = min(N_CHUNKS, max(n_tiles, 1))
+    n_blocks = -(-T // ROW_BLOCK)  # blocks of rows of about equal size, each at most ROW_BLOCK
     for c in prange(n_chunks):
-        for r0 in range(0, T, ROW_BLOCK):
-            r1 = min(T, r0 + ROW_BLOCK)
+        for b in range(n_blocks):
+            r0, r1 = b * T // n_blocks, (b + 1) * T // n_blocks
             # One tile's worth of rows streams each weight once whole; more rows take turns,
             # tile by tile, on each block of K_BLOCK steps of k while it sits in L1.
             k_step = d_in if r1 - r0 <= TILE_ROWS else K_BLOCK
+            n_row_tiles = -(-(r1 - r0) // TILE_ROWS)  # of about equal size: 9 rows are 5 + 4
             for j in range(c * n_tiles // n_chunks, (c + 1) * n_tiles // n_chunks):
                 for k0 in range(0, d_in, k_step):
                     k1 = min(d_in, k0 + k_step)
-                    for t0 in range(r0, r1, TILE_ROWS):
-                        rows = min(TILE_ROWS, r1 - t0)
+                    for i in range(n_row_tiles):
+                        t0 = r0 + i * (r1 - r0) // n_row_tiles
+                        rows = r0 + (i + 1) * (r1 - r0) // n_row_tiles - t0
                         _tile(x, t0, rows, panels, TILE_PANELS * j, k0, k1, scale, out)
 
 
@@ -476,8 +522,9 @@ def gelu_gate(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """`model.gelu_tanh(gate) * up` (the MLP's GeGLU), in one pass on the threads.
 
     0.5 x (1 + tanh(y)) is computed as x / (1 + exp(-2y)), the same function (1 + tanh(y) =
-    2 / (1 + exp(-2y))): LLVM vectorizes this exp, not tanh, and NumPy's version makes nine
-    passes on one thread. Elementwise, so batch invariant.
+    2 / (1 + exp(-2y))), with `_exp_row`'s exp, which vectorizes: NumPy's version makes nine
+    passes on one thread, and libm's exp, called once per element, was most of this kernel's
+    time. Elementwise, so batch invariant.
     """
     out = np.empty_like(gate)
     _gelu_gate_kernel(np.ascontiguousarray(gate), np.ascontiguousarray(up), out)
@@ -486,12 +533,47 @@ def gelu_gate(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
 def _gelu_gate_kernel(gate, up, out):
-    two_c = np.float32(2.0 * np.sqrt(2.0 / np.pi))
+    minus_two_c = np.float32(-2.0 * np.sqrt(2.0 / np.pi))
+    d = gate.shape[1]
     for i in prange(gate.shape[0]):
-        for j in range(gate.shape[1]):
+        e = out[i]  # (d,): -2y, then exp(-2y), then the result, in place
+        bits = np.empty(d, np.int32)
+        for j in range(d):
             x = gate[i, j]
-            y = two_c * (x + np.float32(0.044715) * x * x * x)
-            out[i, j] = x / (np.float32(1.0) + np.exp(-y)) * up[i, j]
+            e[j] = minus_two_c * (x + np.float32(0.044715) * x * x * x)
+        _exp_row(e, bits)
+        for j in range(d):
+            e[j] = gate[i, j] / (np.float32(1.0) + e[j]) * up[i, j]
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _exp_row(a, bits):
+    """a[:] = exp(a[:]) in place, in float32, within about 1 ulp; bits: int32 scratch, len(a).
+
+    Why not np.exp: without Intel's SVML, Numba calls libm's expf once per element, which
+    LLVM cannot vectorize. This is Cephes' expf, written so that it can: exp(x) = 2^k e^r with
+    k = round(x / ln 2) and r = x - k ln 2 (ln 2 in two parts, so r is exact), e^r by a degree-6
+    polynomial on |r| <= ln(2)/2, and 2^k made directly from its bits, (k + 127) << 23, in
+    `bits` seen as float32. x is clamped to [-87, 88], where 2^k is a normal float32 (so
+    exp(-100) is about 1.6e-38, not 0). NaN stays NaN. The same bits for the same x wherever it
+    sits in a row: elementwise.
+    """
+    n = a.shape[0]
+    for i in range(n):
+        x = min(max(a[i], np.float32(-87.0)), np.float32(88.0))
+        k = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
+        r = x - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        a[i] = p * r * r + r + np.float32(1.0)
+        bits[i] = (np.int32(k) + np.int32(127)) << 23
+    two_to_k = bits.view(np.float32)
+    for i in range(n):
+        a[i] *= two_to_k[i]
 
 
 # ------------------------------------------------------------------ attention over the KV cache
@@ -528,18 +610,14 @@ def attend_each(
             f"attend_each: q {q.shape}, keys {keys.shape} and seen {seen.shape} do not fit together"
         )
     group = n_heads // n_kv
-    n_cols = T * group  # one column per (query, head of its group)
-    # queries as columns, padded to whole tiles: qt[g, d, t * group + h] = q[t, g * group + h, d]
-    qt = np.zeros((n_kv, head_dim, -(-n_cols // TILE_COLS) * TILE_COLS), np.float32)
-    qt[:, :, :n_cols] = (
-        q.reshape(T, n_kv, group, head_dim).transpose(1, 3, 0, 2).reshape(n_kv, head_dim, n_cols)
-    )
     pad = -head_dim % TILE_COLS  # P V's columns are the head's dimensions: whole tiles too
     if pad:  # (tiny models only: Gemma's 256 dimensions are 8 tiles)
         values = np.concatenate([values, np.zeros((*values.shape[:2], pad), np.float32)], axis=2)
     out = np.empty((T, n_heads, head_dim), np.float32)
     vt = as_panels(values.transpose(1, 0, 2))  # (n_kv, d/16, capacity, 16), no copy
-    _attend_kernel(keys, as_panels(qt), vt, seen.astype(np.int64), group, out)
+    if T * group > 4 * TILE_COLS:  # many blocks read the values: a copy in panels pays for itself
+        vt = np.ascontiguousarray(vt[:, :, : int(seen[:, 1].max())])  # steps of k 64 B apart
+    _attend_kernel(keys, np.ascontiguousarray(q), vt, seen.astype(np.int64), out)
     return out
 
 
@@ -557,17 +635,21 @@ def as_panels(a: np.ndarray) -> np.ndarray:
 
 
 @njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _attend_kernel(keys, qt, vt, seen, group, out):
+def _attend_kernel(keys, q, vt, seen, out):
     """`attend_each`'s three steps for each (key/value head g, block of TILE_COLS columns).
 
-    keys (capacity, n_kv, d); qt (n_kv, n_blocks * TILE_PANELS, d, 16): the queries' panels;
-    vt (n_kv, d_padded / 16, capacity, 16): the values' panels; out (T, n_heads, d). The
+    keys (capacity, n_kv, d); q (T, n_heads, d); vt (n_kv, d_padded / 16, capacity, 16): the
+    values' panels; out (T, n_heads, d). Each block's queries are first copied into panels of
+    16 columns, k-major, like a packed weight: qb[j // 16, d, j % 16] = q[t, h, d] for column j
+    of the block, (t, h) = divmod(c, group) with c = TILE_COLS b + j. The
     blocks are cut into at most N_ATTENTION_CHUNKS ranges of about equal numbers of keys (a
     prompt's causal triangle gives the last queries the most), one prange iteration each.
     """
     T, n_heads, head_dim = out.shape
-    n_kv, n_cols = keys.shape[1], T * group
-    n_blocks = qt.shape[1] // TILE_PANELS
+    n_kv = keys.shape[1]
+    group = n_heads // n_kv
+    n_cols = T * group  # one column per (query, head of its group)
+    n_blocks = -(-n_cols // TILE_COLS)
     lo = np.full(n_blocks, keys.shape[0], np.int64)  # the keys block b needs: lo[b] <= s < hi[b]
     hi = np.zeros(n_blocks, np.int64)
     for c in range(n_cols):
@@ -586,12 +668,19 @@ def _attend_kernel(keys, qt, vt, seen, group, out):
         p = np.empty((TILE_COLS, longest), np.float32)  # (columns, keys)
         o = np.empty((TILE_COLS, vt.shape[1] * PANEL), np.float32)  # (columns, d_padded)
         total = np.empty(TILE_COLS, np.float32)  # each column's sum of probabilities
+        bits = np.empty(longest, np.int32)  # `_exp_row`'s scratch
+        q_b = np.zeros((TILE_PANELS, head_dim, PANEL), np.float32)  # the block's query panels
         for u in range(first[chunk], first[chunk + 1]):
             g, b = u // n_blocks, u % n_blocks
             s0, n = lo[b], hi[b] - lo[b]
             cols = min(TILE_COLS, n_cols - b * TILE_COLS)
             k_g = keys[s0 : s0 + n, g, :]
-            q_b = qt[g, TILE_PANELS * b : TILE_PANELS * (b + 1)]
+            for j in range(TILE_COLS):  # zeros past the last column: whole panels
+                c = b * TILE_COLS + j
+                for d in range(head_dim):
+                    q_b[j // PANEL, d, j % PANEL] = (
+                        0.0 if j >= cols else q[c // group, g * group + c % group, d]
+                    )
             for r in range(0, n, TILE_ROWS):  # scores[s, j] = k_s . q_j
                 _tile(k_g, r, min(TILE_ROWS, n - r), q_b, 0, 0, head_dim, None, scores)
             for j in range(cols):  # softmax over the keys column j sees, 0 for the others
@@ -603,7 +692,8 @@ def _attend_kernel(keys, qt, vt, seen, group, out):
                     p[j, s] = scores[s, j]
                     top = max(top, p[j, s])
                 for s in range(a, z):  # shifted by the max so that exp never overflows
-                    p[j, s] = np.exp(p[j, s] - top)
+                    p[j, s] = p[j, s] - top
+                _exp_row(p[j, a:z], bits[: z - a])
                 total[j] = 0.0
                 for s in range(a, z):
                     total[j] += p[j, s]

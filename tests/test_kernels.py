@@ -263,7 +263,8 @@ rng = np.random.default_rng(12)
 w = rng.standard_normal((1030, 641), dtype=np.float32)
 x = rng.standard_normal((60, 641), dtype=np.float32)
 products = [kernels.linear(x, kernels.pack(w)), kernels.linear(x, kernels.quantize_int8(w))]
-np.save(sys.argv[1], np.stack(products))
+rows = [kernels.linear(x[:1], kernels.pack(w)), kernels.linear(x[:1], kernels.quantize_int8(w))]
+np.save(sys.argv[1], np.stack(products + [np.resize(r, products[0].shape) for r in rows]))
 print(kernels.LANES, kernels.TILE_PANELS, kernels.TILE_ROWS)
 """
 
@@ -303,3 +304,6 @@ def test_same_bits_from_another_instruction_set(tmp_path) -> None:
     x = rng.standard_normal((60, 641), dtype=np.float32)
     assert np.array_equal(theirs[0], linear(x, pack(w)))
     assert np.array_equal(theirs[1], linear(x, quantize_int8(w)))
+    # one row goes through the wide one-row tile (WIDE_PANELS panels): the same bits too
+    assert np.array_equal(theirs[2, 0], linear(x[:1], pack(w))[0])
+    assert np.array_equal(theirs[3, 0], linear(x[:1], quantize_int8(w))[0])
