@@ -48,15 +48,17 @@ def rms_norm_backward(dy: np.ndarray, cache):
 
 
 def linear_forward(x: np.ndarray, w: np.ndarray):
-    """y = x W^T, W (d_out, d_in)."""
-    return x @ w.T, (x, w)
+    """y = x W^T, W (d_out, d_in). Computed as one 2-D product (one BLAS call) over all rows."""
+    y = x.reshape(-1, x.shape[-1]) @ w.T
+    return y.reshape(*x.shape[:-1], w.shape[0]), (x, w)
 
 
 def linear_backward(dy: np.ndarray, cache):
     """dx = dy W; dW = dy^T x, summed over every batch row."""
     x, w = cache
-    dw = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])
-    return dy @ w, dw
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    dw = dy2.T @ x.reshape(-1, x.shape[-1])
+    return (dy2 @ w).reshape(*dy.shape[:-1], w.shape[1]), dw
 
 
 # -------------------------------------------------------------------- GELU and the GeGLU MLP
@@ -171,11 +173,13 @@ def attention_backward(dout: np.ndarray, cache) -> np.ndarray:
 def cross_entropy_forward(logits: np.ndarray, labels: np.ndarray):
     """Mean of -log softmax(logits)[label] over the rows whose label >= 0 (-1: not counted).
 
-    logits (N, C), labels (N,). Returns (loss, cache).
+    logits (N, C), labels (N,). Returns (loss, cache). Works in one buffer: the head's logits
+    are the largest array of a training step.
     """
-    z = logits - np.max(logits, axis=-1, keepdims=True)
-    e = np.exp(np.maximum(z, EXP_FLOOR))
-    probs = e / np.sum(e, axis=-1, keepdims=True)
+    probs = logits - np.max(logits, axis=-1, keepdims=True)
+    np.maximum(probs, EXP_FLOOR, out=probs)
+    np.exp(probs, out=probs)
+    probs /= np.sum(probs, axis=-1, keepdims=True)
     valid = labels >= 0
     n = max(1, int(valid.sum()))
     picked = probs[np.flatnonzero(valid), labels[valid]]
@@ -186,6 +190,6 @@ def cross_entropy_forward(logits: np.ndarray, labels: np.ndarray):
 def cross_entropy_backward(cache) -> np.ndarray:
     """dL/dlogits = (softmax - one_hot(label)) / n on counted rows, 0 elsewhere."""
     probs, labels, valid, n = cache
-    d = probs * valid[:, None]
-    d[np.flatnonzero(valid), labels[valid]] -= 1.0
-    return d / n
+    d = probs * (valid[:, None] / n)
+    d[np.flatnonzero(valid), labels[valid]] -= 1.0 / n
+    return d

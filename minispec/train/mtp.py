@@ -129,12 +129,14 @@ def step_backward(dout, caches, p: MTPParams, cfg: MTPConfig, positions):
 def head_forward(h, frozen: Frozen, eps: float):
     """The cheap head: the target's frozen final norm and embedding rows. (B, T, |S|)."""
     hn, c_fn = rms_norm_forward(h, frozen.final_norm, eps)
-    return hn @ frozen.head_rows.T, c_fn
+    logits = hn.reshape(-1, hn.shape[-1]) @ frozen.head_rows.T  # one BLAS call
+    return logits.reshape(*hn.shape[:-1], -1), c_fn
 
 
 def head_backward(dlogits, c_fn, frozen: Frozen):
     """dL/dh only: the head's rows are the target's and stay as they are."""
-    dh, _ = rms_norm_backward(dlogits @ frozen.head_rows, c_fn)
+    dhn = dlogits.reshape(-1, dlogits.shape[-1]) @ frozen.head_rows
+    dh, _ = rms_norm_backward(dhn.reshape(*dlogits.shape[:-1], -1), c_fn)
     return dh
 
 
@@ -146,7 +148,7 @@ def unroll_inputs(batch: Batch, frozen: Frozen, cfg: MTPConfig, n_steps: int, dt
     B, S = batch.tokens.shape
     T = S - n_steps
     t = np.arange(T)
-    scale = np.sqrt(cfg.d_model)
+    scale = np.asarray(np.sqrt(cfg.d_model), dtype)  # a float64 scalar would promote e
     steps = []
     for j in range(1, n_steps + 1):
         tok = batch.tokens[:, t + j]  # (B, T): x_{t+j}, the token step j reads
@@ -249,7 +251,7 @@ class TrainSettings:
     warmup: int = 30
     seed: int = 0
     eval_every: int = 50
-    eval_docs: int = 16  # held-out documents scored at each evaluation
+    eval_docs: int = 8  # held-out documents scored at each evaluation
 
 
 def learning_rate(step: int, s: TrainSettings) -> float:
