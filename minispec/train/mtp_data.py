@@ -229,7 +229,9 @@ def make_data(
             if name == "own"
             else int(SHARES[name] * positions)
         )
-        c, s = chunk_documents(target, docs, length, budget, held_out_fraction)
+        # pydoc's few long topics are most of the prose: let each give more chunks
+        per_doc = 24 if name == "prose" else 4
+        c, s = chunk_documents(target, docs, length, budget, held_out_fraction, per_doc)
         chunks += c
         split += s
         source += [name] * len(c)
