@@ -198,6 +198,25 @@ def test_numbers_and_compare_tabs(app: AppTest) -> None:
     assert list(table["drafter"]) == ["ngram", "early-exit", "int8"]
 
 
+def test_numbers_show_the_prefill_and_where_compute_takes_over(app: AppTest) -> None:
+    run_model(app, n_new=8)
+    app.session_state["tab"] = "Numbers"
+    app.run()
+    stats = app.session_state.run.story.stats
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Prefill"] == f"{1000 * stats.prefill_s:.0f} ms" and stats.prefill_s > 0
+    n_prompt = len(app.session_state.run.story.trace.prompt_ids)
+    assert metrics["Prompt tokens per second"] == f"{n_prompt / stats.prefill_s:.0f}"
+    assert metrics["Decoding"] == f"{stats.decode_s:.2f} s"
+    app.button(key="bench").click().run()
+    no_errors(app)
+    chart = json.loads(app.get("plotly_chart")[-1].proto.spec)
+    measured = chart["data"][1]
+    assert measured["x"] == [1, 2, 4, 5, 8, 16, 64, 256]  # verify lengths, then prefill lengths
+    assert chart["layout"]["xaxis"]["type"] == "log"
+    assert any("compute-bound" in c.value for c in app.caption)
+
+
 LESSONS = Path(APP).parents[1] / "lessons"
 LEARN_MORE = re.compile(r"Learn more: `lessons/([^`]+\.ipynb)`")
 
@@ -408,7 +427,7 @@ PUBLIC = {
     "minispec.generate": {"generate"},
     "minispec.loading": {"load_model"},
     "minispec.model": {"Model"},  # for type hints only
-    "minispec.roofline": {"forward_times"},
+    "minispec.roofline": {"T_VALUES", "forward_times"},
     "minispec.sampling": {"SamplingParams"},
     "minispec.speculative": {"speculative_generate"},
     "minispec.stats": {"Stats", "expected_tokens_per_forward"},

@@ -237,8 +237,13 @@ def forward_time_vs_t(times: dict[int, dict[str, float]]) -> go.Figure:
         ),
         hovertemplate="T = %{x}: median %{y:.1f} ms<extra></extra>",
     )
+    if ts[-1] > 16:  # prefill lengths too: log axes keep T = 1..16 readable beside T = 256
+        fig.update_xaxes(type="log")
+        fig.update_yaxes(type="log")
+    else:
+        fig.update_yaxes(rangemode="tozero")
     fig.update_xaxes(title_text="T, positions in one forward pass", tickvals=ts)
-    fig.update_yaxes(title_text="milliseconds", rangemode="tozero")
+    fig.update_yaxes(title_text="milliseconds")
     return _layout(fig, height=340)
 
 

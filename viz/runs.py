@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from minispec.drafters import make_drafter
 from minispec.generate import generate
 from minispec.loading import load_model
-from minispec.roofline import forward_times
+from minispec.roofline import T_VALUES, forward_times
 from minispec.sampling import SamplingParams
 from minispec.speculative import speculative_generate
 from minispec.tiny import tiny_model
@@ -200,11 +200,17 @@ def run_each_drafter(
     return rows
 
 
+VERIFY_T_MAX = max(T_VALUES)  # the passes a verification makes (k + 1 positions)
+PREFILL_T = (64, 256)  # passes as long as a prompt's prefill, where compute takes over
+
+
 def measure_forward_times(store: Store, model: Model, repeats: int = 3) -> dict:
-    """Milliseconds per forward pass over T = 1..16 new positions, measured once per model."""
+    """Milliseconds per forward pass over T = 1..16 new positions (what verifying costs) and
+    over a prompt's length (what a prefill costs), measured once per model."""
     if model.name not in store.forward_ms:
         with store.lock:
-            store.forward_ms[model.name] = forward_times(model, repeats=repeats)
+            t_values = T_VALUES + PREFILL_T
+            store.forward_ms[model.name] = forward_times(model, t_values=t_values, repeats=repeats)
     return store.forward_ms[model.name]
 
 
