@@ -82,9 +82,9 @@ class MTPConfig:
 
 def config_for(
     target: Model,
-    width: int = 512,
-    d_ff: int = 1536,
-    head_size: int = 16_384,
+    width: int = 384,
+    d_ff: int = 1024,
+    head_size: int = 8_192,
     kv_layer: int | None = None,
 ) -> MTPConfig:
     """A drafter configuration for this target; kv_layer None: its last global layer."""

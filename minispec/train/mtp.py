@@ -345,9 +345,9 @@ def train_mtp(
     target: Model,
     data: TrainData,
     *,
-    width: int = 512,
-    d_ff: int = 1536,
-    head_size: int = 16_384,
+    width: int = 384,
+    d_ff: int = 1024,
+    head_size: int = 8_192,
     settings: TrainSettings | None = None,
     say: Callable[[str], None] = print,
 ) -> tuple[MTPParams, MTPConfig, dict]:
