@@ -3,8 +3,8 @@
 - As shipped, on a tiny random model (fast): every cell runs although the exercises are stubs,
   and every check says "not yet".
 - With lessons/solutions/ substituted for the stubs, on the real Gemma 3 270M (slow): every
-  check says "right". `pytest tests/test_lessons.py -m slow --durations=0` times each notebook
-  (docs/lessons.md records them).
+  check says "right". `python lessons/time_notebooks.py` runs them the same way and times each
+  (docs/lessons.md records the times).
 - Stored form: a committed notebook carries no outputs, so its diffs stay readable.
 
 The kernel is the interpreter running pytest (a kernelspec made for the run), so a fresh clone
