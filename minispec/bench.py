@@ -6,7 +6,8 @@ bytes_per_token, decode_tokens_per_s); this module puts them together as the com
 - forward_ms[T]: one forward pass of T new tokens after a context of 256, min and median;
 - tokens_per_s: plain greedy decoding speed;
 - prefill_tokens_per_s[n]: prompt tokens per second of a prefill of n tokens;
-- bandwidth_gb_s: how fast this machine streams memory (a parallel sum over a 1 GiB array);
+- bandwidth_gb_s: how fast the kernel streams one token's worth of weight bytes (a one-row
+  product with a packed matrix of bytes_per_token bytes, `roofline.memory_bandwidth_gb_s`);
 - bytes_per_token: the weight bytes one forward pass reads;
 - bound_tokens_per_s = bandwidth / bytes_per_token: the memory-bound ceiling of decoding.
 
@@ -79,8 +80,8 @@ def run_bench(
     tps_runs = [decode_tokens_per_s(model, prompt_ids, decode_tokens) for _ in range(decode_runs)]
     tps = statistics.median(tps_runs)
     prefill = prefill_tokens_per_s(model, repeats=max(1, repeats // 2))
-    bandwidth = memory_bandwidth_gb_s()
     per_token = bytes_per_token(model)
+    bandwidth = memory_bandwidth_gb_s(per_token, weights=model.weights)
     bound = bandwidth * 1e9 / per_token
     return {
         "model": model.name,
