@@ -47,13 +47,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft
-from minispec.kernels import take_rows
+from minispec import kernels
+from minispec.kernels import PackedWeight, take_rows
 from minispec.model import Model, gelu_tanh, rms_norm, rope, softmax
 from minispec.sampling import SamplingParams
 
@@ -134,6 +135,7 @@ class MTPParams:
 
 CONSTANTS = ("h_scale", "head_ids")  # not trained
 TRAINED = tuple(f.name for f in fields(MTPParams) if f.name not in CONSTANTS)
+MATRICES = ("w_in", "q_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "w_out")
 
 
 def init_params(
@@ -181,6 +183,23 @@ def init_params(
 # ------------------------------------------------------------------------- one draft step
 
 
+def product(x: np.ndarray, w: np.ndarray | PackedWeight) -> np.ndarray:
+    """x @ w.T: the streaming kernel for a packed weight (the drafter), NumPy otherwise.
+
+    Why the drafter's weights are packed: its products are tiny, and through NumPy they wake
+    OpenBLAS's thread pool, whose threads keep spinning after each call and take the two cores
+    from the Numba threads of the next verification pass (measured: a pass of 49 ms took
+    115-135 ms after an MTP draft). Packed, every product of decoding runs in one thread pool.
+    Training and the tests keep plain arrays (float64 for gradient checks): NumPy.
+    """
+    return kernels.linear(x, w) if isinstance(w, PackedWeight) else x @ w.T
+
+
+def packed(p: MTPParams) -> MTPParams:
+    """The same drafter with its matrices packed for the kernels (float32; done once)."""
+    return replace(p, **{name: kernels.pack(getattr(p, name)) for name in MATRICES})
+
+
 def step_input(p: MTPParams, cfg: MTPConfig, e: np.ndarray, h: np.ndarray) -> np.ndarray:
     """u = [norm_e(e); norm_h(h * s)], shape (T, 2D): the token and the state, each normalised."""
     return np.concatenate(
@@ -203,8 +222,13 @@ def query_only_attention(
     positions: (T,) each query's position; seen: (T, S) bool, which keys each query may read.
     """
     T, H, G, hd = z.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    q = (rms_norm(z, p.attn_norm, cfg.eps) @ p.q_proj.T).reshape(T, H, hd)
+    q = product(rms_norm(z, p.attn_norm, cfg.eps), p.q_proj).reshape(T, H, hd)
     q = rope(rms_norm(q, p.q_norm, cfg.eps), positions, cfg.rope_base) * cfg.query_scale
+    if isinstance(p.q_proj, PackedWeight):  # the drafter: the engine's attention kernel
+        # each query's visible keys are one range [first seen, S): the kernel's bounds
+        bounds = np.stack([seen.argmax(axis=1), np.full(T, seen.shape[1])], axis=1)
+        out = kernels.attend_each(q.astype(np.float32), keys, values, bounds)
+        return product(out.reshape(T, H * hd), p.o_proj)
     out = np.empty_like(q)  # (T, H, head_dim)
     group = H // G
     for g in range(G):  # grouped-query attention: `group` query heads read key/value head g
@@ -212,13 +236,13 @@ def query_only_attention(
         scores = q[:, heads] @ keys[:, g].T  # (T, group, S)
         scores = np.where(seen[:, None, :], scores, -np.inf)
         out[:, heads] = softmax(scores) @ values[:, g]  # (T, group, head_dim)
-    return out.reshape(T, H * hd) @ p.o_proj.T  # (T, d)
+    return product(out.reshape(T, H * hd), p.o_proj)  # (T, d)
 
 
 def gated_mlp(p: MTPParams, cfg: MTPConfig, z: np.ndarray) -> np.ndarray:
     """W_down(gelu(W_gate m) * W_up m), m = norm_m(z): GeGLU (Shazeer 2020), as Gemma's."""
     m = rms_norm(z, p.mlp_norm, cfg.eps)
-    return (gelu_tanh(m @ p.gate_proj.T) * (m @ p.up_proj.T)) @ p.down_proj.T
+    return product(gelu_tanh(product(m, p.gate_proj)) * product(m, p.up_proj), p.down_proj)
 
 
 def mtp_step(
@@ -236,15 +260,17 @@ def mtp_step(
     e: (T, D) scaled embeddings of the newest tokens; h: (T, D) the states; the rest as for
     `query_only_attention`.
     """
-    z = step_input(p, cfg, e, h) @ p.w_in.T  # (T, d)
+    z = product(step_input(p, cfg, e, h), p.w_in)  # (T, d)
     z = z + query_only_attention(p, cfg, z, keys, values, positions, seen)
     z = z + gated_mlp(p, cfg, z)
-    return z @ p.w_out.T + p.b_out  # (T, D)
+    return product(z, p.w_out) + p.b_out  # (T, D)
 
 
-def head_logits(h: np.ndarray, final_norm: np.ndarray, head_rows: np.ndarray, eps: float):
+def head_logits(
+    h: np.ndarray, final_norm: np.ndarray, head_rows: np.ndarray | PackedWeight, eps: float
+) -> np.ndarray:
     """The cheap head: the target's final norm and its embedding rows of S, shape (T, |S|)."""
-    return rms_norm(h, final_norm, eps) @ head_rows.T
+    return product(rms_norm(h, final_norm, eps), head_rows)
 
 
 def visible(positions: np.ndarray, n_keys: int, window: int | None) -> np.ndarray:
@@ -270,8 +296,11 @@ class MTPDrafter:
         self.target, self.params, self.cfg = target, params, cfg
         self.vocab_size = target.config.vocab_size
         self.name = name
-        # The head's rows, gathered once: (|S|, D) float32, the target's tied embedding.
-        self.head_rows = take_rows(target.params.embed, params.head_ids)
+        # With a kernels target, the products go through its kernels too (see `product`).
+        self.step_params = packed(params) if target.kernels else params
+        # The head's rows, gathered once: (|S|, D), the target's tied embedding (its kind:
+        # packed float32 or int8 with a kernels target, a plain array with `reference`).
+        self.head_rows = kernels.select_rows(target.params.embed, params.head_ids)
         self.final_norm = np.asarray(target.params.final_norm, np.float32)
         self.embed_scale = np.float32(np.sqrt(cfg.d_model))
 
@@ -282,7 +311,7 @@ class MTPDrafter:
     def propose(
         self, ctx: DraftContext, k: int, sampling: SamplingParams, rng: np.random.Generator
     ) -> Draft:
-        cfg, p, cache = self.cfg, self.params, ctx.target_cache
+        cfg, p, cache = self.cfg, self.step_params, ctx.target_cache
         n = cache.length  # keys 0..t = n - 1 are cached; the newest token sits at position n
         keys, values = cache.keys[cfg.kv_layer, :n], cache.values[cfg.kv_layer, :n]  # read only
         h = np.asarray(ctx.target_hidden, np.float32)[None]  # (1, D)
