@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from minispec.drafters import check_drafter_spec, make_drafter
+from minispec.drafters import DRAFTER_SPECS, check_drafter_spec, make_drafter
 from minispec.generate import check_max_new_tokens, generate
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward, reference
@@ -328,9 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--drafter",
         default="none",
-        metavar="{none,ngram,early-exit,int8,model:PATH,mtp}",
+        metavar="{" + ",".join(DRAFTER_SPECS) + "}",
         help="speculative decoding with this drafter (default none: plain decoding); "
-        "early-exit also takes :LAYERS or :LAYERS:HEAD_SIZE",
+        "early-exit also takes :LAYERS or :LAYERS:HEAD_SIZE; A+B drafts with A, and with B "
+        "when A has nothing",
     )
     g.add_argument("--k", type=int, default=4, help="tokens drafted per step, 1..16 (default 4)")
     g.add_argument("--trace", metavar="FILE", help="write the step-by-step trace (JSON) here")

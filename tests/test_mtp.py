@@ -461,3 +461,79 @@ def test_compare_drafters_and_the_curve_plot(target, drafter, tmp_path):
     }
     curve_png(report, str(tmp_path / "curve.png"))
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --------------------------------------------------------------------- ngram+mtp: the fallback
+
+
+class Scripted:
+    """A drafter that proposes a given list (maybe empty) and records what the loop told it."""
+
+    vocab_size = None
+
+    def __init__(self, name, tokens):
+        self.name, self.tokens, self.rolled_back = name, tokens, []
+
+    def reset(self, target):
+        self.rolled_back.clear()
+
+    def propose(self, ctx, k, sampling, rng):
+        from minispec.drafters.base import Draft
+
+        return Draft(self.tokens[:k])
+
+    def rollback(self, n_tokens):
+        self.rolled_back.append(n_tokens)
+
+
+def test_fallback_drafts_with_the_first_that_has_a_draft(target):
+    from minispec.drafters import FallbackDrafter
+
+    ctx = context_for(target, [2, 7, 8, 9])
+    empty, full = Scripted("empty", []), Scripted("full", [5, 6, 7])
+    d = FallbackDrafter([empty, full])
+    assert d.propose(ctx, 2, GREEDY, None).tokens == [5, 6] and d.last_used == "full"
+    d = FallbackDrafter([full, empty])
+    assert d.propose(ctx, 3, GREEDY, None).tokens == [5, 6, 7] and d.last_used == "full"
+    d = FallbackDrafter([empty, Scripted("also empty", [])])
+    assert d.propose(ctx, 3, GREEDY, None).tokens == [] and d.last_used == ""
+    d.rollback(4)  # every drafter hears of every rollback, also the one that did not draft
+    assert empty.rolled_back == [4] and d.name == "empty+also empty"
+    with pytest.raises(ValueError, match="at least two"):
+        FallbackDrafter([full])
+
+
+def test_ngram_plus_mtp_uses_lookup_on_a_match_and_mtp_otherwise(target, drafter):
+    from minispec.drafters import FallbackDrafter, NgramDrafter
+
+    d = FallbackDrafter([NgramDrafter(), drafter])
+    repeats = context_for(target, [2, 40, 41, 42, 43, 40, 41])  # "40 41" was seen: copy 42 43
+    assert d.propose(repeats, 2, GREEDY, None).tokens == [42, 43]
+    assert d.last_used.startswith("ngram")
+    fresh = context_for(target, [2, 40, 41, 42, 43])  # no suffix n-gram occurred before
+    assert len(d.propose(fresh, 3, GREEDY, None).tokens) == 3 and d.last_used == drafter.name
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_greedy_speculative_with_ngram_plus_mtp_equals_plain_greedy(target, drafter, k):
+    from minispec.drafters import FallbackDrafter, NgramDrafter
+
+    d = FallbackDrafter([NgramDrafter(), drafter])
+    for text in ["the cat sat on the mat; the cat", "def f(x):\n    return x + 1\n"]:
+        ids = target.tokenizer.encode(text).ids
+        plain = generate(target, ids, 24, stop_at_eos=False).ids
+        got = speculative_generate(target, ids, d, k=k, max_new_tokens=24, stop_at_eos=False)
+        assert got.ids == plain
+
+
+def test_make_drafter_ngram_plus_mtp(target, drafter, tmp_path):
+    from minispec.drafters import FallbackDrafter, NgramDrafter, check_drafter_spec, make_drafter
+
+    path = tmp_path / "tiny-mtp.safetensors"
+    save_mtp(path, drafter.params, drafter.cfg, target)
+    d = make_drafter(f"ngram+mtp:{path}", target)
+    assert isinstance(d, FallbackDrafter) and isinstance(d.drafters[0], NgramDrafter)
+    assert isinstance(d.drafters[1], MTPDrafter) and d.vocab_size == target.config.vocab_size
+    for bad in ["ngram+", "+mtp", "none+mtp", "ngram+nothing"]:
+        with pytest.raises(ValueError, match="unknown drafter"):
+            check_drafter_spec(bad)

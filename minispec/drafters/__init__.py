@@ -6,6 +6,7 @@
     model:PATH   any checkpoint with the target's vocabulary                 (draft_model.py)
     mtp          a trained multi-token-prediction drafter reading the target's
                  hidden state and KV cache (mtp:PATH for other weights)      (mtp.py)
+    A+B          A, and B whenever A proposes nothing (e.g. ngram+mtp)       (fallback.py)
 
 All follow the protocol in base.py; `make_drafter` builds one from the strings above.
 """
@@ -17,21 +18,24 @@ import re
 from minispec.drafters.base import Draft, DraftContext, Drafter
 from minispec.drafters.draft_model import DraftModelDrafter, check_same_vocabulary, quantized_copy
 from minispec.drafters.early_exit import EarlyExitDrafter, default_head_size
+from minispec.drafters.fallback import FallbackDrafter
 from minispec.drafters.mtp import MTPDrafter
 from minispec.drafters.ngram import NgramDrafter
 from minispec.model import Model
 
-DRAFTER_SPECS = ("none", "ngram", "early-exit", "int8", "model:PATH", "mtp")
-SPEC = re.compile(r"none|ngram|int8|early-exit(:\d+(:\d+)?)?|model:.+|mtp(:.+)?")
+DRAFTER_SPECS = ("none", "ngram", "early-exit", "int8", "model:PATH", "mtp", "ngram+mtp")
+# One drafter's spec; "A+B" joins two (so a model:PATH or mtp:PATH cannot hold a "+").
+SPEC = re.compile(r"ngram|int8|early-exit(:\d+(:\d+)?)?|model:[^+]+|mtp(:[^+]+)?")
 
 
 def check_drafter_spec(spec: str) -> None:
     """Raise ValueError unless spec names a drafter (checks the form only, loads nothing)."""
-    if not SPEC.fullmatch(spec):
+    parts = spec.split("+")
+    if not (spec == "none" or all(SPEC.fullmatch(part) for part in parts)):
         raise ValueError(
             f"unknown drafter {spec!r}: use one of {', '.join(DRAFTER_SPECS)} "
             "(early-exit also as early-exit:LAYERS or early-exit:LAYERS:HEAD_SIZE; mtp also as "
-            "mtp:PATH to a trained drafter's .safetensors)"
+            "mtp:PATH to a trained drafter's .safetensors; A+B: A, and B when A has nothing)"
         )
 
 
@@ -43,8 +47,11 @@ def make_drafter(spec: str, target: Model, **opts: object) -> Drafter | None:
     candidate tokens for a large vocabulary, else all; 0 = the full head); also written
     "early-exit:L" and "early-exit:L:N". model:PATH: weights ("float32" or "int8").
     mtp: the shipped weights for Gemma 3 270M; mtp:PATH: weights made by `minispec train-mtp`.
+    "A+B" (e.g. "ngram+mtp"): a `FallbackDrafter`, A's draft when it has one, else B's.
     """
     check_drafter_spec(spec)
+    if "+" in spec:
+        return FallbackDrafter([make_drafter(part, target, **opts) for part in spec.split("+")])
     name, _, arg = spec.partition(":")
     if name == "none":
         return None
@@ -74,6 +81,7 @@ __all__ = [
     "DraftModelDrafter",
     "Drafter",
     "EarlyExitDrafter",
+    "FallbackDrafter",
     "MTPDrafter",
     "NgramDrafter",
     "check_drafter_spec",
