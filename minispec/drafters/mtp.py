@@ -52,8 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minispec.drafters.base import Draft, DraftContext, choose, make_draft
 from minispec import kernels
+from minispec.drafters.base import Draft, DraftContext, choose, make_draft
 from minispec.kernels import PackedWeight, take_rows
 from minispec.model import Model, gelu_tanh, rms_norm, rope, softmax
 from minispec.sampling import SamplingParams
