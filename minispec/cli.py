@@ -392,9 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="prepared data (.npz): read if it exists, else made and written there",
     )
-    t.add_argument("--positions", type=int, default=220_000, help="positions to prepare")
+    t.add_argument("--positions", type=int, default=232_000, help="positions to prepare")
     t.add_argument("--length", type=int, default=512, help="tokens per document chunk (512)")
-    t.add_argument("--own-tokens", type=int, default=6_000, help="own samples to draw (6000)")
+    t.add_argument("--own-tokens", type=int, default=9_000, help="own samples to draw (9000)")
     t.add_argument("--steps", type=int, default=220, help="Adam steps (220)")
     t.add_argument("--batch", type=int, default=2, help="chunks per step (2)")
     t.add_argument("--unroll", type=int, default=3, help="draft steps unrolled (3)")

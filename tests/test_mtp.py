@@ -537,3 +537,18 @@ def test_make_drafter_ngram_plus_mtp(target, drafter, tmp_path):
     for bad in ["ngram+", "+mtp", "none+mtp", "ngram+nothing"]:
         with pytest.raises(ValueError, match="unknown drafter"):
             check_drafter_spec(bad)
+
+
+def test_restricted_labels_are_the_argmax_over_the_label_ids(target):
+    """The cheaper labels of training chunks: the full argmax wherever it is a label id."""
+    rng = np.random.default_rng(3)
+    chunks = [np.concatenate([[2], rng.integers(4, 260, 15)]) for _ in range(3)]
+    full = teacher_forced(target, chunks, 1, say=lambda m: None)
+    label_ids = np.unique(np.concatenate(chunks))
+    part = teacher_forced(target, chunks, 1, lambda m: None, label_ids, exact=[False, True, False])
+    np.testing.assert_array_equal(part["labels"][1], full["labels"][1])  # exact: all of them
+    np.testing.assert_array_equal(part["hidden"], full["hidden"])
+    inside = np.isin(full["labels"], label_ids)
+    assert inside[[0, 2]].mean() > 0.3  # the check below compares something
+    np.testing.assert_array_equal(part["labels"][inside], full["labels"][inside])
+    assert np.isin(part["labels"][[0, 2]], label_ids).all()
