@@ -10,21 +10,40 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from minispec.drafters import DraftModelDrafter, make_drafter
+from minispec.drafters import DraftModelDrafter, make_drafter, mtp
+from minispec.drafters.mtp import config_for, init_params, save_mtp
 from minispec.speculative import speculative_generate
 from minispec.tiny import tiny_model
 from minispec.tokenizer import encode
 from minispec.trace import replayed_ids, trace_json
 
 APP = str(Path(__file__).resolve().parents[1] / "viz" / "app.py")
+SHIPPED_MTP = mtp.DEFAULT_WEIGHTS  # Gemma 3 270M's (the fixture below swaps in the tiny model's)
+
+
+@pytest.fixture(scope="module")
+def tiny_mtp_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MTP drafter for the tiny model (untrained: the app only needs one that fits it)."""
+    target = tiny_model()
+    cfg = config_for(target, width=16, d_ff=32, head_size=64)
+    head_ids = np.arange(cfg.head_size)
+    d = target.config.hidden_size
+    p = init_params(cfg, target, head_ids, np.ones(d, np.float32), np.zeros(d, np.float32), 0)
+    path = tmp_path_factory.mktemp("mtp") / "tiny-mtp.safetensors"
+    save_mtp(path, p, cfg, target)
+    return path
 
 
 @pytest.fixture
-def app(monkeypatch: pytest.MonkeyPatch) -> AppTest:
+def app(monkeypatch: pytest.MonkeyPatch, tiny_mtp_weights: Path) -> AppTest:
     monkeypatch.setenv("MINISPEC_APP_MODEL", "tiny")
+    # The shipped MTP weights are Gemma 3 270M's: the tiny model's own stand in for them.
+    monkeypatch.setattr(mtp, "DEFAULT_WEIGHTS", tiny_mtp_weights)
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     assert not at.exception
@@ -107,7 +126,14 @@ def test_step_panel_shows_every_part_of_a_step(app: AppTest) -> None:
 
 @pytest.mark.parametrize(
     "drafter, temperature, k",
-    [("ngram", 0.0, 4), ("early-exit", 0.7, 3), ("int8", 0.0, 2), ("int8", 1.0, 16)],
+    [
+        ("ngram", 0.0, 4),
+        ("early-exit", 0.7, 3),
+        ("int8", 0.0, 2),
+        ("int8", 1.0, 16),
+        ("mtp", 0.0, 3),
+        ("mtp", 0.8, 4),
+    ],
 )
 def test_every_drafter_greedy_and_sampled(
     app: AppTest, drafter: str, temperature: float, k: int
@@ -195,7 +221,7 @@ def test_numbers_and_compare_tabs(app: AppTest) -> None:
     app.button(key="compare_go").click().run()
     no_errors(app)
     table = app.dataframe[0].value
-    assert list(table["drafter"]) == ["ngram", "early-exit", "int8"]
+    assert list(table["drafter"]) == ["ngram", "early-exit", "int8", "mtp"]
 
 
 def test_numbers_show_the_prefill_and_where_compute_takes_over(app: AppTest) -> None:
@@ -333,6 +359,7 @@ DRAFTER_KINDS = [  # each kind of drafter a trace can name, and how panel 2 must
     ("early-exit", "The **early-exit drafter**"),
     ("int8", "The **int8 drafter**"),
     ("model", "The **draft model**"),
+    ("mtp", "The **MTP drafter**"),
     ("none", "**No drafter**"),
 ]
 
@@ -351,6 +378,44 @@ def test_a_replayed_trace_explains_its_own_drafter(app: AppTest, kind: str, word
     others = [w for k, w in DRAFTER_KINDS if k != kind]
     assert any(c.startswith(words) for c in shown), shown
     assert not any(w in c for c in shown for w in others), shown
+
+
+def test_the_drafter_choice_offers_mtp_and_says_what_it_reads(app: AppTest) -> None:
+    box = app.selectbox(key="drafter")
+    assert "mtp" in box.options
+    assert "hidden state" in box.help and "KV cache" in box.help
+    box.set_value("mtp")
+    run_model(app, k=3, n_new=16)
+    no_errors(app)
+    story = app.session_state.run.story
+    assert story.trace.drafter == "mtp" and story.n_steps >= 1
+    assert len(story.steps[0]["drafted"]) == 3  # it always has a guess (fewer only near the end)
+    words = next(c.value for c in app.caption if c.value.startswith("The **MTP drafter**"))
+    for fact in ("**hidden state**", "**KV cache**", "needs none of its own", "nothing to roll"):
+        assert fact in words
+
+
+def test_a_replayed_fallback_trace_explains_both_drafters(app: AppTest) -> None:
+    target = tiny_model()
+    upload(app, "ngram+mtp.json", trace_bytes(target, make_drafter("ngram+mtp", target)))
+    no_errors(app)
+    shown = [c.value for c in app.caption]
+    assert any(
+        c.startswith("The **n-gram drafter**") and "The **MTP drafter**" in c for c in shown
+    ), shown
+
+
+def test_mtp_weights_made_for_another_model_show_a_message(
+    app: AppTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped weights refuse the tiny model: the page says so and how to train one."""
+    monkeypatch.setattr(mtp, "DEFAULT_WEIGHTS", SHIPPED_MTP)
+    st.cache_resource.clear()  # the server's store may hold a tiny mtp drafter from another test
+    app.selectbox(key="drafter").set_value("mtp")
+    run_model(app, n_new=8)
+    assert not app.exception
+    assert any("train-mtp" in e.value for e in app.error), [e.value for e in app.error]
+    assert app.session_state.run is None
 
 
 def test_a_step_cut_short_by_eos_shows_only_what_it_emitted(app: AppTest) -> None:

@@ -17,7 +17,8 @@ from viz.story import Story, draft_fate, step_summary, token_label
 
 # How panel 2 introduces the drafter, by the start of its `name` as the trace records it:
 # make_drafter("ngram") is "ngram(3..1)", "early-exit" is "early-exit(L=...)", "int8" is
-# "int8-draft", "model:PATH" is "draft-model(NAME, WEIGHTS)"; no drafter is "none".
+# "int8-draft", "model:PATH" is "draft-model(NAME, WEIGHTS)", "mtp" and "mtp:PATH" are "mtp";
+# "A+B" names each part, joined by "+"; no drafter is "none".
 DRAFTER_WORDS = {
     "ngram": (
         "The **n-gram drafter** looks for the last few tokens earlier in the text and proposes "
@@ -36,12 +37,26 @@ DRAFTER_WORDS = {
         "The **draft model** is a separate checkpoint with Gemma's vocabulary, loaded from a path "
         "(`--drafter model:PATH`). It samples its guesses one by one from its own distribution q."
     ),
+    "mtp": (
+        "The **MTP drafter** (multi-token prediction) is a small trained network, not a copy of "
+        "Gemma. It reads what Gemma has already computed: Gemma's last **hidden state**, the "
+        "vector that predicted the newest token, and Gemma's own **KV cache** of one layer, the "
+        "keys and values of every earlier token, which it attends to with queries only. Because "
+        "that memory is Gemma's, it needs none of its own: nothing to fill from the prompt, "
+        "nothing to roll back when a guess is rejected, and it writes nothing into Gemma's "
+        "cache. Each further guess feeds its own output state back in. Its cheap head scores "
+        "only the few thousand tokens Gemma predicts most often, and it samples its guesses "
+        "from its own distribution q over them."
+    ),
     "none": "**No drafter**: nothing is guessed, so every step is one plain decoding step.",
 }
 
 
 def drafter_words(name: str) -> str:
     """What the drafter a trace names is, in plain words."""
+    if "+" in name:  # a fallback: the first part's draft when it has one, else the next's
+        first, _, rest = name.partition("+")
+        return f"{drafter_words(first)} When it has nothing to propose: {drafter_words(rest)}"
     start = next((start for start in DRAFTER_WORDS if name.startswith(start)), None)
     return DRAFTER_WORDS[start] if start else f"The drafter {name}."
 
@@ -380,7 +395,8 @@ def compare_tab(store: runs.Store, model: object, settings: runs.Settings) -> No
             "against plain decoding measured in this session. A good drafter is cheap *and* "
             "often right: the n-gram drafter costs nothing but only helps when the text repeats "
             "itself; the model drafters guess everywhere but each guess costs a forward pass of "
-            "their own.",
+            "their own; the MTP drafter guesses everywhere too, from Gemma's own hidden state and "
+            "KV cache, with a network far smaller than Gemma.",
             "05_drafters_and_speedup",
         )
     )
@@ -398,7 +414,7 @@ def compare_tab(store: runs.Store, model: object, settings: runs.Settings) -> No
                     specs,
                     on_start=lambda spec: box.update(label=f"Decoding with the {spec} drafter…"),
                 )
-        except ValueError as err:
+        except (ValueError, OSError) as err:  # e.g. a drafter's weights that do not fit
             st.error(str(err))
         finally:
             slot.empty()

@@ -36,6 +36,8 @@ DRAFTERS = {  # spec for make_drafter -> what it is, in plain words
     "ngram": "copies what followed the same words earlier in the text (no model at all)",
     "early-exit": "Gemma's own first 5/6 of layers, then a cut-down output head",
     "int8": "a copy of Gemma with 8-bit weights: a quarter of the bytes to read",
+    "mtp": "a small trained network reading Gemma's last hidden state and its KV cache "
+    "(no memory of its own)",
 }
 
 
@@ -177,6 +179,9 @@ def run_each_drafter(
     (`bench.drafter_speedups` is the command line's measurement, over several prompts.)
     """
     check_settings(s)
+    with store.lock:  # every drafter first: one that cannot draft for this model stops here
+        for spec in specs:
+            get_drafter(store, model, spec)
     ids = encode(model.tokenizer, s.prompt)
     rows = []
     for spec in specs:
