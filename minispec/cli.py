@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--positions", type=int, default=232_000, help="positions to prepare")
     t.add_argument("--length", type=int, default=512, help="tokens per document chunk (512)")
     t.add_argument("--own-tokens", type=int, default=9_000, help="own samples to draw (9000)")
-    t.add_argument("--steps", type=int, default=220, help="Adam steps (220)")
+    t.add_argument("--steps", type=int, default=300, help="Adam steps (300)")
     t.add_argument("--batch", type=int, default=2, help="chunks per step (2)")
     t.add_argument("--unroll", type=int, default=3, help="draft steps unrolled (3)")
     t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (2e-3)")
