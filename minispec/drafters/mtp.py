@@ -40,7 +40,7 @@ dimension to almost nothing, so s divides each dimension by its RMS over the tra
 first (a constant, computed once and saved with the weights); the learned norm follows.
 
 The weights are saved as safetensors with their configuration in the metadata; `minispec
-train-mtp` makes them (minispec/mtp_train.py has the gradients).
+train-mtp` makes them (minispec/train/: layers.py has the gradients, mtp.py the loop).
 """
 
 from __future__ import annotations
