@@ -116,6 +116,7 @@ K_BLOCK = 128  # ... more rows than one tile take turns on 128 steps of k at a t
 ROW_BLOCK = 48  # a long prompt's rows go through the weight 48 at a time (they stay in L2)
 N_CHUNKS = 64  # contiguous ranges of tiles handed to the threads by prange
 N_ATTENTION_CHUNKS = 16  # contiguous ranges of attention's column blocks, likewise
+SERIAL_SIZE = 16384  # the norms and GeGLU of at most this many elements stay on one thread
 
 # Attention's kernel: reassociation lets LLVM vectorize its dot products; contraction lets it
 # use fused multiply-add. No "nnan"/"ninf": a NaN must still come out as NaN.
@@ -229,6 +230,7 @@ def warmup() -> None:
     linear(x, quantize_int8(w))
     rms_norm_rows(x, w[0], 1e-6)
     gelu_gate(x, x)
+    rope_rows(x.reshape(3, 2, 4), x[:, :2], x[:, 2:4])
     kv = w.reshape(9, 1, 8)  # (capacity, n_kv_heads, head_dim)
     attend_each(x.reshape(3, 1, 8), kv, kv, np.array([(0, 7), (0, 8), (1, 9)]))
 
@@ -498,24 +500,38 @@ def rms_norm_rows(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
     Why a kernel: NumPy makes six passes over x (square, mean, add, sqrt, divide, multiply), on
     one thread; here each row is read twice and written once, and the rows go to the threads.
-    Each row is one fixed loop, so a row's result does not depend on the others: batch invariant.
+    Each row is one fixed loop (`_rms_norm_row`), so a row's result does not depend on the
+    others: batch invariant. A few rows (decoding) stay on the calling thread: waking the pool
+    would cost more than the work.
     """
     rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])  # (N, d)
     out = np.empty_like(rows)
-    _rms_norm_kernel(rows, w.astype(np.float32, copy=False), np.float32(eps), out)
+    kernel = _rms_norm_kernel if rows.size > SERIAL_SIZE else _rms_norm_serial
+    kernel(rows, w.astype(np.float32, copy=False), np.float32(eps), out)
     return out.reshape(x.shape)
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
+@njit(fastmath=_FASTMATH, cache=True)
+def _rms_norm_row(x, w, eps, out):
+    d = x.shape[0]
+    squares = np.float32(0.0)
+    for j in range(d):
+        squares += x[j] * x[j]
+    scale = np.float32(1.0) / np.sqrt(squares / np.float32(d) + eps)
+    for j in range(d):
+        out[j] = x[j] * scale * (np.float32(1.0) + w[j])
+
+
+@njit(parallel=True, cache=True)
 def _rms_norm_kernel(x, w, eps, out):
-    n, d = x.shape
-    for i in prange(n):
-        squares = np.float32(0.0)
-        for j in range(d):
-            squares += x[i, j] * x[i, j]
-        scale = np.float32(1.0) / np.sqrt(squares / np.float32(d) + eps)
-        for j in range(d):
-            out[i, j] = x[i, j] * scale * (np.float32(1.0) + w[j])
+    for i in prange(x.shape[0]):
+        _rms_norm_row(x[i], w, eps, out[i])
+
+
+@njit(cache=True)
+def _rms_norm_serial(x, w, eps, out):
+    for i in range(x.shape[0]):
+        _rms_norm_row(x[i], w, eps, out[i])
 
 
 def gelu_gate(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -524,26 +540,64 @@ def gelu_gate(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     0.5 x (1 + tanh(y)) is computed as x / (1 + exp(-2y)), the same function (1 + tanh(y) =
     2 / (1 + exp(-2y))), with `_exp_row`'s exp, which vectorizes: NumPy's version makes nine
     passes on one thread, and libm's exp, called once per element, was most of this kernel's
-    time. Elementwise, so batch invariant.
+    time. Elementwise, so batch invariant; a few rows stay on the calling thread.
     """
+    gate, up = np.ascontiguousarray(gate), np.ascontiguousarray(up)
     out = np.empty_like(gate)
-    _gelu_gate_kernel(np.ascontiguousarray(gate), np.ascontiguousarray(up), out)
+    (_gelu_gate_kernel if gate.size > SERIAL_SIZE else _gelu_gate_serial)(gate, up, out)
     return out
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _gelu_gate_kernel(gate, up, out):
+@njit(fastmath=_FASTMATH, cache=True)
+def _gelu_gate_row(gate, up, out, bits):
     minus_two_c = np.float32(-2.0 * np.sqrt(2.0 / np.pi))
-    d = gate.shape[1]
+    d = gate.shape[0]
+    for j in range(d):  # out: -2y, then exp(-2y), then the result, in place
+        x = gate[j]
+        out[j] = minus_two_c * (x + np.float32(0.044715) * x * x * x)
+    _exp_row(out, bits)
+    for j in range(d):
+        out[j] = gate[j] / (np.float32(1.0) + out[j]) * up[j]
+
+
+@njit(parallel=True, cache=True)
+def _gelu_gate_kernel(gate, up, out):
     for i in prange(gate.shape[0]):
-        e = out[i]  # (d,): -2y, then exp(-2y), then the result, in place
-        bits = np.empty(d, np.int32)
-        for j in range(d):
-            x = gate[i, j]
-            e[j] = minus_two_c * (x + np.float32(0.044715) * x * x * x)
-        _exp_row(e, bits)
-        for j in range(d):
-            e[j] = gate[i, j] / (np.float32(1.0) + e[j]) * up[i, j]
+        _gelu_gate_row(gate[i], up[i], out[i], np.empty(gate.shape[1], np.int32))
+
+
+@njit(cache=True)
+def _gelu_gate_serial(gate, up, out):
+    bits = np.empty(gate.shape[1], np.int32)
+    for i in range(gate.shape[0]):
+        _gelu_gate_row(gate[i], up[i], out[i], bits)
+
+
+def rope_rows(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """`model.rope`'s rotation, given its angles: x (T, n_heads, d), cos and sin (T, d/2).
+
+    The same products and sums in the same order, with no fused multiply-add, so the same
+    bits as `model.rope`; one pass instead of NumPy's eight calls, which at T = 1 cost more
+    than the arithmetic. Elementwise per position, so batch invariant.
+    """
+    T, n_heads, d = x.shape
+    if d % 2 or cos.shape != (T, d // 2) or sin.shape != cos.shape:
+        raise ValueError(f"rope_rows: x {x.shape} needs cos and sin (T, d/2), got {cos.shape}")
+    out = np.empty((T, n_heads, d), np.float32)
+    _rope_kernel(np.ascontiguousarray(x, np.float32), cos, sin, out)
+    return out
+
+
+@njit(cache=True)
+def _rope_kernel(x, cos, sin, out):
+    T, n_heads, d = x.shape
+    half = d // 2
+    for t in range(T):
+        for h in range(n_heads):
+            for i in range(half):
+                x1, x2 = x[t, h, i], x[t, h, half + i]
+                out[t, h, i] = x1 * cos[t, i] - x2 * sin[t, i]
+                out[t, h, half + i] = x2 * cos[t, i] + x1 * sin[t, i]
 
 
 @njit(fastmath=_FASTMATH, cache=True)
@@ -617,7 +671,9 @@ def attend_each(
     vt = as_panels(values.transpose(1, 0, 2))  # (n_kv, d/16, capacity, 16), no copy
     if T * group > 4 * TILE_COLS:  # many blocks read the values: a copy in panels pays for itself
         vt = np.ascontiguousarray(vt[:, :, : int(seen[:, 1].max())])  # steps of k 64 B apart
-    _attend_kernel(keys, np.ascontiguousarray(q), vt, seen.astype(np.int64), out)
+    one_chunk = keys.shape[1] * -(-T * group // TILE_COLS) == 1  # decoding: one unit of work
+    kernel = _attend_serial if one_chunk else _attend_kernel
+    kernel(keys, np.ascontiguousarray(q), vt, seen.astype(np.int64), out)
     return out
 
 
@@ -634,76 +690,107 @@ def as_panels(a: np.ndarray) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(a, shape, strides)
 
 
-@njit(parallel=True, fastmath=_FASTMATH, cache=True)
-def _attend_kernel(keys, q, vt, seen, out):
-    """`attend_each`'s three steps for each (key/value head g, block of TILE_COLS columns).
+@njit(fastmath=_FASTMATH, cache=True)
+def _attend_plan(keys, seen, out):
+    """`attend_each`'s work, cut into units and the units into chunks for the threads.
 
-    keys (capacity, n_kv, d); q (T, n_heads, d); vt (n_kv, d_padded / 16, capacity, 16): the
-    values' panels; out (T, n_heads, d). Each block's queries are first copied into panels of
-    16 columns, k-major, like a packed weight: qb[j // 16, d, j % 16] = q[t, h, d] for column j
-    of the block, (t, h) = divmod(c, group) with c = TILE_COLS b + j. The
-    blocks are cut into at most N_ATTENTION_CHUNKS ranges of about equal numbers of keys (a
-    prompt's causal triangle gives the last queries the most), one prange iteration each.
+    Unit u is (key/value head g, block b of TILE_COLS columns), u = g * n_blocks + b, with one
+    column per (query, head of its group). Block b needs the keys lo[b] <= s < hi[b]. The
+    units are cut into at most N_ATTENTION_CHUNKS ranges first[c] <= u < first[c + 1] of about
+    equal numbers of keys (a prompt's causal triangle gives the last queries the most).
     """
     T, n_heads, head_dim = out.shape
     n_kv = keys.shape[1]
     group = n_heads // n_kv
-    n_cols = T * group  # one column per (query, head of its group)
+    n_cols = T * group
     n_blocks = -(-n_cols // TILE_COLS)
-    lo = np.full(n_blocks, keys.shape[0], np.int64)  # the keys block b needs: lo[b] <= s < hi[b]
+    lo = np.full(n_blocks, keys.shape[0], np.int64)
     hi = np.zeros(n_blocks, np.int64)
     for c in range(n_cols):
         b, t = c // TILE_COLS, c // group
         lo[b], hi[b] = min(lo[b], seen[t, 0]), max(hi[b], seen[t, 1])
-    n_units = n_kv * n_blocks  # unit u: head u // n_blocks, block u % n_blocks
+    n_units = n_kv * n_blocks
     work = np.zeros(n_units + 1, np.int64)  # keys of the units before u, + 32 fixed for each
     for u in range(n_units):
         work[u + 1] = work[u] + hi[u % n_blocks] - lo[u % n_blocks] + 32
     n_chunks = min(n_units, N_ATTENTION_CHUNKS)
     first = np.searchsorted(work, np.arange(n_chunks + 1) * work[n_units] // n_chunks)
     first[n_chunks] = n_units
+    return lo, hi, first
+
+
+@njit(parallel=True, cache=True)
+def _attend_kernel(keys, q, vt, seen, out):
+    """`attend_each`'s units, chunk by chunk on the threads (`_attend_plan`, `_attend_units`)."""
+    lo, hi, first = _attend_plan(keys, seen, out)
+    for chunk in prange(first.shape[0] - 1):
+        _attend_units(keys, q, vt, seen, out, lo, hi, first[chunk], first[chunk + 1])
+
+
+@njit(cache=True)
+def _attend_serial(keys, q, vt, seen, out):
+    """`_attend_kernel` on the calling thread: for one chunk (decoding), waking the pool costs
+    more than it saves. The same units, so the same bits."""
+    lo, hi, first = _attend_plan(keys, seen, out)
+    for chunk in range(first.shape[0] - 1):
+        _attend_units(keys, q, vt, seen, out, lo, hi, first[chunk], first[chunk + 1])
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _attend_units(keys, q, vt, seen, out, lo, hi, u0, u1):
+    """`attend_each`'s three steps for the units u0 <= u < u1 (`_attend_plan`).
+
+    keys (capacity, n_kv, d); q (T, n_heads, d); vt (n_kv, d_padded / 16, capacity, 16): the
+    values' panels; out (T, n_heads, d). Each block's queries are first copied into panels of
+    16 columns, k-major, like a packed weight: qb[j // 16, d, j % 16] = q[t, h, d] for column j
+    of the block, (t, h) = divmod(c, group) with c = TILE_COLS b + j.
+    """
+    T, n_heads, head_dim = out.shape
+    n_kv = keys.shape[1]
+    group = n_heads // n_kv
+    n_cols = T * group
+    n_blocks = lo.shape[0]
     longest = np.max(hi - lo)
-    for chunk in prange(n_chunks):
-        scores = np.empty((longest, TILE_COLS), np.float32)  # (keys, columns)
-        p = np.empty((TILE_COLS, longest), np.float32)  # (columns, keys)
-        o = np.empty((TILE_COLS, vt.shape[1] * PANEL), np.float32)  # (columns, d_padded)
-        total = np.empty(TILE_COLS, np.float32)  # each column's sum of probabilities
-        bits = np.empty(longest, np.int32)  # `_exp_row`'s scratch
-        q_b = np.zeros((TILE_PANELS, head_dim, PANEL), np.float32)  # the block's query panels
-        for u in range(first[chunk], first[chunk + 1]):
-            g, b = u // n_blocks, u % n_blocks
-            s0, n = lo[b], hi[b] - lo[b]
-            cols = min(TILE_COLS, n_cols - b * TILE_COLS)
-            k_g = keys[s0 : s0 + n, g, :]
-            for j in range(TILE_COLS):  # zeros past the last column: whole panels
-                c = b * TILE_COLS + j
-                for d in range(head_dim):
-                    q_b[j // PANEL, d, j % PANEL] = (
-                        0.0 if j >= cols else q[c // group, g * group + c % group, d]
-                    )
-            for r in range(0, n, TILE_ROWS):  # scores[s, j] = k_s . q_j
-                _tile(k_g, r, min(TILE_ROWS, n - r), q_b, 0, 0, head_dim, None, scores)
-            for j in range(cols):  # softmax over the keys column j sees, 0 for the others
-                t = (b * TILE_COLS + j) // group
-                a, z = seen[t, 0] - s0, seen[t, 1] - s0
-                p[j, :n] = 0.0
-                top = np.float32(-np.inf)
-                for s in range(a, z):  # the column into a row, where exp vectorizes
-                    p[j, s] = scores[s, j]
-                    top = max(top, p[j, s])
-                for s in range(a, z):  # shifted by the max so that exp never overflows
-                    p[j, s] = p[j, s] - top
-                _exp_row(p[j, a:z], bits[: z - a])
-                total[j] = 0.0
-                for s in range(a, z):
-                    total[j] += p[j, s]
-            for e in range(vt.shape[1] // TILE_PANELS):  # o = p @ v, TILE_COLS dimensions at a time
-                v_e = vt[g, TILE_PANELS * e : TILE_PANELS * (e + 1), s0 : s0 + n]
-                o_e = o[:, e * TILE_COLS : (e + 1) * TILE_COLS]
-                for r in range(0, cols, TILE_ROWS):
-                    _tile(p, r, min(TILE_ROWS, cols - r), v_e, 0, 0, n, None, o_e)
-            for j in range(cols):
-                c = b * TILE_COLS + j
-                t, h = c // group, g * group + c % group
-                for d in range(head_dim):
-                    out[t, h, d] = o[j, d] / total[j]
+    scores = np.empty((longest, TILE_COLS), np.float32)  # (keys, columns)
+    p = np.empty((TILE_COLS, longest), np.float32)  # (columns, keys)
+    o = np.empty((TILE_COLS, vt.shape[1] * PANEL), np.float32)  # (columns, d_padded)
+    total = np.empty(TILE_COLS, np.float32)  # each column's sum of probabilities
+    bits = np.empty(longest, np.int32)  # `_exp_row`'s scratch
+    q_b = np.zeros((TILE_PANELS, head_dim, PANEL), np.float32)  # the block's query panels
+    for u in range(u0, u1):
+        g, b = u // n_blocks, u % n_blocks
+        s0, n = lo[b], hi[b] - lo[b]
+        cols = min(TILE_COLS, n_cols - b * TILE_COLS)
+        k_g = keys[s0 : s0 + n, g, :]
+        for j in range(TILE_COLS):  # zeros past the last column: whole panels
+            c = b * TILE_COLS + j
+            for d in range(head_dim):
+                q_b[j // PANEL, d, j % PANEL] = (
+                    0.0 if j >= cols else q[c // group, g * group + c % group, d]
+                )
+        for r in range(0, n, TILE_ROWS):  # scores[s, j] = k_s . q_j
+            _tile(k_g, r, min(TILE_ROWS, n - r), q_b, 0, 0, head_dim, None, scores)
+        for j in range(cols):  # softmax over the keys column j sees, 0 for the others
+            t = (b * TILE_COLS + j) // group
+            a, z = seen[t, 0] - s0, seen[t, 1] - s0
+            p[j, :n] = 0.0
+            top = np.float32(-np.inf)
+            for s in range(a, z):  # the column into a row, where exp vectorizes
+                p[j, s] = scores[s, j]
+                top = max(top, p[j, s])
+            for s in range(a, z):  # shifted by the max so that exp never overflows
+                p[j, s] = p[j, s] - top
+            _exp_row(p[j, a:z], bits[: z - a])
+            total[j] = 0.0
+            for s in range(a, z):
+                total[j] += p[j, s]
+        for e in range(vt.shape[1] // TILE_PANELS):  # o = p @ v, TILE_COLS dimensions at a time
+            v_e = vt[g, TILE_PANELS * e : TILE_PANELS * (e + 1), s0 : s0 + n]
+            o_e = o[:, e * TILE_COLS : (e + 1) * TILE_COLS]
+            for r in range(0, cols, TILE_ROWS):
+                _tile(p, r, min(TILE_ROWS, cols - r), v_e, 0, 0, n, None, o_e)
+        for j in range(cols):
+            c = b * TILE_COLS + j
+            t, h = c // group, g * group + c % group
+            for d in range(head_dim):
+                out[t, h, d] = o[j, d] / total[j]

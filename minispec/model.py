@@ -175,8 +175,8 @@ def attention(
 ) -> np.ndarray:
     """Self-attention of layer i for T new positions; their keys and values join the cache.
 
-    fast: the Numba kernels (`attend`'s arithmetic, `rms_norm`'s); False: `attend` itself,
-    query by query, and NumPy's `rms_norm`.
+    fast: the Numba kernels (`attend`'s, `rms_norm`'s and `rope`'s arithmetic); False: `attend`
+    itself, query by query, and NumPy's `rms_norm` and `rope`.
     """
     T, start = x.shape[0], cache.length
     n_heads, n_kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -189,8 +189,12 @@ def attention(
     k = linear(x, layer.k_proj).reshape(T, n_kv, hd)  # (T, n_kv_heads, head_dim)
     v = linear(x, layer.v_proj).reshape(T, n_kv, hd)
     # Gemma 3 normalises queries and keys per head before RoPE ("QK-norm", report sec. 2).
-    q = rope(norm(q, layer.q_norm, config.rms_norm_eps), positions, base)
-    k = rope(norm(k, layer.k_norm, config.rms_norm_eps), positions, base)
+    q, k = norm(q, layer.q_norm, config.rms_norm_eps), norm(k, layer.k_norm, config.rms_norm_eps)
+    if fast:  # `rope`'s rotation in one Numba pass each (the same bits)
+        cos, sin = rope_angles(positions, base, hd)
+        q, k = kernels.rope_rows(q, cos, sin), kernels.rope_rows(k, cos, sin)
+    else:
+        q, k = rope(q, positions, base), rope(k, positions, base)
     q = q * np.float32(config.query_pre_attn_scalar**-0.5)
 
     cache.keys[i, start : start + T] = k

@@ -253,6 +253,45 @@ def test_attention_kernel_bad_shapes() -> None:
         kernels.attend_each(q, keys[:, :, :5], values, np.array([(0, 41), (0, 42)]))
 
 
+def test_rope_rows_equals_rope_bit_for_bit() -> None:
+    from minispec.model import rope, rope_angles
+
+    x = _rng(3).standard_normal((7, 4, 256), dtype=np.float32) * 30
+    positions = np.arange(500, 507)
+    for base in (10_000.0, 1_000_000.0):
+        cos, sin = rope_angles(positions, base, 256)
+        assert np.array_equal(kernels.rope_rows(x, cos, sin), rope(x, positions, base))
+    with pytest.raises(ValueError, match="rope_rows"):
+        kernels.rope_rows(x, cos[:, :5], sin[:, :5])
+
+
+def test_one_thread_and_the_pool_give_the_same_bits() -> None:
+    """Decoding's few rows stay on the calling thread (`SERIAL_SIZE`, one attention chunk); a
+    prompt's go to the pool. Both run the same row loops, so a row's bits must not change."""
+    rng = _rng(4)
+    x = rng.standard_normal((40, 640), dtype=np.float32) * 4
+    w = rng.standard_normal(640, dtype=np.float32)
+    pool, alone = np.empty_like(x), np.empty_like(x)
+    kernels._rms_norm_kernel(x, w, np.float32(1e-6), pool)
+    kernels._rms_norm_serial(x, w, np.float32(1e-6), alone)
+    assert np.array_equal(pool, alone)
+    kernels._gelu_gate_kernel(x, x[::-1].copy(), pool)
+    kernels._gelu_gate_serial(x, x[::-1].copy(), alone)
+    assert np.array_equal(pool, alone)
+    q, keys, values, seen = _attention_case(9, 4, 2, 12)
+    bounds = np.array([(s.start, s.stop) for s in seen])
+    vt = kernels.as_panels(
+        np.concatenate([values, np.zeros((*values.shape[:2], 8))], 2)
+        .astype(np.float32)
+        .transpose(1, 0, 2)
+    )
+    pool, alone = np.empty_like(q), np.empty_like(q)
+    kernels._attend_kernel(keys, q, vt, bounds, pool)
+    kernels._attend_serial(keys, q, vt, bounds, alone)
+    assert np.array_equal(pool, alone)
+    assert np.array_equal(pool, kernels.attend_each(q, keys, values, bounds))
+
+
 # A script for another process, compiled for another instruction set: it prints the tile shape
 # it chose and saves its products, which must equal this process's bit for bit.
 _OTHER_ISA_SCRIPT = """
