@@ -9,7 +9,10 @@ bytes_per_token, decode_tokens_per_s); this module puts them together as the com
 - bandwidth_gb_s: how fast the kernel streams one token's worth of weight bytes (a one-row
   product with a packed matrix of bytes_per_token bytes, `roofline.memory_bandwidth_gb_s`);
 - bytes_per_token: the weight bytes one forward pass reads;
-- bound_tokens_per_s = bandwidth / bytes_per_token: the memory-bound ceiling of decoding.
+- bound_tokens_per_s = bandwidth / bytes_per_token: the memory-bound ceiling of decoding;
+- fma_per_s[T], compute_bound_ms[T]: the other roof, the arithmetic: the kernel's multiply-adds
+  per second with T rows on a weight in cache, and the least time T tokens' fmas_per_token
+  multiply-adds each can take at that rate (`roofline.fma_rate`).
 
 and, with drafters, speculative decoding against plain decoding on the same prompts
 (`drafter_speedups`), and how much int8 weights change the logits (`quantization_error`).
@@ -29,6 +32,8 @@ from minispec.roofline import (
     T_VALUES,
     bytes_per_token,
     decode_tokens_per_s,
+    fma_rate,
+    fmas_per_token,
     forward_times,
     memory_bandwidth_gb_s,
     prefill_tokens_per_s,
@@ -83,6 +88,8 @@ def run_bench(
     per_token = bytes_per_token(model)
     bandwidth = memory_bandwidth_gb_s(per_token, weights=model.weights)
     bound = bandwidth * 1e9 / per_token
+    rates = fma_rate(model.weights, tuple(fwd), packed=model.kernels)
+    fmas = fmas_per_token(model)
     return {
         "model": model.name,
         "weights": model.weights,
@@ -96,6 +103,9 @@ def run_bench(
         "bytes_per_token": per_token,
         "bound_tokens_per_s": bound,
         "fraction_of_bound": tps / bound,
+        "fmas_per_token": fmas,
+        "fma_per_s": {str(T): v for T, v in rates.items()},
+        "compute_bound_ms": {str(T): 1000 * T * fmas / v for T, v in rates.items()},
     }
 
 

@@ -202,11 +202,12 @@ def print_bench(r: dict) -> None:
     numpy = r.get("numpy")
     print(f"{r['model']} ({r['weights']}), context {r['context']} tokens")
     print(
-        f"{'T':>4}  {'forward min':>12}  {'median':>9}  {'x T=1':>6}"
+        f"{'T':>4}  {'forward min':>12}  {'median':>9}  {'x T=1':>6}  {'arithmetic':>10}"
         + ("  NumPy only" * bool(numpy))
     )
     for T, v in r["forward_ms"].items():
         line = f"{T:>4}  {v['min']:>9.1f} ms  {v['median']:>6.1f} ms  {r['forward_ratio'][T]:>6.2f}"
+        line += f"  {r['compute_bound_ms'][T]:>7.1f} ms"
         if numpy:
             line += f"  {numpy['forward_ms'][T]['min']:>7.1f} ms ({numpy['forward_ratio'][T]:.2f}x)"
         print(line)
@@ -225,6 +226,12 @@ def print_bench(r: dict) -> None:
         f"memory bandwidth {r['bandwidth_gb_s']:.1f} GB/s, {r['bytes_per_token'] / 1e6:.0f} MB of "
         f"weights per token -> bound {r['bound_tokens_per_s']:.1f} tokens/s "
         f"(decode reaches {r['fraction_of_bound']:.0%})"
+    )
+    rates = ", ".join(f"{v / 1e9:.0f} at T={T}" for T, v in r["fma_per_s"].items())
+    print(
+        f"arithmetic: {r['fmas_per_token'] / 1e6:.0f} M multiply-adds per token; the kernel "
+        f"does {rates} GFMA/s on weights in cache: the 'arithmetic' column, the least a "
+        "forward of T tokens can take"
     )
     if "int8_vs_float32" in r:
         q = r["int8_vs_float32"]

@@ -9,6 +9,14 @@ is the ceiling of plain decoding, and a forward pass over T = 1..16 positions sh
 what T = 1 costs: the weights are read once either way, and only the arithmetic grows with T,
 until it catches up with the reading (the "ridge" of Williams et al. 2009's roofline model).
 That is why verifying k drafted tokens in one pass costs about as much as decoding one.
+The other roof is the arithmetic: T tokens need T x fmas_per_token multiply-adds, at the rate
+the kernel's tile reaches on weights already in cache (`fma_rate`), so
+
+    compute_bound_ms(T) = T * fmas_per_token / fma_rate(T)
+
+and a forward pass costs at least the larger of the two. Int8 weights shrink the reading by
+4x but not the arithmetic (each weight is still one float32 multiply-add per row, after a
+conversion), so they reach the ridge at a smaller T than float32.
 
 These functions measure each part; `minispec bench` prints them, the app and the lessons plot
 them. Timing claims live in the bench and docs/benchmarks.md, never in tests.
@@ -114,6 +122,49 @@ def memory_bandwidth_gb_s(
     kernels.linear(x, w)  # compiles, faults the output's pages in
     best = min(_timed(lambda: kernels.linear(x, w)) for _ in range(repeats))
     return w.nbytes / best / 1e9
+
+
+def fma_rate(
+    weights: str = "float32",
+    t_values: tuple[int, ...] = T_VALUES,
+    repeats: int = 20,
+    packed: bool = True,
+) -> dict[int, float]:
+    """Multiply-adds per second of the kernel's product with T rows, on a weight in cache:
+    {T: FMA/s}, the best of `repeats` calls each (packed=False: NumPy's BLAS, float32 only).
+
+    The weight is 512 x 2048 (4 MB in float32, 1 MB in int8): it stays in this machine's L3
+    (or its L2s), so the product waits on the arithmetic, not on memory, and one call is long
+    enough (about 1M FMAs per row) that its own overhead does not count.
+    """
+    if weights not in ("float32", "int8"):
+        raise ValueError(f"weights must be 'float32' or 'int8', not {weights!r}")
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((512, 2048), dtype=np.float32)
+    if not packed:
+        weight = w if weights == "float32" else kernels.unpack(kernels.quantize_int8(w))
+    else:
+        weight = kernels.pack(w) if weights == "float32" else kernels.quantize_int8(w)
+    rates = {}
+    for T in t_values:
+        x = rng.standard_normal((T, 2048), dtype=np.float32)
+        kernels.linear(x, weight)  # compiles, warms the caches
+        best = min(_timed(lambda x=x: kernels.linear(x, weight)) for _ in range(repeats))
+        rates[T] = T * w.size / best
+    return rates
+
+
+def fmas_per_token(model: Model) -> int:
+    """Multiply-adds one token costs in the weight products: one per weight (the head included).
+
+    Attention's own products (2 x context x n_heads x head_dim per layer, about 3 % of this
+    at a 256-token context for Gemma 3 270M) are left out.
+    """
+    p = model.params
+    total = p.embed.shape[0] * p.embed.shape[1]
+    for layer in p.layers:
+        total += sum(w.shape[0] * w.shape[1] for w in vars(layer).values() if len(w.shape) == 2)
+    return total
 
 
 def _timed(fn: Callable[[], object]) -> float:

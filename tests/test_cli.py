@@ -60,6 +60,17 @@ def test_bench_measures_on_a_tiny_model():
     n_floats += sum(floats(w) for layer in params.layers for w in vars(layer).values())
     assert r["bytes_per_token"] == 4 * n_floats
     assert r["bound_tokens_per_s"] == pytest.approx(r["bandwidth_gb_s"] * 1e9 / (4 * n_floats))
+    # the arithmetic roof: one multiply-add per weight (the true shapes, not the padding)
+    n_weights = params.embed.shape[0] * params.embed.shape[1]
+    n_weights += sum(
+        w.shape[0] * w.shape[1] for layer in params.layers for w in vars(layer).values()
+        if len(w.shape) == 2
+    )  # fmt: skip
+    assert r["fmas_per_token"] == n_weights
+    assert set(r["fma_per_s"]) == set(r["compute_bound_ms"]) == set(r["forward_ms"])
+    for T, rate in r["fma_per_s"].items():
+        assert rate > 0
+        assert r["compute_bound_ms"][T] == pytest.approx(1000 * int(T) * n_weights / rate)
 
 
 def test_drafter_speedups_alternates_runs_on_a_tiny_model():
@@ -105,3 +116,5 @@ def test_bench_json_keys_on_the_real_model(real_checkpoint, capsys):
     assert out["bytes_per_token"] > 1_000_000_000  # float32: about 1.07 GB of weights per token
     assert out["bound_tokens_per_s"] > 0 and out["tokens_per_s"] > 0
     assert set(out["prefill_tokens_per_s"]) == {"32", "256", "512"}
+    assert set(out["compute_bound_ms"]) == set(out["fma_per_s"]) == set(out["forward_ms"])
+    assert 250_000_000 < out["fmas_per_token"] < 300_000_000  # 268 M weights, the head 168 M
