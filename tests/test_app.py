@@ -240,7 +240,10 @@ def test_numbers_show_the_prefill_and_where_compute_takes_over(app: AppTest) -> 
     measured = chart["data"][1]
     assert measured["x"] == [1, 2, 4, 5, 8, 16, 64, 256]  # verify lengths, then prefill lengths
     assert chart["layout"]["xaxis"]["type"] == "log"
-    assert any("compute-bound" in c.value for c in app.caption)
+    arithmetic = chart["data"][2]  # the roof of the multiply-adds: T = 256 costs far more than 1
+    assert arithmetic["x"] == measured["x"] and arithmetic["line"]["dash"] == "dot"
+    assert min(arithmetic["y"]) > 0 and arithmetic["y"][-1] > 4 * arithmetic["y"][0]
+    assert any("compute-bound" in c.value and "dotted" in c.value for c in app.caption)
 
 
 LESSONS = Path(APP).parents[1] / "lessons"
@@ -492,7 +495,7 @@ PUBLIC = {
     "minispec.generate": {"generate"},
     "minispec.loading": {"load_model"},
     "minispec.model": {"Model"},  # for type hints only
-    "minispec.roofline": {"T_VALUES", "forward_times"},
+    "minispec.roofline": {"T_VALUES", "fma_rate", "fmas_per_token", "forward_times"},
     "minispec.sampling": {"SamplingParams"},
     "minispec.speculative": {"speculative_generate"},
     "minispec.stats": {"Stats", "expected_tokens_per_forward"},

@@ -207,7 +207,8 @@ def acceptance_by_position(stats: Stats) -> go.Figure:
 
 
 def forward_time_vs_t(times: dict[int, dict[str, float]]) -> go.Figure:
-    """Milliseconds for one forward over T positions, against T separate one-token forwards."""
+    """Milliseconds for one forward over T positions, against T separate one-token forwards,
+    and (when measured) the least time the arithmetic of T positions can take."""
     ts = sorted(times)
     one = times[ts[0]]["median"]
     fig = go.Figure()
@@ -237,6 +238,15 @@ def forward_time_vs_t(times: dict[int, dict[str, float]]) -> go.Figure:
         ),
         hovertemplate="T = %{x}: median %{y:.1f} ms<extra></extra>",
     )
+    if all("arithmetic" in times[t] for t in ts):
+        fig.add_scatter(
+            x=ts,
+            y=[times[t]["arithmetic"] for t in ts],
+            mode="lines",
+            name="the arithmetic alone (the least it can take)",
+            line=dict(color="#94a3b8", dash="dot"),
+            hovertemplate="T = %{x}: at least %{y:.1f} ms of multiply-adds<extra></extra>",
+        )
     if ts[-1] > 16:  # prefill lengths too: log axes keep T = 1..16 readable beside T = 256
         fig.update_xaxes(type="log")
         fig.update_yaxes(type="log")

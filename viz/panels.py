@@ -355,8 +355,11 @@ def numbers(run: Run, store: runs.Store | None, model: object | None) -> None:
             f"one, not {max(verify)}×. Further right the passes are a prompt's prefill: over "
             f"{longest} positions a pass costs {per_position:.1f} ms per position against "
             f"{times[min(times)]['median']:.0f} ms for one token alone, and now the arithmetic, "
-            "not the reading, sets the time: the pass has become compute-bound. (Median of a few "
-            "runs after a 256-token context; the whisker reaches down to the fastest run.)"
+            "not the reading, sets the time: the pass has become compute-bound. The dotted line "
+            "is the least time the multiply-adds alone could take (one per weight per position, "
+            "at the rate this machine's kernel reaches on weights already in its caches): where "
+            "the measured line runs along it, memory no longer matters. (Median of a few runs "
+            "after a 256-token context; the whisker reaches down to the fastest run.)"
         )
 
 

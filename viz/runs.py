@@ -1,7 +1,7 @@
 """Getting runs for the app: the model (loaded once per server), generations, measurements, uploads.
 
 Uses only minispec's public API: `load_model`, `tiny_model`, `make_drafter`,
-`speculative_generate`, `generate`, `roofline.forward_times`, the tokenizer and the trace.
+`speculative_generate`, `generate`, `roofline`'s measurements, the tokenizer and the trace.
 Nothing here draws on the page except the loading progress, which the caller passes in.
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from minispec.drafters import make_drafter
 from minispec.generate import generate
 from minispec.loading import load_model
-from minispec.roofline import T_VALUES, forward_times
+from minispec.roofline import T_VALUES, fma_rate, fmas_per_token, forward_times
 from minispec.sampling import SamplingParams
 from minispec.speculative import speculative_generate
 from minispec.tiny import tiny_model
@@ -211,11 +211,17 @@ PREFILL_T = (64, 256)  # passes as long as a prompt's prefill, where compute tak
 
 def measure_forward_times(store: Store, model: Model, repeats: int = 3) -> dict:
     """Milliseconds per forward pass over T = 1..16 new positions (what verifying costs) and
-    over a prompt's length (what a prefill costs), measured once per model."""
+    over a prompt's length (what a prefill costs), measured once per model: {T: {min, median,
+    arithmetic}}, arithmetic being the least time T tokens' multiply-adds can take at the rate
+    this machine's kernel reaches on weights in cache (the roofline's other roof)."""
     if model.name not in store.forward_ms:
         with store.lock:
             t_values = T_VALUES + PREFILL_T
-            store.forward_ms[model.name] = forward_times(model, t_values=t_values, repeats=repeats)
+            times = forward_times(model, t_values=t_values, repeats=repeats)
+            rates = fma_rate(model.weights, t_values, packed=model.kernels)
+            for T in t_values:
+                times[T]["arithmetic"] = 1000 * T * fmas_per_token(model) / rates[T]
+            store.forward_ms[model.name] = times
     return store.forward_ms[model.name]
 
 
