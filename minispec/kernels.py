@@ -33,6 +33,9 @@ What we do instead: pack once, then stream
     costs instructions. (Measured, not derived: int8 needs it even for one row. The figures
     are in docs/benchmarks.md, under prefetch_distance.py.)
 
+    With AVX2, two or three float32 rows (verifying one or two drafts) take two panels at a
+    time instead (`_few_rows_tile`, FEW_ROWS): twice the FMA chains per row.
+
     More rows than TILE_ROWS (T = 16 is 12 + 4 with AVX-512) take turns, tile by tile, on
     each block of K_BLOCK steps of k while its weights sit in L1, so the stream from memory
     never pauses for a second pass over the same panels (docs/benchmarks.md has the head at
@@ -109,6 +112,11 @@ TILE_PANELS, TILE_ROWS = (2, 12) if LANES == 16 else (1, 6)
 TILE_COLS = TILE_PANELS * PANEL  # output columns per tile: 32 or 16
 # One row alone (decoding) goes through WIDE_PANELS panels at a time: 8 accumulators either way
 WIDE_PANELS = 8 if LANES == 16 else 4
+# A few float32 rows (verifying k <= 2 drafts) on AVX2 go through 2 panels at a time: 3 rows
+# x 2 panels x 2 vectors = 12 accumulators, where TILE_PANELS = 1 keeps only 2 per row busy
+# (faster for float32, not for int8: docs/benchmarks.md, fourth session). AVX-512's tile has
+# 2 panels already: FEW_ROWS = 0 turns this off there.
+FEW_PANELS, FEW_ROWS = 2, (0 if LANES == 16 else 3)
 PREFETCH = 64  # the tile asks for each panel's weights 64 steps of k ahead (4 KB in float32)
 # ... when it has this many rows or more (float32, one row: the hardware keeps up alone)
 PREFETCH_ROWS = {"float32": 2, "int8": 1}
@@ -282,15 +290,16 @@ _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 
 
-@intrinsic
-def _tile(typingctx, x, t0, rows, panels, p, k0, k1, scale, out):
-    """A Numba intrinsic: out[t0:t0+rows, cols] += x[t0:t0+rows, k0:k1] @ w[cols, k0:k1].T.
+def _tile_of(n_panels: int, max_rows: int):
+    """A Numba intrinsic: out[t0:t0+rows, cols] += x[t0:t0+rows, k0:k1] @ w[cols, k0:k1].T,
+    for n_panels panels (cols = 16p .. 16p + 16 n_panels) and 1..max_rows rows.
 
-    Called as _tile(x, t0, rows, panels, p, k0, k1, scale, out) with x (T, d_in) float32, rows
-    in 1..TILE_ROWS, panels of a PackedWeight (or any (n, K, 16) view with contiguous lanes,
-    `as_panels`), cols = 16p .. 16p + TILE_COLS, the steps k0 <= k < k1 of the sum, scale the
-    weight's scales (or None) and out (T, 16 * n_panels) float32; every address follows the
-    arrays' strides. For each row count the IR holds one copy of the loop
+    `_tile` is the one every product uses (TILE_PANELS x TILE_ROWS). Called as
+    _tile(x, t0, rows, panels, p, k0, k1, scale, out) with x (T, d_in) float32, rows in
+    1..TILE_ROWS, panels of a PackedWeight (or any (n, K, 16) view with contiguous lanes,
+    `as_panels`), the steps k0 <= k < k1 of the sum, scale the weight's scales (or None) and
+    out (T, 16 * n_panels) float32; every address follows the arrays' strides. For each row
+    count the IR holds one copy of the loop
 
         acc = zeros((rows, TILE_COLS)) if k0 == 0 else out[t0:t0+rows, cols]
         for k in range(k0, k1):
@@ -303,32 +312,42 @@ def _tile(typingctx, x, t0, rows, panels, p, k0, k1, scale, out):
     with w and each acc[r] held as TILE_COLS / LANES vector registers, and a `switch` on rows
     picks the copy (one intrinsic, not one per row count: Numba cannot index a tuple of
     intrinsics at run time). Splitting k into blocks changes no bit: between blocks an
-    accumulator waits in out, exactly as it was.
+    accumulator waits in out, exactly as it was; nor does the tile's shape: each output is
+    the same FMA chain in k order whichever tile computes it.
     """
-    int8 = panels.dtype == types.int8
 
-    def codegen(context, builder, signature, args):
-        def array(i):  # the data pointer and shape of argument i
-            return context.make_array(signature.args[i])(context, builder, args[i])
+    @intrinsic
+    def tile(typingctx, x, t0, rows, panels, p, k0, k1, scale, out):
+        int8 = panels.dtype == types.int8
 
-        def int64(i):
-            return context.cast(builder, args[i], signature.args[i], types.int64)
+        def codegen(context, builder, signature, args):
+            def array(i):  # the data pointer and shape of argument i
+                return context.make_array(signature.args[i])(context, builder, args[i])
 
-        xs, ws, outs = array(0), array(3), array(8)
-        scales = array(7) if int8 else None
-        t0, rows, p, k0, k1 = (int64(i) for i in (1, 2, 4, 5, 6))
-        done = builder.append_basic_block("tile.done")
-        switch = builder.switch(rows, done)
-        for r in range(1, TILE_ROWS + 1):
-            block = builder.append_basic_block(f"tile.rows{r}")
-            switch.add_case(ir.Constant(_I64, r), block)
-            builder.position_at_end(block)
-            _emit_tile_loop(builder, r, TILE_PANELS, xs, ws, scales, outs, t0, p, k0, k1)
-            builder.branch(done)
-        builder.position_at_end(done)
-        return context.get_dummy_value()
+            def int64(i):
+                return context.cast(builder, args[i], signature.args[i], types.int64)
 
-    return types.void(x, t0, rows, panels, p, k0, k1, scale, out), codegen
+            xs, ws, outs = array(0), array(3), array(8)
+            scales = array(7) if int8 else None
+            t0, rows, p, k0, k1 = (int64(i) for i in (1, 2, 4, 5, 6))
+            done = builder.append_basic_block("tile.done")
+            switch = builder.switch(rows, done)
+            for r in range(1, max_rows + 1):
+                block = builder.append_basic_block(f"tile.rows{r}")
+                switch.add_case(ir.Constant(_I64, r), block)
+                builder.position_at_end(block)
+                _emit_tile_loop(builder, r, n_panels, xs, ws, scales, outs, t0, p, k0, k1)
+                builder.branch(done)
+            builder.position_at_end(done)
+            return context.get_dummy_value()
+
+        return types.void(x, t0, rows, panels, p, k0, k1, scale, out), codegen
+
+    return tile
+
+
+_tile = _tile_of(TILE_PANELS, TILE_ROWS)
+_few_rows_tile = _tile_of(FEW_PANELS, max(FEW_ROWS, 1))
 
 
 @intrinsic
@@ -472,6 +491,13 @@ def _matmul_kernel(x, panels, scale, out):
                 else:
                     for q in range(p, n_panels, TILE_PANELS):
                         _tile(x, 0, 1, panels, q, 0, d_in, scale, out)
+        return
+    if T <= FEW_ROWS and scale is None:  # a few float32 rows: FEW_PANELS panels at a time
+        n_few = n_panels // FEW_PANELS  # rows are padded to whole pairs of panels
+        n_chunks = min(N_CHUNKS, n_few)
+        for c in prange(n_chunks):
+            for u in range(c * n_few // n_chunks, (c + 1) * n_few // n_chunks):
+                _few_rows_tile(x, 0, T, panels, FEW_PANELS * u, 0, d_in, scale, out)
         return
     n_tiles = n_panels // TILE_PANELS
     n_chunks = min(N_CHUNKS, max(n_tiles, 1))

@@ -303,6 +303,7 @@ w = rng.standard_normal((1030, 641), dtype=np.float32)
 x = rng.standard_normal((60, 641), dtype=np.float32)
 products = [kernels.linear(x, kernels.pack(w)), kernels.linear(x, kernels.quantize_int8(w))]
 rows = [kernels.linear(x[:1], kernels.pack(w)), kernels.linear(x[:1], kernels.quantize_int8(w))]
+rows.append(kernels.linear(x[:3], kernels.pack(w)))  # AVX2's few-rows tile
 np.save(sys.argv[1], np.stack(products + [np.resize(r, products[0].shape) for r in rows]))
 print(kernels.LANES, kernels.TILE_PANELS, kernels.TILE_ROWS)
 """
@@ -346,3 +347,6 @@ def test_same_bits_from_another_instruction_set(tmp_path) -> None:
     # one row goes through the wide one-row tile (WIDE_PANELS panels): the same bits too
     assert np.array_equal(theirs[2, 0], linear(x[:1], pack(w))[0])
     assert np.array_equal(theirs[3, 0], linear(x[:1], quantize_int8(w))[0])
+    # three rows: AVX2's few-rows tile (2 panels), here or there; the same bits as in 60 rows
+    assert np.array_equal(theirs[4, :3], linear(x[:3], pack(w)))
+    assert np.array_equal(theirs[4, :3], theirs[0, :3])
