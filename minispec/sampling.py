@@ -61,12 +61,39 @@ def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
         kth = np.partition(probs, -params.top_k)[-params.top_k]
         probs = np.where(probs >= kth, probs, 0.0)
     if params.top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        mass_before = np.cumsum(probs[order]) - probs[order]  # mass of strictly more likely tokens
-        keep = np.zeros(probs.size, dtype=bool)
-        keep[order] = mass_before < params.top_p * probs.sum()
-        probs = np.where(keep, probs, 0.0)
+        probs = np.where(nucleus(probs, params.top_p), probs, 0.0)
     return probs / probs.sum()
+
+
+def nucleus(probs: np.ndarray, top_p: float, candidates: int = 1024) -> np.ndarray:
+    """Top-p's mask: the tokens whose more likely tokens hold less than top_p of the mass.
+
+    In order of decreasing probability (ties: lower id first), token i is kept iff the mass of
+    the tokens before it is below top_p * sum(probs). Sorting all 262,144 tokens for that took
+    longer than the rest of a sampled step's arithmetic, so the `candidates` most likely are
+    sorted first; when the kept ones end among them, strictly above the least of them, no other
+    token can be kept and the mask is the same bits as the full sort's (`nucleus_by_sorting`).
+    """
+    threshold = top_p * probs.sum()
+    if candidates < probs.size:
+        cand = np.argpartition(-probs, candidates - 1)[:candidates]  # every token above the least
+        cand = cand[np.lexsort((cand, -probs[cand]))]  # the full sort's order, ties by id
+        p = probs[cand]
+        n_kept = int(np.count_nonzero(np.cumsum(p) - p < threshold))  # a prefix: mass grows
+        if n_kept < candidates and p[n_kept] > p[-1]:
+            keep = np.zeros(probs.size, dtype=bool)
+            keep[cand[:n_kept]] = True
+            return keep
+    return nucleus_by_sorting(probs, top_p)
+
+
+def nucleus_by_sorting(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """`nucleus` the simple way: sort every token (Holtzman et al. 2020, sec. 3.1)."""
+    order = np.argsort(-probs, kind="stable")
+    mass_before = np.cumsum(probs[order]) - probs[order]  # mass of strictly more likely tokens
+    keep = np.zeros(probs.size, dtype=bool)
+    keep[order] = mass_before < top_p * probs.sum()
+    return keep
 
 
 def probabilities(logits: np.ndarray, sampling: SamplingParams) -> np.ndarray:

@@ -264,3 +264,19 @@ def test_the_chi_square_test_catches_q_without_temperature_and_top_p(models):
     n = 20_000
     counts = sample_counts(target, untempered, draft, accept_or_reject, n, seed=2)
     assert chi_square_p_value(counts, joint_of_target(target), n) < FALSE_FAILURE
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.95, 0.999, 1.0 - 1e-12])
+def test_nucleus_equals_the_full_sort(top_p: float) -> None:
+    """Top-p through the candidates gives the same mask as sorting every token, including
+    where it must fall back (a flat distribution, ties at the candidates' edge)."""
+    from minispec.sampling import nucleus, nucleus_by_sorting
+
+    rng = np.random.default_rng(7)
+    peaked = np.exp(rng.standard_normal(262_144) * 3)
+    flat = np.ones(5_000)
+    ties = np.repeat([8.0, 4.0, 2.0, 1.0], [3, 700, 700, 3_000])  # a tie across 1,024
+    for probs in (peaked, flat, ties, rng.permutation(ties)):
+        probs = probs / probs.sum()
+        assert np.array_equal(nucleus(probs, top_p), nucleus_by_sorting(probs, top_p))
+        assert np.array_equal(nucleus(probs, top_p, 16), nucleus_by_sorting(probs, top_p))
