@@ -294,7 +294,8 @@ def _tile_of(n_panels: int, max_rows: int):
     """A Numba intrinsic: out[t0:t0+rows, cols] += x[t0:t0+rows, k0:k1] @ w[cols, k0:k1].T,
     for n_panels panels (cols = 16p .. 16p + 16 n_panels) and 1..max_rows rows.
 
-    `_tile` is the one every product uses (TILE_PANELS x TILE_ROWS). Called as
+    `_tile` (TILE_PANELS x TILE_ROWS) does every product but AVX2's two- and three-row float32
+    ones (`_few_rows_tile`). Called as
     _tile(x, t0, rows, panels, p, k0, k1, scale, out) with x (T, d_in) float32, rows in
     1..TILE_ROWS, panels of a PackedWeight (or any (n, K, 16) view with contiguous lanes,
     `as_panels`), the steps k0 <= k < k1 of the sum, scale the weight's scales (or None) and

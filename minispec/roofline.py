@@ -131,7 +131,8 @@ def fma_rate(
     packed: bool = True,
 ) -> dict[int, float]:
     """Multiply-adds per second of the kernel's product with T rows, on a weight in cache:
-    {T: FMA/s}, the best of `repeats` calls each (packed=False: NumPy's BLAS, float32 only).
+    {T: FMA/s}, the best of `repeats` calls each (packed=False: NumPy's BLAS on the float32
+    matrix, for int8 the dequantized one, as `model.reference` multiplies).
 
     The weight is 512 x 2048 (4 MB in float32, 1 MB in int8): it stays in this machine's L3
     (or its L2s), so the product waits on the arithmetic, not on memory, and one call is long
