@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minispec.kv_cache import new_cache
-from minispec.model import Model, forward
+from minispec.model import Model, forward, forward_each
 from minispec.sampling import GREEDY, SamplingParams, distribution, sample
 
 
@@ -89,6 +89,60 @@ def generate(
         decode_s=decode_s,
         stopped_by=stopped_by,
     )
+
+
+def generate_batch(
+    model: Model,
+    prompts: list[list[int]],
+    max_new_tokens: int = 32,
+    sampling: SamplingParams = GREEDY,
+    seeds: list[int] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> list[Generation]:
+    """`generate` for several prompts at once: each step is one pass over all unfinished ones.
+
+    Each prompt is prefilled alone, then every decoding step feeds the newest token of every
+    sequence still running in one `forward_each` (the weights are read once per step, not once
+    per sequence). Sequence b draws from its own generator, seeded with seeds[b] (default b), so
+    with the kernels each result is token for token `generate(model, prompts[b], ..., seeds[b])`.
+    prefill_s and decode_s are the wall times of all the prefills and of the shared loop;
+    on_step(n) gets the number of tokens made so far, after every step.
+    """
+    check_max_new_tokens(max_new_tokens)
+    for prompt in prompts:
+        check_prompt(prompt, model.config.vocab_size)
+    seeds = list(range(len(prompts))) if seeds is None else seeds
+    if len(seeds) != len(prompts):
+        raise ValueError(f"generate_batch: {len(prompts)} prompts but {len(seeds)} seeds")
+    rngs = [np.random.default_rng(s) for s in seeds]
+    caches = [new_cache(model.config, capacity=len(p) + max_new_tokens) for p in prompts]
+
+    t0 = time.perf_counter()
+    logits = [
+        forward(model, p, c, last_only=True)[-1] for p, c in zip(prompts, caches, strict=True)
+    ]
+    prefill_s = time.perf_counter() - t0
+
+    ids: list[list[int]] = [[] for _ in prompts]
+    stopped_by = ["max_new_tokens"] * len(prompts)
+    running = list(range(len(prompts)))
+    t0 = time.perf_counter()
+    while running:
+        for row, b in enumerate(running):
+            ids[b].append(next_token(logits[row], sampling, rngs[b]))
+            if ids[b][-1] == model.config.eos_token_id:
+                stopped_by[b] = "eos"
+        running = [b for b in running if stopped_by[b] != "eos" and len(ids[b]) < max_new_tokens]
+        if on_step is not None:
+            on_step(sum(map(len, ids)))
+        if running:
+            step = forward_each(model, [ids[b][-1] for b in running], [caches[b] for b in running])
+            logits = list(step)  # (len(running), vocab): row i is sequence running[i]'s
+    decode_s = time.perf_counter() - t0
+    return [
+        Generation(list(p), ids[b], decode_text(model, ids[b]), prefill_s, decode_s, stopped_by[b])
+        for b, p in enumerate(prompts)
+    ]
 
 
 def next_token(logits: np.ndarray, sampling: SamplingParams, rng: np.random.Generator) -> int:

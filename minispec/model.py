@@ -170,17 +170,35 @@ def attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
+Caches = KVCache | list[KVCache]
+
+
+def segments(cache: Caches, T: int) -> list[tuple[KVCache, slice]]:
+    """Which rows of a T-row pass extend which cache.
+
+    One KVCache: all T rows, the next T positions of one sequence. A list of T caches: row t is
+    the newest token of sequence t (`forward_each`, several sequences decoded at once).
+    """
+    if isinstance(cache, KVCache):
+        return [(cache, slice(0, T))]
+    if len(cache) != T:
+        raise ValueError(f"forward: {T} tokens for {len(cache)} caches; give one token per cache")
+    return [(c, slice(t, t + 1)) for t, c in enumerate(cache)]
+
+
 def attention(
-    x: np.ndarray, layer: Layer, cache: KVCache, i: int, config: GemmaConfig, fast: bool = True
+    x: np.ndarray, layer: Layer, cache: Caches, i: int, config: GemmaConfig, fast: bool = True
 ) -> np.ndarray:
     """Self-attention of layer i for T new positions; their keys and values join the cache.
 
+    cache: one KVCache, or one per row (`segments`): the products take every row at once, and
+    each row's keys and values go into, and its query reads, its own sequence's cache only.
     fast: the Numba kernels (`attend`'s, `rms_norm`'s and `rope`'s arithmetic); False: `attend`
     itself, query by query, and NumPy's `rms_norm` and `rope`.
     """
-    T, start = x.shape[0], cache.length
+    T, parts = x.shape[0], segments(cache, x.shape[0])
     n_heads, n_kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    positions = np.arange(start, start + T)
+    positions = np.concatenate([np.arange(c.length, c.length + r.stop - r.start) for c, r in parts])
     sliding = config.is_sliding(i)
     base = config.rope_local_base_freq if sliding else config.rope_theta
 
@@ -197,22 +215,37 @@ def attention(
         q, k = rope(q, positions, base), rope(k, positions, base)
     q = q * np.float32(config.query_pre_attn_scalar**-0.5)
 
-    cache.keys[i, start : start + T] = k
-    cache.values[i, start : start + T] = v
+    window = config.sliding_window if sliding else None
+    out = np.empty_like(q)  # (T, n_heads, head_dim)
+    for c, r in parts:
+        out[r] = attend_cached(q[r], k[r], v[r], c, i, positions[r], window, fast)
+    return linear(out.reshape(T, n_heads * hd), layer.o_proj)  # (T, d_model)
 
+
+def attend_cached(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    cache: KVCache,
+    i: int,
+    positions: np.ndarray,
+    window: int | None,
+    fast: bool = True,
+) -> np.ndarray:
+    """Write the new keys and values into layer i's cache, then attend each query over it."""
+    start = cache.length
+    cache.keys[i, start : start + len(k)] = k
+    cache.values[i, start : start + len(v)] = v
     # Each query over exactly the keys it may see (the kernel gives the others probability 0,
     # an exact no-op): a position's result is then the same computation whether it is decoded
     # alone, verified with k others or prefilled with its prompt.
-    window = config.sliding_window if sliding else None
     if fast:
         bounds = key_bounds(positions, window)  # (T, 2)
-        out = kernels.attend_each(q, cache.keys[i], cache.values[i], bounds)
-    else:
-        seen = [visible_keys(int(pos), window) for pos in positions]
-        out = np.stack(
-            [attend(q[t], cache.keys[i, s], cache.values[i, s]) for t, s in enumerate(seen)]
-        )  # (T, n_heads, head_dim)
-    return linear(out.reshape(T, n_heads * hd), layer.o_proj)  # (T, d_model)
+        return kernels.attend_each(q, cache.keys[i], cache.values[i], bounds)
+    seen = [visible_keys(int(pos), window) for pos in positions]
+    return np.stack(
+        [attend(q[t], cache.keys[i, s], cache.values[i, s]) for t, s in enumerate(seen)]
+    )  # (T, n_heads, head_dim)
 
 
 def mlp(x: np.ndarray, layer: Layer, fast: bool = True) -> np.ndarray:
@@ -226,7 +259,7 @@ def mlp(x: np.ndarray, layer: Layer, fast: bool = True) -> np.ndarray:
 
 
 def block(
-    x: np.ndarray, layer: Layer, cache: KVCache, i: int, config: GemmaConfig, fast: bool = True
+    x: np.ndarray, layer: Layer, cache: Caches, i: int, config: GemmaConfig, fast: bool = True
 ) -> np.ndarray:
     """One transformer block with Gemma's four norms: pre- and post-norm around each sublayer."""
     eps = config.rms_norm_eps
@@ -251,7 +284,7 @@ class ForwardOutput:
 def forward_hidden(
     model: Model,
     tokens: np.ndarray | list[int],
-    cache: KVCache,
+    cache: Caches,
     *,
     n_layers: int | None = None,
     last_only: bool = False,
@@ -261,6 +294,7 @@ def forward_hidden(
 
     With n_layers < all, only those layers' caches are written; the caller rolls the cache back.
     head=False skips the output head (logits None): an early exit scores its own tokens.
+    cache: a list of caches, one per token, decodes several sequences at once (`forward_each`).
     """
     tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if tokens.size == 0:
@@ -268,11 +302,14 @@ def forward_hidden(
     config, params = model.config, model.params
     if tokens.min() < 0 or tokens.max() >= config.vocab_size:
         raise ValueError(f"forward: token ids must be in [0, {config.vocab_size})")
-    cache.reserve(tokens.size)
+    parts = segments(cache, tokens.size)
+    for c, r in parts:
+        c.reserve(r.stop - r.start)
     x = embed(tokens, params.embed, config.hidden_size)  # (T, d_model)
     for i, layer in enumerate(params.layers[:n_layers]):
         x = block(x, layer, cache, i, config, model.kernels)
-    cache.length += tokens.size
+    for c, r in parts:
+        c.length += r.stop - r.start
     if not head:
         return ForwardOutput(logits=None, hidden=x)
     h = x[-1:] if last_only else x
@@ -286,6 +323,16 @@ def forward(
 ) -> np.ndarray:
     """Append T new tokens to the cache and return their next-token logits, shape (T, vocab)."""
     return forward_hidden(model, tokens, cache, last_only=last_only).logits
+
+
+def forward_each(model: Model, tokens: np.ndarray | list[int], caches: list[KVCache]) -> np.ndarray:
+    """One new token for each of B sequences in one pass: (B, vocab) logits, row b sequence b's.
+
+    Batched decoding: the weights are read once for all B rows, each row attends over its own
+    cache. With the kernels (batch invariant) row b is bit for bit what `forward(model,
+    [tokens[b]], caches[b])` gives; the reference path's BLAS promises no such thing.
+    """
+    return forward_hidden(model, tokens, caches).logits
 
 
 # ------------------------------------------------------------------ from a checkpoint's tensors
