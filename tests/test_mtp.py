@@ -42,7 +42,7 @@ from minispec.train.mtp import (
     train,
     unrolled_loss,
 )
-from minispec.train.mtp_data import teacher_forced
+from minispec.train.mtp_data import OWN_PROMPTS, own_documents, teacher_forced
 
 GREEDY = SamplingParams()
 RNG = np.random.default_rng(0)
@@ -552,6 +552,29 @@ def test_restricted_labels_are_the_argmax_over_the_label_ids(target):
     assert inside[[0, 2]].mean() > 0.3  # the check below compares something
     np.testing.assert_array_equal(part["labels"][inside], full["labels"][inside])
     assert np.isin(part["labels"][[0, 2]], label_ids).all()
+
+
+@pytest.mark.parametrize("n_tokens", [40, 700])
+def test_own_documents_are_the_prompts_continued_one_by_one(target, n_tokens):
+    """Decoded together, the own samples are what `generate` gives prompt i with seed + i.
+
+    Prompts are kept in order until n_tokens are made; where some stop early at <eos>, more
+    prompts are decoded in a second round, as one-by-one decoding would have gone on to them.
+    """
+    from minispec.drafters.draft_model import quantized_copy
+    from minispec.generate import generate
+    from minispec.tokenizer import encode
+
+    docs = own_documents(target, n_tokens, seed=5, say=lambda m: None)
+    per_prompt, made, want = max(16, n_tokens // len(OWN_PROMPTS)), 0, []
+    for i, prompt in enumerate(OWN_PROMPTS):
+        if made >= n_tokens:
+            break
+        ids = encode(target.tokenizer, prompt)
+        out = generate(quantized_copy(target), ids, per_prompt, SamplingParams(1.0), 5 + i)
+        want.append((f"own:{i}", prompt + out.text))
+        made += len(out.ids)
+    assert docs == want
 
 
 @pytest.mark.slow

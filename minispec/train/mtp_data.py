@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import math
 import sysconfig
 from collections.abc import Callable
 from pathlib import Path
@@ -131,9 +132,14 @@ def code_documents() -> list[tuple[str, str]]:
 def own_documents(
     target: Model, n_tokens: int, seed: int = 0, say: Callable[[str], None] = print
 ) -> list[tuple[str, str]]:
-    """The target's own continuations of OWN_PROMPTS, sampled at temperature 1 (int8 weights)."""
+    """The target's own continuations of OWN_PROMPTS, sampled at temperature 1 (int8 weights).
+
+    Prompt i is continued by up to n_tokens / len(OWN_PROMPTS) tokens with seed + i, all prompts
+    decoded together (`generate_batch`, which gives each the tokens `generate` would); prompts
+    are kept in order until n_tokens are made.
+    """
     from minispec.drafters.draft_model import quantized_copy
-    from minispec.generate import generate
+    from minispec.generate import generate_batch
     from minispec.sampling import SamplingParams
     from minispec.tokenizer import encode
 
@@ -141,16 +147,35 @@ def own_documents(
         return []
     fast = quantized_copy(target) if target.weights == "float32" else target
     per_prompt = max(16, n_tokens // len(OWN_PROMPTS))
-    docs, made = [], 0
-    for i, prompt in enumerate(OWN_PROMPTS):
-        if made >= n_tokens:
-            break
-        ids = encode(target.tokenizer, prompt)
-        out = generate(fast, ids, per_prompt, SamplingParams(temperature=1.0), seed + i)
-        docs.append((f"own:{i}", prompt + out.text))
-        made += len(out.ids)
-        say(f"own continuations: {made} tokens sampled")
+    temperature_1 = SamplingParams(temperature=1.0)
+    docs: list[tuple[str, str]] = []
+    made = 0
+    while made < n_tokens and len(docs) < len(OWN_PROMPTS):
+        # As many prompts as the tokens still wanted need if none stops early at <eos>.
+        wanted = math.ceil((n_tokens - made) / per_prompt)
+        batch = range(len(docs), min(len(OWN_PROMPTS), len(docs) + wanted))
+        prompts = [encode(target.tokenizer, OWN_PROMPTS[i]) for i in batch]
+        seeds = [seed + i for i in batch]
+        outs = generate_batch(fast, prompts, per_prompt, temperature_1, seeds, _every(25, say))
+        for i, out in zip(batch, outs, strict=True):
+            if made >= n_tokens:
+                break
+            docs.append((f"own:{i}", OWN_PROMPTS[i] + out.text))
+            made += len(out.ids)
     return docs
+
+
+def _every(n: int, say: Callable[[str], None]) -> Callable[[int], None]:
+    """An on_step for generate_batch that reports the tokens made every n steps."""
+    steps = 0
+
+    def on_step(made: int) -> None:
+        nonlocal steps
+        steps += 1
+        if steps % n == 0:
+            say(f"own continuations: {made} tokens sampled")
+
+    return on_step
 
 
 def chunk_documents(
