@@ -156,7 +156,9 @@ def own_documents(
         batch = range(len(docs), min(len(OWN_PROMPTS), len(docs) + wanted))
         prompts = [encode(target.tokenizer, OWN_PROMPTS[i]) for i in batch]
         seeds = [seed + i for i in batch]
-        outs = generate_batch(fast, prompts, per_prompt, temperature_1, seeds, _every(25, say))
+        outs = generate_batch(
+            fast, prompts, per_prompt, temperature_1, seeds, _every(25, say, made)
+        )
         for i, out in zip(batch, outs, strict=True):
             if made >= n_tokens:
                 break
@@ -165,15 +167,15 @@ def own_documents(
     return docs
 
 
-def _every(n: int, say: Callable[[str], None]) -> Callable[[int], None]:
-    """An on_step for generate_batch that reports the tokens made every n steps."""
+def _every(n: int, say: Callable[[str], None], before: int = 0) -> Callable[[int], None]:
+    """An on_step for generate_batch that reports the tokens made (plus before) every n steps."""
     steps = 0
 
     def on_step(made: int) -> None:
         nonlocal steps
         steps += 1
         if steps % n == 0:
-            say(f"own continuations: {made} tokens sampled")
+            say(f"own continuations: {before + made} tokens sampled")
 
     return on_step
 
