@@ -110,3 +110,18 @@ def test_generate_batch_wants_one_seed_per_prompt():
     model = tiny_model(seed=0)
     with pytest.raises(ValueError, match="2 prompts but 1 seeds"):
         generate_batch(model, [[2, 5], [2, 6]], 4, seeds=[0])
+
+
+@pytest.mark.slow
+def test_real_generate_batch_equals_generate(real_checkpoint):
+    """Gemma 3 270M, int8 (as train-mtp's own samples): sampled batch rows are `generate`'s."""
+    from minispec.loading import load_model
+    from minispec.tokenizer import encode
+
+    model = load_model(real_checkpoint, weights="int8")
+    texts = ["The history of the printing press", "def fibonacci(n):", "Dear team,"]
+    prompts = [encode(model.tokenizer, t) for t in texts]
+    sampling, seeds = SamplingParams(temperature=1.0), [0, 1, 2]
+    got = generate_batch(model, prompts, 24, sampling, seeds)
+    for prompt, seed, out in zip(prompts, seeds, got, strict=True):
+        assert out.ids == generate(model, prompt, 24, sampling, seed).ids
