@@ -12,7 +12,8 @@ One import gives what a notebook or a script needs (`import minispec as ms`):
     ms.accept_greedy, ms.accept_or_reject, ms.residual_distribution   the acceptance rule
     ms.save_trace / ms.load_trace        a run's step-by-step record, as JSON
 
-Importing loads no weights and compiles nothing: the Numba kernels compile on first use.
+Importing loads no weights and compiles nothing; `load_model` compiles the Numba kernels
+(`kernels.warmup`), or reads them from Numba's on-disk cache after the first time.
 """
 
 from minispec.drafters import make_drafter

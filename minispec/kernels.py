@@ -77,7 +77,7 @@ changes it; results do not depend on the thread count). The tiles are split stat
 the threads: Numba's dynamic scheduling (`set_parallel_chunksize`) was slower when we tried
 it. Compiled code is cached on disk (`cache=True`: in `__pycache__` next to this
 file, or under NUMBA_CACHE_DIR), so only the very first run compiles (docs/benchmarks.md, "Compiling
-the kernels"; `warmup()` does it up front).
+the kernels"); `warmup()`, which `load_model` calls, does it up front.
 """
 
 from __future__ import annotations
@@ -230,17 +230,34 @@ def linear(x: np.ndarray, w: np.ndarray | PackedWeight) -> np.ndarray:
 
 
 def warmup() -> None:
-    """Compile (or load from the on-disk cache) every kernel: products, norms, GeGLU, attention."""
+    """Compile (or load from Numba's on-disk cache) every kernel in every variant the model uses.
+
+    Numba compiles a kernel once per kind of argument (dtype, and whether an array is
+    contiguous), and the norms, GeGLU and attention each have a one-thread and a threaded
+    variant. The calls below take each of those paths once, with arrays laid out as the model
+    lays out Gemma's (a head_dim of whole tiles), so that the first timed run measures the
+    model, not the compiler. `load_model` calls it.
+    """
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 8), dtype=np.float32)
-    w = rng.standard_normal((9, 8), dtype=np.float32)
-    linear(x, pack(w))
-    linear(x, quantize_int8(w))
-    rms_norm_rows(x, w[0], 1e-6)
-    gelu_gate(x, x)
-    rope_rows(x.reshape(3, 2, 4), x[:, :2], x[:, 2:4])
-    kv = w.reshape(9, 1, 8)  # (capacity, n_kv_heads, head_dim)
-    attend_each(x.reshape(3, 1, 8), kv, kv, np.array([(0, 7), (0, 8), (1, 9)]))
+
+    def rand(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    w = rand(32, 8)
+    for weight in (pack(w), quantize_int8(w)):
+        linear(rand(1, 8), weight)
+    for n_rows in (2, SERIAL_SIZE // 8 + 1):  # a few rows stay on one thread, more go to the pool
+        x = rand(n_rows, 8)
+        rms_norm_rows(x, w[0], 1e-6)
+        gelu_gate(x, x)
+    rope_rows(rand(3, 2, 8), rand(3, 4), rand(3, 4))  # cos, sin contiguous, as `rope_angles` gives
+    n_heads, capacity = 4, 64
+    for head_dim in (2 * TILE_COLS, TILE_COLS // 2):  # Gemma's whole tiles; a tiny model's padded
+        kv = rand(capacity, 1, head_dim)  # (capacity, n_kv_heads, head_dim)
+        # decoding (one unit of work, one thread), a verify pass, a prompt (values copied)
+        for T in (1, 5, 4 * TILE_COLS // n_heads + 1):
+            seen = np.stack([np.zeros(T, np.int64), np.arange(capacity - T, capacity) + 1], axis=1)
+            attend_each(rand(T, n_heads, head_dim), kv, kv, seen)
 
 
 def _as_matrix(w: np.ndarray, who: str) -> np.ndarray:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from minispec.cache import open_checkpoint
+from minispec.kernels import warmup
 from minispec.model import Model, params_from_state_dict, reference
 from minispec.tokenizer import load_tokenizer
 
@@ -24,9 +25,16 @@ def load_model(
     folder, or a .gguf file. weights: "float32" (the reference) or "int8" (every matrix quantized
     with one scale per row: a quarter of the bytes to read per token). kernels=False gives the
     plain NumPy model (`model.reference`): the readable path, several times slower.
+
+    The kernels are compiled here (`kernels.warmup`: about half a minute the first time, then
+    read from Numba's on-disk cache in about a second), not in the first forward pass, so
+    that the first run a learner times is the model's speed, not the compiler's.
     """
     folder, config, tensors = open_checkpoint(path, progress=progress)
     tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
     params = params_from_state_dict(config, tensors, weights)
     model = Model(config, params, tokenizer, name=folder.name, weights=weights)
-    return model if kernels else reference(model)
+    if not kernels:
+        return reference(model)
+    warmup()
+    return model

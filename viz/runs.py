@@ -70,7 +70,7 @@ def get_model(store: Store, choice: str, progress: Callable[[str, int, int], Non
                 model = tiny_model()
             else:
                 model = load_model(None if choice == "gemma" else choice, progress=progress)
-            generate(model, encode(model.tokenizer, "Hi"), max_new_tokens=2)  # compile, warm up
+            generate(model, encode(model.tokenizer, "Hi"), max_new_tokens=2)  # warm up
             store.models[choice] = model
         return store.models[choice]
 
