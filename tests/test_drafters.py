@@ -14,11 +14,12 @@ from minispec.drafters import (
     make_drafter,
     quantized_copy,
 )
+from minispec.drafters.base import choose
 from minispec.drafters.ngram import lookup
 from minispec.kernels import PackedWeight
 from minispec.kv_cache import new_cache
 from minispec.model import forward, forward_hidden
-from minispec.sampling import SamplingParams
+from minispec.sampling import SamplingParams, probabilities
 from minispec.speculative import prefill
 from minispec.tiny import tiny_model
 
@@ -74,6 +75,30 @@ def test_ngram_drafter_copies_code(target):
 
 
 # -------------------------------------------------------------------------------- early exit
+
+
+@pytest.mark.parametrize("sampling", [SAMPLED, SamplingParams(temperature=1.3, top_k=7)])
+def test_choose_over_a_cheap_heads_subset_is_the_full_distribution(sampling):
+    """A cheap head leaves unscored tokens at -inf: `choose` computes q over the scored ones
+    only, and that is the full row's distribution (zero elsewhere), and it draws from it."""
+    rng = np.random.default_rng(3)
+    logits = np.full(5000, -np.inf, dtype=np.float32)
+    scored = np.sort(rng.choice(5000, 300, replace=False))
+    logits[scored] = 3 * rng.standard_normal(300, dtype=np.float32)
+    full = probabilities(logits, sampling)
+    draws = rng.integers(0, 2**32, 400)
+    picks = set()
+    for seed in draws:
+        token, q = choose(logits, sampling, np.random.default_rng(seed))
+        np.testing.assert_allclose(q, full, rtol=1e-12, atol=1e-15)
+        assert np.all(q[logits == -np.inf] == 0) and q[token] > 0
+        picks.add(token)
+    assert len(picks) > 1  # sampled, not one fixed token
+    # A row with every token scored goes through `probabilities` unchanged: the same bits.
+    dense = rng.standard_normal(5000).astype(np.float32)
+    assert np.array_equal(
+        choose(dense, sampling, np.random.default_rng(0))[1], probabilities(dense, sampling)
+    )
 
 
 @pytest.mark.parametrize("n_layers", [1, 3, 5])

@@ -78,11 +78,22 @@ class Drafter(Protocol):
 def choose(
     logits: np.ndarray, sampling: SamplingParams, rng: np.random.Generator
 ) -> tuple[int, np.ndarray | None]:
-    """A model drafter's pick from one row of logits: (token, q). Greedy: (argmax, None)."""
+    """A model drafter's pick from one row of logits: (token, q). Greedy: (argmax, None).
+
+    A cheap head scores a subset of the vocabulary and leaves the rest at -inf, probability 0:
+    q is then computed over the scored tokens alone (the same distribution, zero elsewhere),
+    since temperature and top-p over all 262,144 took longer than the draft step itself.
+    """
     if sampling.greedy:
         return int(np.argmax(logits)), None
-    q = probabilities(logits, sampling)
-    return sample(q, rng), q
+    if logits.min() > -np.inf:  # a full head
+        q = probabilities(logits, sampling)
+        return sample(q, rng), q
+    scored = np.flatnonzero(logits > -np.inf)  # (n,) the tokens the head scored
+    q_scored = probabilities(logits[scored], sampling)
+    q = np.zeros(logits.shape, dtype=np.float64)
+    q[scored] = q_scored
+    return int(scored[sample(q_scored, rng)]), q
 
 
 def make_draft(tokens: list[int], qs: list, logits: list) -> Draft:
