@@ -26,9 +26,9 @@ def load_model(
     with one scale per row: a quarter of the bytes to read per token). kernels=False gives the
     plain NumPy model (`model.reference`): the readable path, several times slower.
 
-    The kernels are compiled here (`kernels.warmup`: about half a minute the first time, then
-    read from Numba's on-disk cache in about a second), not in the first forward pass, so
-    that the first run a learner times is the model's speed, not the compiler's.
+    The kernels are compiled here (`kernels.warmup`; after the first time they are read from
+    Numba's on-disk cache: docs/benchmarks.md, "Compiling the kernels"), not in the first
+    forward pass, so that the first run a learner times is the model's speed, not the compiler's.
     """
     folder, config, tensors = open_checkpoint(path, progress=progress)
     tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
