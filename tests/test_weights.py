@@ -540,6 +540,23 @@ def test_two_first_runs_at_once(tiny_gguf: Path, cache_root: Path) -> None:
     assert checkpoint.is_checkpoint(Path(outs[0]))
 
 
+def test_losing_the_race_keeps_the_winners_folder(
+    tiny_gguf: Path, cache_root: Path, monkeypatch
+) -> None:
+    """The other first run renames its folder into place between our check and our conversion:
+    we keep its folder instead of failing on "already exists" (the race above, made certain)."""
+    real = gguf_file.gguf_to_checkpoint
+
+    def other_process_wins(gguf_path, folder, progress=None):
+        real(gguf_path, folder)  # the winner
+        return real(gguf_path, folder, progress)  # ours: refuses to overwrite
+
+    monkeypatch.setattr(cache, "gguf_to_checkpoint", other_process_wins)
+    folder = cache.resolve_checkpoint(tiny_gguf)
+    assert checkpoint.is_checkpoint(folder)
+    assert [p.name for p in cache_root.iterdir()] == [folder.name]
+
+
 def test_a_damaged_cached_folder_is_rebuilt(
     tiny_gguf: Path, cache_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
