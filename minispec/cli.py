@@ -26,6 +26,7 @@ from minispec.sampling import GREEDY, SamplingParams, check_sampling, probabilit
 from minispec.speculative import SpeculativeGeneration, check_k, speculative_generate
 from minispec.tokenizer import encode, token_strings
 from minispec.trace import save_trace
+from minispec.train.mtp_data import GREEDY_TOKENS
 
 
 class CliError(Exception):
@@ -271,6 +272,7 @@ def cmd_train_mtp(args: argparse.Namespace) -> dict | None:
             args.positions,
             args.length,
             own_tokens=args.own_tokens,
+            greedy_tokens=args.greedy_tokens,
             seed=args.seed,
             say=say,
         )
@@ -390,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train-mtp",
         help="train the MTP drafter (NumPy, hand-written gradients) and save it",
         description="Teacher-forced passes of the model over offline text (Python's docs, "
-        "docstrings, standard-library code, its own samples), then Adam on the drafter "
-        "unrolled over its draft steps, learning the model's own argmax; prints progress.",
+        "docstrings, standard-library code, its own samples and greedy continuations), then Adam "
+        "on the drafter unrolled over its draft steps, learning the model's own argmax; prints "
+        "progress.",
     )
     t.add_argument("--out", default=str(_mtp_default()), help="where to write the weights")
     t.add_argument(
@@ -399,9 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="prepared data (.npz): read if it exists, else made and written there",
     )
-    t.add_argument("--positions", type=int, default=232_000, help="positions to prepare")
+    t.add_argument("--positions", type=int, default=210_000, help="positions to prepare (210000)")
     t.add_argument("--length", type=int, default=512, help="tokens per document chunk (512)")
     t.add_argument("--own-tokens", type=int, default=9_000, help="own samples to draw (9000)")
+    t.add_argument(
+        "--greedy-tokens",
+        type=int,
+        default=GREEDY_TOKENS,
+        help=f"new tokens per greedy continuation ({GREEDY_TOKENS}; 0: none)",
+    )
     t.add_argument("--steps", type=int, default=300, help="Adam steps (300)")
     t.add_argument("--batch", type=int, default=2, help="chunks per step (2)")
     t.add_argument("--unroll", type=int, default=3, help="draft steps unrolled (3)")

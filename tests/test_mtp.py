@@ -42,7 +42,16 @@ from minispec.train.mtp import (
     train,
     unrolled_loss,
 )
-from minispec.train.mtp_data import OWN_PROMPTS, own_documents, teacher_forced
+from minispec.train.mtp_data import (
+    GREEDY_STRIDE,
+    GREEDY_WINDOW,
+    OWN_PROMPTS,
+    chunk_documents,
+    greedy_documents,
+    held_out,
+    own_documents,
+    teacher_forced,
+)
 
 GREEDY = SamplingParams()
 RNG = np.random.default_rng(0)
@@ -575,6 +584,43 @@ def test_own_documents_are_the_prompts_continued_one_by_one(target, n_tokens):
         want.append((f"own:{i}", prompt + out.text))
         made += len(out.ids)
     assert docs == want
+
+
+def test_greedy_documents_continue_windows_of_the_samples(target):
+    """Decoded together, each greedy document is a window of a sample and what greedy `generate`
+    (int8 weights) continues that window with, named after its sample."""
+    from minispec.drafters.draft_model import quantized_copy
+    from minispec.generate import decode_text
+    from minispec.tokenizer import encode
+
+    samples = [("own:0", "The river remembers everything. " * 4), ("own:1", "Dear Tom, hi. " * 9)]
+    docs = greedy_documents(target, samples, new_tokens=12, say=lambda m: None)
+    want, bos = [], target.config.bos_token_id
+    for name, text in samples:
+        ids = encode(target.tokenizer, text, add_bos=False)
+        for start in range(0, len(ids) - GREEDY_WINDOW + 1, GREEDY_STRIDE):
+            prompt = [bos, *ids[start : start + GREEDY_WINDOW]]
+            out = generate(quantized_copy(target), prompt, 12)
+            want.append((f"{name}/greedy@{start}", decode_text(target, prompt[1:]) + out.text))
+    assert len(want) == 4 and docs == want  # 128 and 126 bytes: windows at 0 and 50 of each
+
+
+def test_a_document_goes_where_its_parent_goes(target):
+    """`parent/child` documents follow their parent's split, so no continuation of a held-out
+    sample is trained on (the children's own names would hash to both splits)."""
+    from minispec.tokenizer import encode
+
+    letters = "abcdefghijkl"  # parent i's children are made of letter i only
+    docs = [(f"own:{i}/greedy@{j}", c * 32) for i, c in enumerate(letters) for j in range(3)]
+    parents = [held_out(f"own:{i}", 0.5) for i in range(len(letters))]
+    assert any(parents) and not all(parents)  # both splits are in play
+    assert [held_out(name, 0.5) for name, _ in docs] != [p for p in parents for _ in range(3)]
+    chunks, split = chunk_documents(target, docs, length=17, budget=10_000, fraction=0.5)
+    assert any(split) and not all(split)
+    ids = {c: encode(target.tokenizer, c, add_bos=False)[0] for c in letters}
+    for chunk, held in zip(chunks, split, strict=True):
+        found = {c for c in letters if ids[c] in chunk}
+        assert found and all(parents[letters.index(c)] == held for c in found)
 
 
 @pytest.mark.slow

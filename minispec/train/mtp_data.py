@@ -1,13 +1,16 @@
 """The MTP drafter's training data, made here from text on the machine: nothing is downloaded.
 
-Four sources of documents, so the drafter sees prose as well as code:
+Five sources of documents, so the drafter sees prose as well as code:
 
     prose        Python's own reference documentation (pydoc's topics, `pydoc_data`)
     docstrings   the docstrings of the standard library's modules (read with `ast`, not imported)
     code         the standard library's source files
     own          the target's own sampled continuations of varied prompts (stories, letters,
-                 news, recipes, dialogue, code): the closest thing to what the drafter reads
-                 when it runs; drawn with int8 weights, which are faster and nearly always agree
+                 news, recipes, dialogue, code), drawn with int8 weights, which are faster and
+                 nearly always agree
+    greedy       the target's own greedy continuations of passages cut from those samples: what
+                 the drafter reads when it runs greedy, a prompt and then the target's own
+                 choices, repetitions and all (a 270M base model's greedy text soon loops)
 
 Each document is tokenised and the documents of one source are cut into chunks of S tokens
 (each starting with <bos>). A document goes wholly to training or to the held-out split, by a
@@ -78,10 +81,15 @@ OWN_PROMPTS = [
     "Professor Hill began the lecture by asking a simple question:",
 ]
 
-SHARES = {"prose": 0.45, "docstrings": 0.25, "code": 0.20, "own": 0.10}
+# Shares of the positions; the greedy continuations take what is left (about a tenth).
+SHARES = {"prose": 0.45, "docstrings": 0.22, "code": 0.18, "own": 0.05}
 # The own samples are few documents (one per prompt): hold out a larger share of them, so that
 # some land in the held-out split at all (8 % of ~10,000 tokens is less than one chunk).
 OWN_HELD_OUT = 0.25
+# The greedy continuations' prompts: windows of the own samples, about as long as a user's prompt
+GREEDY_WINDOW = 48  # tokens in a prompt
+GREEDY_STRIDE = 50  # a window starts every this many tokens of a sample
+GREEDY_TOKENS = 80  # new tokens per continuation
 
 
 def held_out(name: str, fraction: float) -> bool:
@@ -157,7 +165,7 @@ def own_documents(
         prompts = [encode(target.tokenizer, OWN_PROMPTS[i]) for i in batch]
         seeds = [seed + i for i in batch]
         outs = generate_batch(
-            fast, prompts, per_prompt, temperature_1, seeds, _every(25, say, made)
+            fast, prompts, per_prompt, temperature_1, seeds, _every(25, say, "own", made)
         )
         for i, out in zip(batch, outs, strict=True):
             if made >= n_tokens:
@@ -167,7 +175,45 @@ def own_documents(
     return docs
 
 
-def _every(n: int, say: Callable[[str], None], before: int = 0) -> Callable[[int], None]:
+def greedy_documents(
+    target: Model,
+    samples: list[tuple[str, str]],
+    new_tokens: int = GREEDY_TOKENS,
+    say: Callable[[str], None] = print,
+) -> list[tuple[str, str]]:
+    """The target's own greedy continuations (int8 weights) of passages cut from `samples`.
+
+    At run time a greedy drafter reads a prompt and then the target's own greedy choices, which
+    in a small base model soon repeat whole sentences: text unlike any document above, and where
+    a drafter that attends to the context can learn to copy. Each sample gives a prompt of
+    GREEDY_WINDOW tokens every GREEDY_STRIDE tokens; all are continued together. A continuation
+    is named `<sample>/greedy@<start>`, so it lands in its sample's split (`chunk_documents`).
+    """
+    from minispec.drafters.draft_model import quantized_copy
+    from minispec.generate import decode_text, generate_batch
+    from minispec.tokenizer import encode
+
+    if new_tokens <= 0 or not samples:
+        return []
+    fast = quantized_copy(target) if target.weights == "float32" else target
+    bos = target.config.bos_token_id
+    names, prompts = [], []
+    for name, text in samples:
+        ids = encode(target.tokenizer, text, add_bos=False)
+        for start in range(0, len(ids) - GREEDY_WINDOW + 1, GREEDY_STRIDE):
+            names.append(f"{name}/greedy@{start}")
+            prompts.append([bos, *ids[start : start + GREEDY_WINDOW]])
+    say(f"greedy continuations: {len(prompts)} prompts of {GREEDY_WINDOW} tokens")
+    outs = generate_batch(fast, prompts, new_tokens, on_step=_every(10, say, "greedy"))
+    return [
+        (name, decode_text(target, prompt[1:]) + out.text)
+        for name, prompt, out in zip(names, prompts, outs, strict=True)
+    ]
+
+
+def _every(
+    n: int, say: Callable[[str], None], what: str = "own", before: int = 0
+) -> Callable[[int], None]:
     """An on_step for generate_batch that reports the tokens made (plus before) every n steps."""
     steps = 0
 
@@ -175,7 +221,7 @@ def _every(n: int, say: Callable[[str], None], before: int = 0) -> Callable[[int
         nonlocal steps
         steps += 1
         if steps % n == 0:
-            say(f"own continuations: {before + made} tokens sampled")
+            say(f"{what} continuations: {before + made} tokens made")
 
     return on_step
 
@@ -192,7 +238,8 @@ def chunk_documents(
 
     Documents are taken in a fixed shuffled order, at most `per_doc` chunks' worth of each (so
     many documents are seen, not a few long ones). Train and held-out documents fill separate
-    streams (held out: about `fraction` of the budget), so no chunk mixes the two.
+    streams (held out: about `fraction` of the budget), so no chunk mixes the two. A document
+    named `parent/child` goes where its parent goes.
     """
     from minispec.tokenizer import encode
 
@@ -202,7 +249,7 @@ def chunk_documents(
     sep = encode(target.tokenizer, "\n\n", add_bos=False)
     for i in order:
         name, text = docs[i]
-        split = held_out(name, fraction)
+        split = held_out(name.split("/")[0], fraction)
         if len(streams[split]) >= room[split]:
             if all(len(streams[k]) >= room[k] for k in streams):
                 break
@@ -263,10 +310,11 @@ def teacher_forced(
 def make_data(
     target: Model,
     kv_layer: int,
-    positions: int = 232_000,
+    positions: int = 210_000,
     length: int = 512,
     held_out_fraction: float = 0.08,
     own_tokens: int = 9_000,
+    greedy_tokens: int = GREEDY_TOKENS,
     seed: int = 0,
     say: Callable[[str], None] = print,
 ) -> TrainData:
@@ -277,16 +325,18 @@ def make_data(
         "code": code_documents(),
         "own": own_documents(target, own_tokens, seed, say),
     }
+    sources["greedy"] = greedy_documents(target, sources["own"], greedy_tokens, say)
     chunks, split, source = [], [], []
     for name, docs in sources.items():
         budget = (
             positions - sum(len(c) for c in chunks)
-            if name == "own"
+            if name == "greedy"
             else int(SHARES[name] * positions)
         )
         # pydoc's few long topics are most of the prose: let each give more chunks
         per_doc = 24 if name == "prose" else 4
-        fraction = max(held_out_fraction, OWN_HELD_OUT) if name == "own" else held_out_fraction
+        own = name in ("own", "greedy")
+        fraction = max(held_out_fraction, OWN_HELD_OUT) if own else held_out_fraction
         c, s = chunk_documents(target, docs, length, budget, fraction, per_doc)
         chunks += c
         split += s
