@@ -623,6 +623,27 @@ def test_a_document_goes_where_its_parent_goes(target):
         assert found and all(parents[letters.index(c)] == held for c in found)
 
 
+def test_evaluation_prompts_are_in_no_training_text():
+    """The held-out prompts the docs measure on: no sentence of theirs is in any training
+    source's text, nor among the own-sample prompts."""
+    from minispec.train.mtp_data import code_documents, docstring_documents, prose_documents
+    from minispec.train.mtp_eval import EVAL_PROMPTS, MORE_PROMPTS
+
+    corpus = "\n".join(
+        text
+        for docs in (prose_documents(), docstring_documents(), code_documents())
+        for _, text in docs
+    )
+    corpus += "\n".join(OWN_PROMPTS)
+    prompts = {**EVAL_PROMPTS, **MORE_PROMPTS}
+    assert len(prompts) == 15
+    for name, prompt in prompts.items():
+        pieces = [p.strip() for p in prompt.replace(".", "\n").split("\n") if len(p.strip()) > 24]
+        assert pieces, name
+        for piece in pieces:
+            assert piece not in corpus, (name, piece)
+
+
 @pytest.mark.slow
 def test_real_sampled_with_the_trained_mtp_keeps_the_targets_joint_distribution(real_checkpoint):
     """Gemma 3 270M and the shipped drafter, sampled: the first two new tokens' joint law.

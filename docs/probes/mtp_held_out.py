@@ -1,13 +1,13 @@
 """MTP drafters' agreement with Gemma 3 270M on the greedy continuations of 15 held-out prompts.
 
 `python docs/probes/mtp_held_out.py [WEIGHTS ...]` (default: the shipped weights). The three
-prompts of `minispec.train.mtp_eval.EVAL_PROMPTS` and twelve more (stories, letters, articles,
-code), none in any training text, are continued greedily by 64 tokens; one teacher-forced pass
-of each gives what a drafter reads, and each drafter is scored at every continuation position as
-it would draft there: top-1 agreement with the target at draft positions 1-3, and the chained
-estimate tau = 1 + P(1) + P(1, 2) + P(1, 2, 3) (k = 3), over all 15 and per prompt. One 64-token
-prompt in the engine drafts only about 40 times, so its tau moves by 0.1 or more between two
-drafters of equal skill; this pools 960 positions.
+prompts of `minispec.train.mtp_eval.EVAL_PROMPTS` and its twelve `MORE_PROMPTS` (stories,
+letters, an article, code), none in any training text, are continued greedily by 64 tokens;
+one teacher-forced pass of each gives what a drafter reads, and each drafter is scored at every
+continuation position as it would draft there: top-1 agreement with the target at draft
+positions 1-3, and the chained estimate tau = 1 + P(1) + P(1, 2) + P(1, 2, 3) (k = 3), over all
+15 and per prompt. One 64-token prompt in the engine drafts only about 40 times, so its tau
+moves by 0.1 or more between two drafters of equal skill; this pools 930 positions.
 """
 
 import sys
@@ -18,27 +18,10 @@ import minispec as ms
 from minispec.drafters.mtp import DEFAULT_WEIGHTS, load_mtp
 from minispec.generate import generate_batch
 from minispec.train import mtp, mtp_data
-from minispec.train.mtp_eval import EVAL_PROMPTS
-
-MORE_PROMPTS = [
-    "The morning fog lay thick over the harbour when Elena stepped off the ferry. She had not "
-    "been back to",
-    "Dear Mr. Patel,\n\nThank you for your order of last week. Unfortunately,",
-    "The committee met on Tuesday to discuss the new library budget. After a long debate,",
-    "When I was a boy, my father kept bees behind the barn. Every spring",
-    "Hello Sarah,\n\nI wanted to follow up on our conversation about the trip to",
-    "The mountain road wound upward through the pines, and the car",
-    "Photosynthesis is the process by which plants",
-    "The village baker rose every day at four. Before anyone else was awake,",
-    'def merge_sorted(a, b):\n    """Merge two sorted lists into one sorted list."""\n'
-    "    result = []\n",
-    'class Counter:\n    """Count how often each item appears."""\n\n    def __init__(self):\n',
-    "My dearest Henry,\n\nIt has been three weeks since you left, and the house",
-    "The museum's new exhibition opens on Friday. Visitors will",
-]
+from minispec.train.mtp_eval import EVAL_PROMPTS, MORE_PROMPTS
 
 model = ms.load_model()
-prompts = [ms.encode(model.tokenizer, t) for t in [*EVAL_PROMPTS.values(), *MORE_PROMPTS]]
+prompts = [ms.encode(model.tokenizer, t) for t in {**EVAL_PROMPTS, **MORE_PROMPTS}.values()]
 outs = generate_batch(model, prompts, 64)  # greedy, float32: what plain decoding gives
 texts = [(np.array(p + o.ids, np.int64), len(p) - 1) for p, o in zip(prompts, outs, strict=True)]
 passes = [mtp_data.teacher_forced(model, [ids], 17, say=lambda m: None) for ids, _ in texts]

@@ -3,7 +3,8 @@
 Greedy speculative decoding with each drafter on prompts that are in no training text: the
 acceptance at each draft position, tokens per target forward (tau), the drafter's cost c per
 draft step as a fraction of one target forward (both timed in the same run), and the
-wall-clock speedup over plain decoding. `curve_png` draws a training run's held-out curve.
+wall-clock speedup over plain decoding (each speculative run against a plain run just before
+it). `curve_png` draws a training run's held-out curve.
 """
 
 from __future__ import annotations
@@ -34,6 +35,30 @@ EVAL_PROMPTS = {
 }
 
 
+# Twelve more held-out prompts (stories, letters, an article, code), in no training text either:
+# one 64-token prompt drafts only about 40 times, so a drafter's tau on it moves by 0.1 or more
+# between training runs of equal skill; these pool more positions (docs/probes/mtp_held_out.py;
+# compare_drafters(model, specs, prompts={**EVAL_PROMPTS, **MORE_PROMPTS})).
+MORE_PROMPTS = {
+    "harbour": "The morning fog lay thick over the harbour when Elena stepped off the ferry. "
+    "She had not been back to",
+    "order": "Dear Mr. Patel,\n\nThank you for your order of last week. Unfortunately,",
+    "committee": "The committee met on Tuesday to discuss the new library budget. After a long "
+    "debate,",
+    "bees": "When I was a boy, my father kept bees behind the barn. Every spring",
+    "trip": "Hello Sarah,\n\nI wanted to follow up on our conversation about the trip to",
+    "mountain": "The mountain road wound upward through the pines, and the car",
+    "photosynthesis": "Photosynthesis is the process by which plants",
+    "baker": "The village baker rose every day at four. Before anyone else was awake,",
+    "merge": 'def merge_sorted(a, b):\n    """Merge two sorted lists into one sorted list."""\n'
+    "    result = []\n",
+    "counter": 'class Counter:\n    """Count how often each item appears."""\n\n'
+    "    def __init__(self):\n",
+    "henry": "My dearest Henry,\n\nIt has been three weeks since you left, and the house",
+    "museum": "The museum's new exhibition opens on Friday. Visitors will",
+}
+
+
 def compare_drafters(
     model: Model,
     specs: list[str],
@@ -42,25 +67,31 @@ def compare_drafters(
     runs: int = 1,
     prompts: dict[str, str] | None = None,
 ) -> list[dict]:
-    """One row per (prompt, drafter): acceptance by position, tau, c, tokens/s, speedup."""
+    """One row per (prompt, drafter): acceptance by position, tau, c, tokens/s, speedup.
+
+    Each speculative run is paired with a plain run just before it, and the speedup is the
+    median over runs of their ratio: the machine's speed can drift by a third within minutes
+    (other guests' memory traffic), and a plain run minutes away would carry that drift into
+    the ratio. plain_tokens_per_s is the median of the drafter's own plain runs.
+    """
     drafters = {spec: make_drafter(spec, model) for spec in specs}
     rows = []
     for name, text in (prompts or EVAL_PROMPTS).items():
         ids = encode(model.tokenizer, text)
-        plain_runs = [generate(model, ids, new_tokens, stop_at_eos=False) for _ in range(runs)]
-        plain_speed = statistics.median(g.tokens_per_s for g in plain_runs)
         for spec, drafter in drafters.items():
-            outs = [
-                speculative_generate(
-                    model, ids, drafter, k, new_tokens, stop_at_eos=False, trace=False
+            plain, outs = [], []
+            for _ in range(runs):
+                plain.append(generate(model, ids, new_tokens, stop_at_eos=False))
+                outs.append(
+                    speculative_generate(
+                        model, ids, drafter, k, new_tokens, stop_at_eos=False, trace=False
+                    )
                 )
-                for _ in range(runs)
-            ]
             s = outs[0].stats
             drafted = max(1, s.drafted)
             # c: one draft step's time over one verify pass's (each verify is one forward)
             cost = (s.draft_s / drafted) / (s.verify_s / max(1, s.steps))
-            speed = statistics.median(o.stats.tokens_per_s for o in outs)
+            paired = list(zip(outs, plain, strict=True))
             rows.append(
                 {
                     "prompt": name,
@@ -70,10 +101,12 @@ def compare_drafters(
                     "alpha": s.alpha,
                     "tau": s.tau,
                     "c": cost,
-                    "tokens_per_s": speed,
-                    "plain_tokens_per_s": plain_speed,
-                    "speedup": speed / plain_speed,
-                    "same_as_plain": outs[0].ids == plain_runs[0].ids,
+                    "tokens_per_s": statistics.median(o.stats.tokens_per_s for o in outs),
+                    "plain_tokens_per_s": statistics.median(g.tokens_per_s for g in plain),
+                    "speedup": statistics.median(
+                        o.stats.tokens_per_s / g.tokens_per_s for o, g in paired
+                    ),
+                    "same_as_plain": all(o.ids == g.ids for o, g in paired),
                 }
             )
     return rows
