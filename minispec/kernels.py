@@ -254,8 +254,9 @@ def warmup() -> None:
     n_heads, capacity = 4, 64
     for head_dim in (2 * TILE_COLS, TILE_COLS // 2):  # Gemma's whole tiles; a tiny model's padded
         kv = rand(capacity, 1, head_dim)  # (capacity, n_kv_heads, head_dim)
-        # decoding (one unit of work, one thread), a verify pass, a prompt (values copied)
-        for T in (1, 5, 4 * TILE_COLS // n_heads + 1):
+        # decoding (one unit of work, one thread), a verify pass (two units: the pool), a prompt
+        # (values copied); the last two thresholds move with the tile's width (16 or 32 columns)
+        for T in (1, TILE_COLS // n_heads + 1, 4 * TILE_COLS // n_heads + 1):
             seen = np.stack([np.zeros(T, np.int64), np.arange(capacity - T, capacity) + 1], axis=1)
             attend_each(rand(T, n_heads, head_dim), kv, kv, seen)
 

@@ -246,7 +246,7 @@ print(json.dumps({n: sorted(after[n] - before.get(n, set())) for n in after
 """
 
 
-def _compiled_after_warmup(which: str) -> dict:
+def _compiled_after_warmup(which: str, env: dict | None = None) -> dict:
     import json
     import subprocess
     import sys
@@ -256,6 +256,7 @@ def _compiled_after_warmup(which: str) -> dict:
         capture_output=True,
         text=True,
         timeout=1200,
+        env=env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
@@ -265,6 +266,16 @@ def test_warmup_compiles_what_the_tiny_model_uses() -> None:
     """After `warmup`, no decoding of a tiny model compiles anything: a first timed run
     measures the model, not Numba. (A fresh process: this one has compiled other variants.)"""
     assert _compiled_after_warmup("tiny") == {}
+
+
+def test_warmup_covers_the_other_tile_width(tmp_path) -> None:
+    """The same on a narrower instruction set: where the attention leaves one thread for the pool
+    depends on the tile's width (32 columns with AVX-512, 16 with AVX2), so a warm-up tuned on
+    one CPU can miss a variant on another (it did: on AVX-512 a verify pass compiled a threaded
+    attention). On an AVX-512 machine this checks AVX2's tile too; on an AVX2 one, SSE4.2's,
+    which is as wide as its own."""
+    env, _ = _other_isa_env(tmp_path)
+    assert _compiled_after_warmup("tiny", env) == {}
 
 
 @pytest.mark.slow
@@ -372,25 +383,33 @@ print(kernels.LANES, kernels.TILE_PANELS, kernels.TILE_ROWS)
 """
 
 
-def test_same_bits_from_another_instruction_set(tmp_path) -> None:
-    """The tile differs with the CPU (AVX-512: 12 rows x 32 columns of 16-lane vectors; AVX2:
-    6 x 16 of 8-lane ones), but every output is the same k-ordered FMA chain, so the products
-    are bit-identical. Here another process compiles the kernels for a narrower instruction set
-    (AVX2 where this machine has AVX-512, SSE4.2 where it has AVX2) and must agree exactly."""
+def _other_isa_env(tmp_path) -> tuple[dict, str]:
+    """An environment in which Numba compiles for a narrower instruction set than this CPU's
+    (AVX2 where it has AVX-512, SSE4.2 where it has AVX2), and the tile that process prints."""
     import os
-    import subprocess
-    import sys
 
     if kernels.LANES == 16:
-        cpu, features, want = "haswell", "+avx,+avx2,+fma,+f16c,+sse4.2,+popcnt,-avx512f", "8 1 6"
+        cpu, features = "haswell", "+avx,+avx2,+fma,+f16c,+sse4.2,+popcnt,-avx512f"
     else:
-        cpu, features, want = "nehalem", "+sse4.2,+popcnt,-avx,-avx2,-fma,-avx512f", "8 1 6"
+        cpu, features = "nehalem", "+sse4.2,+popcnt,-avx,-avx2,-fma,-avx512f"
     env = {
         **os.environ,
         "NUMBA_CPU_NAME": cpu,
         "NUMBA_CPU_FEATURES": features,
         "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
     }
+    return env, "8 1 6"
+
+
+def test_same_bits_from_another_instruction_set(tmp_path) -> None:
+    """The tile differs with the CPU (AVX-512: 12 rows x 32 columns of 16-lane vectors; AVX2:
+    6 x 16 of 8-lane ones), but every output is the same k-ordered FMA chain, so the products
+    are bit-identical. Here another process compiles the kernels for a narrower instruction set
+    (AVX2 where this machine has AVX-512, SSE4.2 where it has AVX2) and must agree exactly."""
+    import subprocess
+    import sys
+
+    env, want = _other_isa_env(tmp_path)
     out = tmp_path / "products.npy"
     run = subprocess.run(
         [sys.executable, "-c", _OTHER_ISA_SCRIPT, str(out)],
