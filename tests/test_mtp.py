@@ -595,12 +595,12 @@ def test_greedy_documents_continue_windows_of_the_samples(target):
 
     samples = [("own:0", "The river remembers everything. " * 4), ("own:1", "Dear Tom, hi. " * 9)]
     docs = greedy_documents(target, samples, new_tokens=12, say=lambda m: None)
-    want, bos = [], target.config.bos_token_id
+    want, bos, fast = [], target.config.bos_token_id, quantized_copy(target)
     for name, text in samples:
         ids = encode(target.tokenizer, text, add_bos=False)
         for start in range(0, len(ids) - GREEDY_WINDOW + 1, GREEDY_STRIDE):
             prompt = [bos, *ids[start : start + GREEDY_WINDOW]]
-            out = generate(quantized_copy(target), prompt, 12)
+            out = generate(fast, prompt, 12)
             want.append((f"{name}/greedy@{start}", decode_text(target, prompt[1:]) + out.text))
     assert len(want) == 4 and docs == want  # 128 and 126 bytes: windows at 0 and 50 of each
 

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 import minispec as ms
-from minispec.drafters.mtp import DEFAULT_WEIGHTS, load_mtp
+from minispec.drafters.mtp import DEFAULT_WEIGHTS, config_for, load_mtp
 from minispec.generate import generate_batch
 from minispec.train import mtp, mtp_data
 from minispec.train.mtp_eval import EVAL_PROMPTS, MORE_PROMPTS
@@ -24,7 +24,8 @@ model = ms.load_model()
 prompts = [ms.encode(model.tokenizer, t) for t in {**EVAL_PROMPTS, **MORE_PROMPTS}.values()]
 outs = generate_batch(model, prompts, 64)  # greedy, float32: what plain decoding gives
 texts = [(np.array(p + o.ids, np.int64), len(p) - 1) for p, o in zip(prompts, outs, strict=True)]
-passes = [mtp_data.teacher_forced(model, [ids], 17, say=lambda m: None) for ids, _ in texts]
+layer = config_for(model).kv_layer  # the layer whose cache every MTP drafter here reads
+passes = [mtp_data.teacher_forced(model, [ids], layer, say=lambda m: None) for ids, _ in texts]
 for path in sys.argv[1:] or [str(DEFAULT_WEIGHTS)]:
     p, cfg, _ = load_mtp(path)
     frozen = mtp.frozen_parts(model, p.head_ids)
