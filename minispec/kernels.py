@@ -259,6 +259,9 @@ def warmup() -> None:
         for T in (1, TILE_COLS // n_heads + 1, 4 * TILE_COLS // n_heads + 1):
             seen = np.stack([np.zeros(T, np.int64), np.arange(capacity - T, capacity) + 1], axis=1)
             attend_each(rand(T, n_heads, head_dim), kv, kv, seen)
+    for logits in (rand(64), rand(64).astype(np.float64)):  # the model's rows; a test's
+        for top_k, top_p in ((0, 1.0), (0, 0.9), (8, 0.9)):  # all kept; top-p; top-k
+            distribution_row(logits, 0.7, top_k, top_p, np.empty(64))
 
 
 def _as_matrix(w: np.ndarray, who: str) -> np.ndarray:
@@ -839,3 +842,252 @@ def _attend_units(keys, q, vt, seen, out, lo, hi, u0, u1):
             t, h = c // group, g * group + c % group
             for d in range(head_dim):
                 out[t, h, d] = o[j, d] / total[j]
+
+
+# ------------------------------------------------------- a sampling distribution from one row
+
+
+def distribution_row(
+    logits: np.ndarray, temperature: float, top_k: int, top_p: float, out: np.ndarray
+) -> None:
+    """out[:] = `sampling.numpy_distribution`'s row in float64, with no sort over the vocabulary.
+
+    The reference sorts or partitions all 262,144 probabilities for top-k and top-p. Here:
+      1. the largest logit (NumPy's max, which also catches NaN);
+      2. on the threads: e_i = exp((l_i - max) / T) with `_exp64_block`'s vectorized exp, and
+         their sum; when top-k or top-p is on, also a histogram of the logits in BUCKETS bins
+         from the largest down, with each bin's count and mass;
+      3. the edge (`_find_cut`): walking the bins from the top finds the bin that holds the
+         k-th token, or the token where the mass before it reaches top_p; only that bin's
+         tokens are sorted, by logit then id as the reference sorts, so the kept set is exactly
+         the reference's: the tokens above a cut (logit, id). On the threads again, out = e /
+         (the kept tokens' sum of e) above the cut, 0 below.
+    exp is monotone, so ordering by logit is ordering by probability. The row is cut into
+    N_ROW_CHUNKS fixed ranges whose sums are added in a fixed order: the same bits whatever the
+    number of threads. logits: (vocab,) float32 or float64; temperature > 0.
+    """
+    hi = float(logits.max())
+    if not hi < np.inf:
+        raise ValueError("the logits contain NaN or +inf: no distribution can be made from them")
+    if hi == -np.inf:
+        raise ValueError("every logit is -inf: no token has any probability")
+    vocab = logits.shape[0]
+    cut_on = 0 < top_k < vocab or top_p < 1.0
+    lo = float(logits.min())
+    if lo == -np.inf:  # masked tokens (a cheap head's unscored ones) sit in a bin of their own
+        lo = float(logits[logits > -np.inf].min())
+    scale = (BUCKETS - 1) / (hi - lo) if hi > lo else 0.0
+    mass = np.zeros((N_ROW_CHUNKS, BUCKETS + 1 if cut_on else 1))
+    count = np.zeros((N_ROW_CHUNKS, BUCKETS + 1 if 0 < top_k < vocab else 0), np.int64)
+    bins = np.empty(vocab if cut_on else 0, np.int16)
+    _exp_kernel(logits, hi, temperature, scale, out, mass, count, bins)
+    if not cut_on:
+        _scale_kernel(logits, -np.inf, vocab, 1.0 / mass[:, 0].sum(), out)  # every token kept
+        return
+    cut_logit, cut_id, kept = _find_cut(logits, out, bins, mass, count, top_k, top_p)
+    _scale_kernel(logits, cut_logit, cut_id, 1.0 / kept, out)
+
+
+BUCKETS = 2048  # the histogram's bins: the one that holds the edge has few tokens to sort
+N_ROW_CHUNKS = 8  # a row's fixed ranges for the threads
+BLOCK64 = 256  # `_exp_kernel` goes through its range this many logits at a time (in L1)
+
+
+@njit(parallel=True, cache=True)
+def _exp_kernel(logits, hi, temperature, scale, out, mass, count, bins):
+    """Pass 2 on the threads, chunk by chunk (`_exp_chunk`)."""
+    n = logits.shape[0]
+    step = -(-n // N_ROW_CHUNKS)
+    cut_on = bins.shape[0] > 0
+    for c in prange(N_ROW_CHUNKS):
+        a, b = c * step, min(n, (c + 1) * step)
+        chunk_bins = bins[a:b] if cut_on else bins
+        _exp_chunk(logits[a:b], hi, temperature, scale, out[a:b], mass[c], count[c], chunk_bins)
+
+
+@njit(cache=True)
+def _exp_chunk(logits, hi, temperature, scale, out, mass, count, bins):
+    """out = exp((logits - hi) / T); its sum in mass[0] or, when bins has room (top-k or top-p
+    on), each logit's bin in bins and each bin's mass (and count, when count has room: top-k
+    needs it, top-p does not). BLOCK64 logits at a time, so
+    that each pass over a block finds it in L1 (the chunk's arrays are slices: their indices
+    start at 0, which lets LLVM vectorize the loops)."""
+    scratch = np.empty((2, BLOCK64), np.int64)
+    cut_on, counting = bins.shape[0] > 0, count.shape[0] > 0
+    for b0 in range(0, logits.shape[0], BLOCK64):
+        b1 = min(b0 + BLOCK64, logits.shape[0])
+        block = out[b0:b1]
+        _shift_and_scale(logits[b0:b1], hi, 1.0 / temperature, block)
+        _exp64_block(block, scratch)
+        if not cut_on:
+            mass[0] += _sum(block)
+            continue
+        _bin_block(logits[b0:b1], hi, scale, bins[b0:b1])
+        if counting:
+            for i in range(b0, b1):
+                mass[bins[i]] += out[i]
+                count[bins[i]] += 1
+        else:
+            for i in range(b0, b1):
+                mass[bins[i]] += out[i]
+
+
+@njit(cache=True)
+def _shift_and_scale(logits, hi, inverse_temperature, out):
+    """out = (logits - hi) / T in float64, as a product: a division costs several times more
+    (the result may differ from the quotient in its last bit)."""
+    for i in range(logits.shape[0]):
+        out[i] = (np.float64(logits[i]) - hi) * inverse_temperature
+
+
+@njit(fastmath={"contract"}, cache=True)
+def _exp64_block(a, bits):
+    """a[:] = exp(a[:]) in place, float64, for a <= 0, within about 1 ulp of np.exp.
+
+    `_exp_row`'s method in double precision: exp(x) = 2^k e^r, k = round(x / ln 2), r = x -
+    k ln 2 (ln 2 in two parts, fdlibm's, so r is exact), e^r by its Taylor series to r^13 on
+    |r| <= ln(2)/2 (the next term is below 1e-17), and 2^k made from its bits. x is clamped to
+    -746, below which exp is 0 in float64; 2^k is made as two powers of two, so that the
+    subnormal results between e^-745 and e^-708 come out too. bits: int64 scratch (2, len(a)).
+    """
+    n = a.shape[0]
+    for i in range(n):
+        x = a[i] if a[i] > -746.0 else -746.0
+        k = np.floor(x * 1.4426950408889634 + 0.5)
+        r = (x - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10
+        p = 1.0 / 6227020800.0
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
+        p = p * r + 1.0 / 720.0
+        p = p * r + 1.0 / 120.0
+        p = p * r + 1.0 / 24.0
+        p = p * r + 1.0 / 6.0
+        p = p * r + 0.5
+        a[i] = (p * r + 1.0) * r + 1.0
+        k0 = np.int64(k)
+        k1 = k0 if k0 > -1000 else -1000
+        bits[0, i] = (k1 + 1023) << 52
+        bits[1, i] = (k0 - k1 + 1023) << 52
+    powers = bits.view(np.float64)
+    for i in range(n):
+        a[i] = a[i] * powers[0, i] * powers[1, i]
+
+
+@njit(fastmath=_FASTMATH, cache=True)
+def _sum(a):
+    """sum(a), vectorized: the order is fixed by the compiled code, so the same a gives the
+    same bits every time."""
+    total = 0.0
+    for i in range(a.shape[0]):
+        total += a[i]
+    return total
+
+
+@njit(cache=True)
+def _bin_block(logits, hi, scale, bins):
+    """Each logit's histogram bin: 0 holds the largest, BUCKETS the -inf ones."""
+    for i in range(logits.shape[0]):
+        v = np.float64(logits[i])
+        b = (hi - v) * scale if v > -np.inf else BUCKETS
+        bins[i] = np.int16(b if b < BUCKETS - 1 else BUCKETS - 1) if v > -np.inf else BUCKETS
+
+
+@njit(cache=True)
+def _find_cut(logits, e, bins, mass_c, count_c, top_k, top_p):
+    """Pass 3's edge: (cut logit, cut id, the kept tokens' mass). Token i is kept iff it comes
+    no later than the cut in the reference's order: a larger logit, or the same and id <= cut id.
+    """
+    mass = np.zeros(mass_c.shape[1])  # the chunks' histograms, added in a fixed order
+    count = np.zeros(count_c.shape[1], np.int64)  # (top-k only)
+    for c in range(mass_c.shape[0]):
+        mass += mass_c[c]
+        count += count_c[c]
+    n = logits.shape[0]
+    # top-k: the k-th largest logit; every token at least as large is kept (ties too)
+    cut_logit, last_bin, edge_ids = -np.inf, BUCKETS, np.empty(0, np.int64)
+    if 0 < top_k < n:
+        seen, b = 0, 0
+        while seen + count[b] < top_k:
+            seen += count[b]
+            b += 1
+        edge_ids = _bin_members(logits, bins, b)
+        cut_logit, last_bin = np.float64(logits[edge_ids[top_k - seen - 1]]), b
+    kept_mass = 0.0
+    for b in range(last_bin):
+        kept_mass += mass[b]
+    for i in edge_ids:  # the top-k edge's bin: its tokens down to the k-th
+        if np.float64(logits[i]) >= cut_logit:
+            kept_mass += e[i]
+    if top_p >= 1.0:
+        return cut_logit, n, kept_mass
+    # top-p: keep a token while the mass of the tokens before it is below top_p * kept_mass
+    threshold, before, b = top_p * kept_mass, 0.0, 0
+    while b < last_bin and before + mass[b] < threshold:
+        before += mass[b]
+        b += 1
+    ids = edge_ids if b == last_bin else _bin_members(logits, bins, b)
+    last = -1
+    for i in ids:
+        if before >= threshold or np.float64(logits[i]) < cut_logit:
+            break
+        last, before = i, before + e[i]
+    if last < 0:  # rounding walked past every bin: all that top-k kept stays
+        return cut_logit, n, before
+    return np.float64(logits[last]), last, before
+
+
+@njit(parallel=True, cache=True)
+def _bin_members(logits, bins, b):
+    """The ids in bin b, sorted by logit from the largest, ties by id (the reference's order)."""
+    n = logits.shape[0]
+    step = -(-n // N_ROW_CHUNKS)
+    first = np.zeros(N_ROW_CHUNKS + 1, np.int64)  # where each chunk's members go
+    for c in prange(N_ROW_CHUNKS):
+        first[c + 1] = _count_in_chunk(bins[c * step : min(n, (c + 1) * step)], b)
+    first = np.cumsum(first)
+    ids = np.empty(first[N_ROW_CHUNKS], np.int64)
+    for c in prange(N_ROW_CHUNKS):
+        _find_in_chunk(bins[c * step : min(n, (c + 1) * step)], b, c * step, ids[first[c] :])
+    values = np.empty(ids.shape[0])
+    for j in range(ids.shape[0]):
+        values[j] = -np.float64(logits[ids[j]])
+    return ids[np.argsort(values, kind="mergesort")]  # stable: equal logits stay in id order
+
+
+@njit(cache=True)
+def _count_in_chunk(bins, b):
+    n = 0
+    for i in range(bins.shape[0]):
+        n += bins[i] == b
+    return n
+
+
+@njit(cache=True)
+def _find_in_chunk(bins, b, offset, ids):
+    j = 0
+    for i in range(bins.shape[0]):
+        if bins[i] == b:
+            ids[j] = offset + i
+            j += 1
+
+
+@njit(parallel=True, cache=True)
+def _scale_kernel(logits, cut_logit, cut_id, factor, out):
+    """Pass 3 on the threads: out[i] *= factor up to the cut, 0 after it (`_scale_chunk`)."""
+    n = logits.shape[0]
+    step = -(-n // N_ROW_CHUNKS)
+    for c in prange(N_ROW_CHUNKS):
+        a, b = c * step, min(n, (c + 1) * step)
+        _scale_chunk(logits[a:b], cut_logit, cut_id - a, factor, out[a:b])
+
+
+@njit(cache=True)
+def _scale_chunk(logits, cut_logit, cut_id, factor, out):
+    for i in range(logits.shape[0]):
+        v = np.float64(logits[i])
+        keep = (v > cut_logit) | ((v == cut_logit) & (i <= cut_id))  # no branch: it vectorizes
+        out[i] = out[i] * (factor * keep)

@@ -4,6 +4,10 @@ One function, `distribution`, applies temperature, top-k and top-p. Speculative 
 apply it identically to the target's logits (p) and the draft's (q): the acceptance test
 min(1, p(x)/q(x)) is only exact if both are the distributions actually sampled from. The
 speculative loop and every model drafter therefore shape both sides with `probabilities`.
+
+`numpy_distribution` is the same function written plainly in NumPy, sorts and all: the one to
+read. `distribution` computes it with a Numba kernel, since a sampled step shapes a row of
+262,144 logits for every verified and every drafted position; a test holds the two equal.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minispec.model import softmax
+from minispec import kernels
 
 
 @dataclass(frozen=True)
@@ -40,23 +44,23 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
 
 
 GREEDY = SamplingParams()
+SOFTMAX = SamplingParams(temperature=1.0)  # the model's own distribution, untouched
 
 
-def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """Turn one row of logits into the distribution we sample from, in float64.
+def numpy_distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """Turn one row of logits into the distribution we sample from, in float64: the readable way.
 
     temperature 0: one-hot on the argmax (ties go to the lowest id, like np.argmax).
-    Otherwise softmax(logits / temperature), then keep the top_k most likely tokens, then the
-    smallest set whose probability reaches top_p (Holtzman et al. 2020), and renormalise.
+    Otherwise softmax(logits / temperature), then keep the top_k most likely tokens (ties with
+    the k-th all stay), then the smallest set whose probability reaches top_p (`nucleus`), and
+    renormalise. `distribution` computes the same row in a fraction of the time.
     """
     logits = np.asarray(logits, dtype=np.float64)  # (vocab,)
     if params.greedy:
         probs = np.zeros_like(logits)
         probs[np.argmax(logits)] = 1.0
         return probs
-    z = logits / params.temperature
-    probs = np.exp(z - z.max())
-    probs /= probs.sum()
+    probs = np.exp((logits - logits.max()) / params.temperature)  # softmax, before dividing
     if 0 < params.top_k < probs.size:
         kth = np.partition(probs, -params.top_k)[-params.top_k]
         probs = np.where(probs >= kth, probs, 0.0)
@@ -65,30 +69,10 @@ def distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     return probs / probs.sum()
 
 
-def nucleus(probs: np.ndarray, top_p: float, candidates: int = 1024) -> np.ndarray:
-    """Top-p's mask: the tokens whose more likely tokens hold less than top_p of the mass.
-
-    In order of decreasing probability (ties: lower id first), token i is kept iff the mass of
-    the tokens before it is below top_p * sum(probs). Sorting all 262,144 tokens for that took
-    longer than the rest of a sampled step's arithmetic, so the `candidates` most likely are
-    sorted first; when the kept ones end among them, strictly above the least of them, no other
-    token can be kept and the mask is the same bits as the full sort's (`nucleus_by_sorting`).
+def nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Top-p's mask (Holtzman et al. 2020, sec. 3.1): sort every token by probability (ties:
+    lower id first) and keep each token whose more likely tokens hold less than top_p of the mass.
     """
-    threshold = top_p * probs.sum()
-    if candidates < probs.size:
-        cand = np.argpartition(-probs, candidates - 1)[:candidates]  # every token above the least
-        cand = cand[np.lexsort((cand, -probs[cand]))]  # the full sort's order, ties by id
-        p = probs[cand]
-        n_kept = int(np.count_nonzero(np.cumsum(p) - p < threshold))  # a prefix: mass grows
-        if n_kept < candidates and p[n_kept] > p[-1]:
-            keep = np.zeros(probs.size, dtype=bool)
-            keep[cand[:n_kept]] = True
-            return keep
-    return nucleus_by_sorting(probs, top_p)
-
-
-def nucleus_by_sorting(probs: np.ndarray, top_p: float) -> np.ndarray:
-    """`nucleus` the simple way: sort every token (Holtzman et al. 2020, sec. 3.1)."""
     order = np.argsort(-probs, kind="stable")
     mass_before = np.cumsum(probs[order]) - probs[order]  # mass of strictly more likely tokens
     keep = np.zeros(probs.size, dtype=bool)
@@ -96,17 +80,39 @@ def nucleus_by_sorting(probs: np.ndarray, top_p: float) -> np.ndarray:
     return keep
 
 
+def distribution(
+    logits: np.ndarray, params: SamplingParams, out: np.ndarray | None = None
+) -> np.ndarray:
+    """`numpy_distribution`'s row, computed by a Numba kernel: float64, shape (vocab,).
+
+    The same tokens kept and the same probabilities up to float64 rounding, the same bits for
+    the same input every time, in well under a millisecond for Gemma's 262,144 tokens, where
+    the reference's sorts take milliseconds to tens of milliseconds (`kernels.distribution_row`
+    says how; docs/benchmarks.md has the times). out: a (vocab,) float64 row to write into.
+    """
+    logits = np.asarray(logits)
+    if logits.dtype != np.float32:
+        logits = logits.astype(np.float64, copy=False)
+    logits = np.ascontiguousarray(logits)  # (vocab,)
+    out = np.empty(logits.shape[0]) if out is None else out
+    if params.greedy:
+        out[:] = 0.0
+        out[np.argmax(logits)] = 1.0
+        return out
+    kernels.distribution_row(logits, params.temperature, params.top_k, params.top_p, out)
+    return out
+
+
 def probabilities(logits: np.ndarray, sampling: SamplingParams) -> np.ndarray:
     """The distribution used for p (target) and q (draft) alike, float64, shape (vocab,).
 
     Sampled: `distribution` (temperature, top-k, top-p), the one function for both sides, so the
     acceptance test compares the distributions actually sampled from.
-    Greedy: softmax(logits) at temperature 1. The greedy rule only compares argmaxes and never
-    calls this; the trace and `minispec predict` use it to show how sure each side was.
+    Greedy: softmax(logits), the distribution at temperature 1. The greedy rule only compares
+    argmaxes and never calls this; the trace and `minispec predict` use it to show how sure
+    each side was.
     """
-    if sampling.greedy:
-        return softmax(np.asarray(logits, dtype=np.float64))
-    return distribution(logits, sampling)
+    return distribution(logits, SOFTMAX if sampling.greedy else sampling)
 
 
 def sample(probs: np.ndarray, rng: np.random.Generator) -> int:

@@ -1,0 +1,95 @@
+"""`sampling.distribution` (a Numba kernel) against `numpy_distribution`, the readable reference.
+
+Same tokens kept; the same probabilities up to float64 rounding; the same bits on every call.
+(Where the mass before a token lies within rounding of top_p, as with top_p = 1 - 1e-12 on a
+row with a long tail of tiny probabilities, the two sums may round either way: no row here does.) Rows: Gemma-wide peaked and flat ones, ties (at the top-k and top-p edges, across
+the histogram's bins), masked (-inf) tokens, tiny rows, float64 logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minispec.sampling import SamplingParams, distribution, numpy_distribution, probabilities
+
+WIDE = 262_144
+
+
+def rows() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(11)
+    peaked = (rng.standard_normal(WIDE) * 2).astype(np.float32)
+    peaked[[17, 40_000, 200_001]] = [30.0, 29.0, 27.5]
+    masked = (rng.standard_normal(WIDE) * 3).astype(np.float32)
+    masked[rng.choice(WIDE, WIDE - 5_000, replace=False)] = -np.inf  # a cheap head's row
+    return {
+        "peaked": peaked,
+        "flat": (rng.standard_normal(WIDE) * 3).astype(np.float32),
+        "all tied": np.zeros(5_000, np.float32),
+        "tied levels": rng.permutation(np.repeat([4.0, 2.0, 1.0, 0.0], [3, 700, 700, 3_000])),
+        "masked": masked,
+        "tiny": np.array([1.0, 3.0, 3.0, -2.0, 0.5], np.float32),
+        "float64": rng.standard_normal(3_000) * 4,
+    }
+
+
+SETTINGS = [
+    SamplingParams(0.7, 0, 0.95),
+    SamplingParams(0.7, 0, 1.0),
+    SamplingParams(1.5, 0, 0.9),
+    SamplingParams(1.0, 0, 0.01),  # the top token alone
+    SamplingParams(1.0, 0, 0.999),
+    SamplingParams(1.0, 1, 1.0),
+    SamplingParams(1.0, 2, 1.0),  # a tie at the k-th
+    SamplingParams(0.8, 50, 0.9),
+    SamplingParams(1.2, 1_000, 1.0),
+    SamplingParams(1.0, 4_999, 0.5),
+    SamplingParams(0.0),  # greedy: one-hot
+]
+
+
+@pytest.mark.parametrize("name", list(rows()))
+@pytest.mark.parametrize("params", SETTINGS, ids=str)
+def test_fast_distribution_equals_the_numpy_reference(name: str, params: SamplingParams) -> None:
+    logits = rows()[name]
+    fast, ref = distribution(logits, params), numpy_distribution(logits, params)
+    assert fast.dtype == np.float64 and fast.shape == logits.shape
+    np.testing.assert_array_equal(fast > 0, ref > 0)  # the same tokens kept
+    np.testing.assert_allclose(fast, ref, rtol=1e-12, atol=1e-300)
+    assert fast.sum() == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_array_equal(distribution(logits, params), fast)  # the same bits again
+
+
+def test_edges_by_hand() -> None:
+    """Ties stay together at the top-k edge; top-p counts mass strictly before a token."""
+    logits = np.log(np.array([4.0, 2.0, 2.0, 1.0, 1.0], np.float32))
+    np.testing.assert_array_equal(distribution(logits, SamplingParams(1.0, 2)) > 0, [1, 1, 1, 0, 0])
+    # masses 0.4, 0.2, 0.2, 0.1, 0.1: before token 1 lies 0.4, before token 2 (ties: id order) 0.6
+    keep = distribution(logits, SamplingParams(1.0, 0, 0.39)) > 0
+    np.testing.assert_array_equal(keep, [1, 0, 0, 0, 0])
+    keep = distribution(logits, SamplingParams(1.0, 0, 0.55)) > 0
+    np.testing.assert_array_equal(keep, [1, 1, 0, 0, 0])
+    keep = distribution(logits, SamplingParams(1.0, 0, 0.65)) > 0
+    np.testing.assert_array_equal(keep, [1, 1, 1, 0, 0])
+
+
+def test_writes_into_a_given_row_and_shapes_greedy_display_as_softmax() -> None:
+    logits = np.random.default_rng(0).standard_normal(1_000).astype(np.float32)
+    out = np.full(1_000, 7.0)
+    assert distribution(logits, SamplingParams(0.9, 0, 0.8), out) is out
+    np.testing.assert_allclose(out, numpy_distribution(logits, SamplingParams(0.9, 0, 0.8)))
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(probabilities(logits, SamplingParams()), softmax, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.array([0.0, np.nan, 1.0], np.float32), "NaN"),
+        (np.array([0.0, np.inf], np.float32), r"\+inf"),
+        (np.full(4, -np.inf, np.float32), "every logit is -inf"),
+    ],
+)
+def test_logits_that_make_no_distribution_are_refused(bad: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        distribution(bad, SamplingParams(1.0))
