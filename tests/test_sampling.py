@@ -2,8 +2,9 @@
 
 Same tokens kept; the same probabilities up to float64 rounding; the same bits on every call.
 (Where the mass before a token lies within rounding of top_p, as with top_p = 1 - 1e-12 on a
-row with a long tail of tiny probabilities, the two sums may round either way: no row here does.) Rows: Gemma-wide peaked and flat ones, ties (at the top-k and top-p edges, across
-the histogram's bins), masked (-inf) tokens, tiny rows, float64 logits.
+row with a long tail of tiny probabilities, the two sums may round either way: no row here does.)
+Rows: Gemma-wide peaked and flat ones, ties (at the top-k and top-p edges, across the
+histogram's bins), masked (-inf) tokens, tiny rows, float64 logits.
 """
 
 from __future__ import annotations
