@@ -14,18 +14,22 @@ bytes_per_token, decode_tokens_per_s); this module puts them together as the com
   per second with T rows on a weight in cache, and the least time T tokens' fmas_per_token
   multiply-adds each can take at that rate (`roofline.fma_rate`).
 
-and, with drafters, speculative decoding against plain decoding on the same prompts
-(`drafter_speedups`), and how much int8 weights change the logits (`quantization_error`).
+and, with drafters, speculative decoding against plain decoding on the same prompts, greedy and
+sampled, with what the trace costs (`drafter_speedups`), plain sampled decoding against plain
+greedy (`plain_sampling_cost`), and how much int8 weights change the logits
+(`quantization_error`).
 Timing claims live here, never in tests.
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from minispec.generate import generate
+from minispec.generate import Generation, generate
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward
 from minispec.roofline import (
@@ -38,6 +42,10 @@ from minispec.roofline import (
     memory_bandwidth_gb_s,
     prefill_tokens_per_s,
 )
+from minispec.sampling import GREEDY, SamplingParams
+
+if TYPE_CHECKING:
+    from minispec.speculative import SpeculativeGeneration
 
 # Two prompts with opposite characters: the code-editing one repeats a block with changes
 # (prompt lookup finds long matches), the prose one does not.
@@ -129,6 +137,9 @@ def quantization_error(float32_model: Model, quantized: Model, texts: list[str])
     }
 
 
+SAMPLED = SamplingParams(temperature=0.7, top_p=0.95)  # the app's default sampling
+
+
 def drafter_speedups(
     model: Model,
     specs: list[str],
@@ -136,11 +147,17 @@ def drafter_speedups(
     new_tokens: int = 64,
     prompts: dict[str, str] | None = None,
     runs: int = 3,
+    sampling: SamplingParams = SAMPLED,
 ) -> list[dict]:
-    """Greedy speculative decoding with each drafter against plain decoding, prompt by prompt.
+    """Speculative decoding with each drafter against plain decoding, prompt by prompt, greedy
+    and sampled, and what recording the trace costs.
 
-    Plain and speculative runs alternate, `runs` rounds of each, and the median speed of each
-    counts: a busy machine then slows both sides alike instead of skewing one ratio.
+    Each round runs plain decoding greedy and sampled, then every drafter greedy, sampled and
+    sampled with its trace; `runs` rounds, and the median of each figure counts. Greedy keys as
+    before (`speedup`: the ratio of the medians); the sampled ones beside them:
+    `sampled_speedup` (the median of each round's sampled run over that round's plain sampled
+    run), `step_ms` and `sampled_step_ms` (decoding time per draft-verify step) and their ratio,
+    and `trace_cost`, the share of sampled speed lost to recording the trace.
     """
     from minispec.drafters import make_drafter
     from minispec.speculative import speculative_generate
@@ -150,20 +167,29 @@ def drafter_speedups(
     rows = []
     for prompt_name, text in (prompts or PROMPTS).items():
         ids = encode(model.tokenizer, text)
-        plain_speeds: list[float] = []
-        speeds: dict[str, list[float]] = {spec: [] for spec in specs}
+        plain: dict[str, list] = {"greedy": [], "sampled": []}
+        outs: dict[tuple[str, str], list] = {}
         for _ in range(runs):
-            plain = generate(model, ids, new_tokens, stop_at_eos=False)
-            plain_speeds.append(plain.tokens_per_s)
-            outs = {}
+            for mode, how in (("greedy", GREEDY), ("sampled", sampling)):
+                plain[mode].append(generate(model, ids, new_tokens, how, stop_at_eos=False))
             for spec, drafter in drafters.items():
-                outs[spec] = speculative_generate(
-                    model, ids, drafter, k, new_tokens, stop_at_eos=False, trace=False
-                )
-                speeds[spec].append(outs[spec].stats.tokens_per_s)
+                for mode, how, trace in (
+                    ("greedy", GREEDY, False),
+                    ("sampled", sampling, False),
+                    ("traced", sampling, True),
+                ):
+                    out = speculative_generate(
+                        model, ids, drafter, k, new_tokens, how, stop_at_eos=False, trace=trace
+                    )
+                    outs.setdefault((spec, mode), []).append(out)
+        plain_speeds = [g.tokens_per_s for g in plain["greedy"]]
         plain_speed = statistics.median(plain_speeds)
-        for spec, out in outs.items():  # greedy: every run emits the same tokens and stats
-            s, speed = out.stats, statistics.median(speeds[spec])
+        for spec in specs:
+            greedy, sampled, traced = (outs[spec, m] for m in ("greedy", "sampled", "traced"))
+            speeds = [o.stats.tokens_per_s for o in greedy]
+            s, z, speed = greedy[-1].stats, sampled[-1].stats, statistics.median(speeds)
+            step_ms = statistics.median(step_time_ms(o) for o in greedy)
+            sampled_step_ms = statistics.median(step_time_ms(o) for o in sampled)
             rows.append(
                 {
                     "prompt": prompt_name,
@@ -175,10 +201,71 @@ def drafter_speedups(
                     "alpha": s.alpha,
                     "tau": s.tau,
                     "expected_tau": s.expected_tau,
-                    "same_as_plain": out.ids == plain.ids,
+                    "same_as_plain": greedy[-1].ids == plain["greedy"][-1].ids,
                     "runs": runs,
-                    "tokens_per_s_runs": speeds[spec],
+                    "tokens_per_s_runs": speeds,
                     "plain_tokens_per_s_runs": plain_speeds,
+                    "sampling": asdict(sampling),
+                    "sampled_tokens_per_s": median_speed(sampled),
+                    "sampled_plain_tokens_per_s": median_speed(plain["sampled"]),
+                    "sampled_speedup": paired_ratio(sampled, plain["sampled"]),
+                    "sampled_alpha": z.alpha,
+                    "sampled_tau": z.tau,
+                    "step_ms": step_ms,
+                    "sampled_step_ms": sampled_step_ms,
+                    "sampled_step_ratio": sampled_step_ms / step_ms,
+                    "traced_tokens_per_s": median_speed(traced),
+                    "trace_cost": 1 - paired_ratio(traced, sampled),
                 }
             )
     return rows
+
+
+def plain_sampling_cost(
+    model: Model,
+    new_tokens: int = 64,
+    prompts: dict[str, str] | None = None,
+    runs: int = 3,
+    sampling: SamplingParams = SAMPLED,
+) -> list[dict]:
+    """Plain decoding, greedy and sampled in alternation: milliseconds per token, per prompt.
+
+    `ratio` is the median of each round's sampled time per token over its greedy one: what
+    shaping and drawing from 262,144 probabilities adds to a forward pass."""
+    from minispec.tokenizer import encode
+
+    rows = []
+    for prompt_name, text in (prompts or PROMPTS).items():
+        ids = encode(model.tokenizer, text)
+        greedy, sampled = [], []
+        for _ in range(runs):
+            greedy.append(generate(model, ids, new_tokens, GREEDY, stop_at_eos=False))
+            sampled.append(generate(model, ids, new_tokens, sampling, stop_at_eos=False))
+        rows.append(
+            {
+                "prompt": prompt_name,
+                "sampling": asdict(sampling),
+                "greedy_ms_per_token": statistics.median(1000 / g.tokens_per_s for g in greedy),
+                "sampled_ms_per_token": statistics.median(1000 / g.tokens_per_s for g in sampled),
+                "ratio": 1 / paired_ratio(sampled, greedy),
+                "runs": runs,
+            }
+        )
+    return rows
+
+
+def step_time_ms(out: SpeculativeGeneration) -> float:
+    """Decoding time per draft-verify step (drafting, verifying, the rule, the rollback)."""
+    return 1000 * out.stats.decode_s / max(1, out.stats.steps)
+
+
+def median_speed(outs: list[Generation]) -> float:
+    return statistics.median(o.tokens_per_s for o in outs)
+
+
+def paired_ratio(outs: list[Generation], baselines: list[Generation]) -> float:
+    """The median over rounds of tokens/s of outs[i] over tokens/s of baselines[i]: a drift of
+    the machine's speed between rounds cancels within each pair."""
+    return statistics.median(
+        o.tokens_per_s / b.tokens_per_s for o, b in zip(outs, baselines, strict=True)
+    )

@@ -193,6 +193,11 @@ def cmd_bench(args: argparse.Namespace) -> dict | None:
         result["drafters"] = bench.drafter_speedups(
             model, args.drafter, args.k, args.new_tokens, runs=args.runs
         )
+        sampled = result["sampled_speedups"] = {}  # drafter -> prompt -> sampled speedup
+        for d in result["drafters"]:
+            sampled.setdefault(d["drafter"], {})[d["prompt"]] = d["sampled_speedup"]
+        say("plain decoding, greedy against sampled ...")
+        result["plain_sampled"] = bench.plain_sampling_cost(model, args.new_tokens, runs=args.runs)
     if args.json:
         return result
     print_bench(result)
@@ -246,6 +251,19 @@ def print_bench(r: dict) -> None:
             f"{d['tokens_per_s']:6.1f} tokens/s vs {d['plain_tokens_per_s']:.1f} plain "
             f"= {d['speedup']:.2f}x, alpha {d['alpha']:.2f}, tau {d['tau']:.2f} "
             f"(expected {d['expected_tau']:.2f}), same output: {d['same_as_plain']}"
+        )
+        print(
+            f"{'':>10} {'sampled':>12}    {d['sampled_tokens_per_s']:6.1f} tokens/s vs "
+            f"{d['sampled_plain_tokens_per_s']:.1f} plain = {d['sampled_speedup']:.2f}x, alpha "
+            f"{d['sampled_alpha']:.2f}, tau {d['sampled_tau']:.2f}; a step {d['step_ms']:.1f} ms "
+            f"greedy, {d['sampled_step_ms']:.1f} sampled ({d['sampled_step_ratio']:.2f}x); "
+            f"the trace costs {d['trace_cost']:.1%}"
+        )
+    for p in r.get("plain_sampled", []):
+        print(
+            f"{p['prompt']:>10} {'plain':>12}      {p['greedy_ms_per_token']:.1f} ms a token "
+            "greedy, "
+            f"{p['sampled_ms_per_token']:.1f} sampled ({p['ratio']:.2f}x)"
         )
 
 

@@ -103,19 +103,27 @@ def distribution(
     return out
 
 
-def probabilities(logits: np.ndarray, sampling: SamplingParams) -> np.ndarray:
+def probabilities(
+    logits: np.ndarray, sampling: SamplingParams, out: np.ndarray | None = None
+) -> np.ndarray:
     """The distribution used for p (target) and q (draft) alike, float64, shape (vocab,).
 
     Sampled: `distribution` (temperature, top-k, top-p), the one function for both sides, so the
     acceptance test compares the distributions actually sampled from.
     Greedy: softmax(logits), the distribution at temperature 1. The greedy rule only compares
     argmaxes and never calls this; the trace and `minispec predict` use it to show how sure
-    each side was.
+    each side was. out: a (vocab,) float64 row to write into.
     """
-    return distribution(logits, SOFTMAX if sampling.greedy else sampling)
+    return distribution(logits, SOFTMAX if sampling.greedy else sampling, out)
+
+
+def numpy_sample(probs: np.ndarray, rng: np.random.Generator) -> int:
+    """Draw one token id from a distribution by inverting its cumulative sum: the readable way."""
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
 
 
 def sample(probs: np.ndarray, rng: np.random.Generator) -> int:
-    """Draw one token id from a distribution by inverting its cumulative sum."""
-    cdf = np.cumsum(probs)
-    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), probs.size - 1))
+    """`numpy_sample`'s draw (the same uniform u, the same inverse of the cumulative sum),
+    without a cumulative sum over the whole vocabulary (`kernels.sample_row`)."""
+    return kernels.sample_row(probs, rng.random())

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minispec.drafters.base import Draft, DraftContext, Drafter
+from minispec.drafters.base import Draft, DraftContext, Drafter, one_hot
 from minispec.generate import (
     Generation,
     check_max_new_tokens,
@@ -220,8 +220,10 @@ def speculative_step(
         p = q = None
         verdict = accept_greedy(np.argmax(out.logits, axis=-1), draft.tokens)
     else:
-        p = np.stack([probabilities(row, sampling) for row in out.logits])  # (n+1, vocab)
-        q = np.stack([draft.q_of(i, vocab) for i in range(n)]) if n else np.zeros((0, vocab))
+        p = np.empty((n + 1, vocab))  # each row written in place: no copies of 2 MB rows
+        for i, row in enumerate(out.logits):
+            probabilities(row, sampling, out=p[i])
+        q = draft.q if draft.q is not None else one_hot(draft.tokens, vocab)  # (n, vocab)
         verdict = accept_or_reject(p, q, draft.tokens, rng)
 
     # Roll back: keep the newest token and the j accepted drafts; forget the rest.

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from minispec.drafters.base import one_hot
+from minispec.kernels import top_n
 from minispec.sampling import SamplingParams, probabilities
 from minispec.stats import Stats
 
@@ -72,14 +74,9 @@ def token_text(tokenizer: object | None, token: int) -> str | None:
 
 def top_entries(probs: np.ndarray, tokenizer: object | None, n: int) -> list[dict]:
     """The n most likely tokens of a distribution: [{token, text, prob}], most likely first."""
-    n = min(n, probs.size)
-    if n <= 0:
-        return []
-    best = np.argpartition(-probs, n - 1)[:n]
-    best = best[np.argsort(-probs[best], kind="stable")]
     return [
         {"token": int(t), "text": token_text(tokenizer, t), "prob": float(probs[t])}
-        for t in best
+        for t in top_n(probs, n)
         if probs[t] > 0
     ]
 
@@ -93,20 +90,19 @@ def first_token_record(tokenizer: object | None, token: int, p: np.ndarray, top:
 
 
 def shown_distributions(step: StepResult, sampling: SamplingParams) -> tuple:
-    """p (n+1, vocab) and q (n, vocab) as the trace shows them, and whether q is real.
+    """p (n+1 rows of vocab) and q (n rows) as the trace shows them, and whether q is real.
 
     Sampled: the distributions the rule used. Greedy: softmax(logits), the rule needed none.
     A drafter without probabilities (prompt lookup) shows one-hot q.
     """
-    n, vocab = len(step.draft.tokens), step.logits.shape[-1]
     p = step.p
     if p is None:
-        p = np.stack([probabilities(row, sampling) for row in step.logits])
+        p = [probabilities(row, sampling) for row in step.logits]
     q = step.q
     if q is None and step.draft.logits is not None:
-        q = np.stack([probabilities(row, sampling) for row in step.draft.logits])
+        q = [probabilities(row, sampling) for row in step.draft.logits]
     elif q is None:
-        q = np.stack([step.draft.q_of(i, vocab) for i in range(n)]) if n else np.zeros((0, vocab))
+        q = one_hot(step.draft.tokens, step.logits.shape[-1])
     has_q = step.draft.q is not None or step.draft.logits is not None
     return p, q, has_q
 

@@ -83,6 +83,19 @@ def test_drafter_speedups_alternates_runs_on_a_tiny_model():
         assert len(r["tokens_per_s_runs"]) == len(r["plain_tokens_per_s_runs"]) == 2
         assert min(r["tokens_per_s_runs"]) <= r["tokens_per_s"] <= max(r["tokens_per_s_runs"])
         assert r["speedup"] == pytest.approx(r["tokens_per_s"] / r["plain_tokens_per_s"])
+        # sampled beside greedy, and the trace's cost
+        assert r["sampling"] == {"temperature": 0.7, "top_k": 0, "top_p": 0.95}
+        assert r["sampled_tokens_per_s"] > 0 and r["sampled_plain_tokens_per_s"] > 0
+        assert r["sampled_speedup"] > 0 and 0 <= r["sampled_alpha"] <= 1
+        assert r["sampled_step_ratio"] == pytest.approx(r["sampled_step_ms"] / r["step_ms"])
+        assert r["traced_tokens_per_s"] > 0 and r["trace_cost"] < 1
+
+
+def test_plain_sampling_cost_on_a_tiny_model():
+    rows = bench.plain_sampling_cost(tiny_model(), new_tokens=6, prompts={"a": "abc"}, runs=3)
+    assert [r["prompt"] for r in rows] == ["a"] and rows[0]["runs"] == 3
+    assert rows[0]["greedy_ms_per_token"] > 0 and rows[0]["sampled_ms_per_token"] > 0
+    assert rows[0]["ratio"] > 0
 
 
 def test_int8_error_is_small_but_not_zero():

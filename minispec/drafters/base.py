@@ -46,14 +46,6 @@ class Draft:
     q: np.ndarray | None = None
     logits: np.ndarray | None = None  # (n, vocab): a model drafter's raw scores, for the trace
 
-    def q_of(self, i: int, vocab_size: int) -> np.ndarray:
-        """Row i of q; for a drafter without distributions, one-hot on its token."""
-        if self.q is not None:
-            return self.q[i]
-        one_hot = np.zeros(vocab_size)
-        one_hot[self.tokens[i]] = 1.0
-        return one_hot
-
 
 @runtime_checkable
 class Drafter(Protocol):
@@ -94,6 +86,13 @@ def choose(
     q = np.zeros(logits.shape, dtype=np.float64)
     q[scored] = q_scored
     return int(scored[sample(q_scored, rng)]), q
+
+
+def one_hot(tokens: list[int], vocab_size: int) -> np.ndarray:
+    """q for a drafter without probabilities: all its mass on its own token, (n, vocab)."""
+    q = np.zeros((len(tokens), vocab_size))
+    q[np.arange(len(tokens)), tokens] = 1.0
+    return q
 
 
 def make_draft(tokens: list[int], qs: list, logits: list) -> Draft:
