@@ -51,7 +51,7 @@ from minispec.checkpoint import (
 from minispec.config import GemmaConfig, _default_layer_types, save_config
 from minispec.tokenizer import tokenizer_config, tokenizer_from_gguf
 
-Progress = Callable[[str, int, int], None]  # (what, done, total)
+Progress = Callable[[str, int, int], None]  # (what is done, e.g. "kernels compiled", done, total)
 
 # llama.cpp's per-layer names (blk.{i}.KEY.weight) -> Gemma's (checkpoint.layer_shapes' names)
 GGUF_LAYER_NAMES = {
@@ -87,9 +87,9 @@ def is_norm(hf_name: str) -> bool:
 
 
 def default_progress(what: str, done: int, total: int) -> None:
-    """Progress on one terminal line: `converting gemma-3-270m-q4_k_m.gguf: 120/236 tensors`."""
+    """Progress on one terminal line: `tensors converted from x.gguf: 120/236`."""
     end = "\n" if done == total else ""
-    print(f"\rconverting {what}: {done}/{total} tensors", end=end, file=sys.stderr, flush=True)
+    print(f"\r{what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
 
 
 # --- reading a GGUF ------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def gguf_to_checkpoint(
     Writes config.json, model.safetensors (float32), tokenizer.json and tokenizer_config.json
     into a temporary folder next to `out_dir` and renames it into place at the end: `out_dir`
     exists only if complete.
-    `progress(file name, tensors done, total)` is called after each tensor.
+    `progress("tensors converted from NAME.gguf", done, total)` is called after each tensor.
     """
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -263,7 +263,7 @@ def gguf_to_checkpoint(
         for done, (hf_name, t) in enumerate(sources.items(), start=1):
             tensors[hf_name] = dequantize(t, hf_name)
             if progress:
-                progress(gguf_path.name, done, len(sources))
+                progress(f"tensors converted from {gguf_path.name}", done, len(sources))
         # transformers refuses safetensors files whose metadata lacks a "format" it knows
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "model.safetensors").chmod(0o644)  # safetensors creates it private

@@ -82,6 +82,7 @@ the kernels"); `warmup()`, which `load_model` calls, does it up front.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numba
@@ -229,28 +230,39 @@ def linear(x: np.ndarray, w: np.ndarray | PackedWeight) -> np.ndarray:
     return out if out.shape[1] == w.d_out else np.ascontiguousarray(out[:, : w.d_out])
 
 
-def warmup() -> None:
+def warmup(progress: Callable[[str, int, int], None] | None = None) -> None:
     """Compile (or load from Numba's on-disk cache) every kernel in every variant the model uses.
 
     Numba compiles a kernel once per kind of argument (dtype, and whether an array is
     contiguous), and the norms, GeGLU and attention each have a one-thread and a threaded
     variant. The calls below take each of those paths once, with arrays laid out as the model
     lays out Gemma's (a head_dim of whole tiles), so that the first timed run measures the
-    model, not the compiler. `load_model` calls it.
+    model, not the compiler. `load_model` calls it. progress("kernels compiled", done, total)
+    is called after each group of calls.
     """
+    steps = _warmup_steps()
+    for done, step in enumerate(steps, start=1):
+        step()
+        if progress is not None:
+            progress("kernels compiled", done, len(steps))
+
+
+def _warmup_steps() -> list[Callable[[], object]]:
+    """`warmup`'s calls, one group of variants per item."""
     rng = np.random.default_rng(0)
 
     def rand(*shape: int) -> np.ndarray:
         return rng.standard_normal(shape, dtype=np.float32)
 
     w = rand(32, 8)
-    for weight in (pack(w), quantize_int8(w)):
-        linear(rand(1, 8), weight)
+    steps: list[Callable[[], object]] = [
+        lambda: linear(rand(1, 8), pack(w)),
+        lambda: linear(rand(1, 8), quantize_int8(w)),
+    ]
     for n_rows in (2, SERIAL_SIZE // 8 + 1):  # a few rows stay on one thread, more go to the pool
         x = rand(n_rows, 8)
-        rms_norm_rows(x, w[0], 1e-6)
-        gelu_gate(x, x)
-    rope_rows(rand(3, 2, 8), rand(3, 4), rand(3, 4))  # cos, sin contiguous, as `rope_angles` gives
+        steps += [lambda x=x: rms_norm_rows(x, w[0], 1e-6), lambda x=x: gelu_gate(x, x)]
+    steps.append(lambda: rope_rows(rand(3, 2, 8), rand(3, 4), rand(3, 4)))  # as `rope_angles`
     n_heads, capacity = 4, 64
     for head_dim in (2 * TILE_COLS, TILE_COLS // 2):  # Gemma's whole tiles; a tiny model's padded
         kv = rand(capacity, 1, head_dim)  # (capacity, n_kv_heads, head_dim)
@@ -258,13 +270,22 @@ def warmup() -> None:
         # (values copied); the last two thresholds move with the tile's width (16 or 32 columns)
         for T in (1, TILE_COLS // n_heads + 1, 4 * TILE_COLS // n_heads + 1):
             seen = np.stack([np.zeros(T, np.int64), np.arange(capacity - T, capacity) + 1], axis=1)
-            attend_each(rand(T, n_heads, head_dim), kv, kv, seen)
+            q = rand(T, n_heads, head_dim)
+            steps.append(lambda q=q, kv=kv, seen=seen: attend_each(q, kv, kv, seen))
     for logits in (rand(64), rand(64).astype(np.float64)):  # the model's rows; a test's
         for top_k, top_p in ((0, 1.0), (0, 0.9), (8, 0.9)):  # all kept; top-p; top-k
-            distribution_row(logits, 0.7, top_k, top_p, np.empty(64))
-        sample_row(np.full(64, 1 / 64), 0.5)
-        for values in (logits, np.abs(logits).astype(np.float64)):  # logits; probabilities
-            top_n(values, 5)
+            steps.append(
+                lambda logits=logits, top_k=top_k, top_p=top_p: distribution_row(
+                    logits, 0.7, top_k, top_p, np.empty(64)
+                )
+            )
+        probs = np.abs(logits).astype(np.float64)
+        steps += [
+            lambda probs=probs: sample_row(probs, 0.5),
+            lambda logits=logits: top_n(logits, 5),  # a row of logits
+            lambda probs=probs: top_n(probs, 5),  # a row of probabilities
+        ]
+    return steps
 
 
 def _as_matrix(w: np.ndarray, who: str) -> np.ndarray:

@@ -29,6 +29,8 @@ def load_model(
     The kernels are compiled here (`kernels.warmup`; after the first time they are read from
     Numba's on-disk cache: docs/benchmarks.md, "Compiling the kernels"), not in the first
     forward pass, so that the first run a learner times is the model's speed, not the compiler's.
+    progress(what, done, total) hears of both stages: "tensors converted from NAME.gguf" (the
+    first start only) and "kernels compiled".
     """
     folder, config, tensors = open_checkpoint(path, progress=progress)
     tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
@@ -36,5 +38,5 @@ def load_model(
     model = Model(config, params, tokenizer, name=folder.name, weights=weights)
     if not kernels:
         return reference(model)
-    warmup()
+    warmup(progress)
     return model

@@ -171,14 +171,15 @@ def test_progress_counts_every_tensor(tiny_gguf: Path, tmp_path: Path) -> None:
     calls = []
     gguf_file.gguf_to_checkpoint(tiny_gguf, tmp_path / "out", lambda *a: calls.append(a))
     n = 2 + 13 * LAYERS
-    assert calls[0] == ("tiny.gguf", 1, n) and calls[-1] == ("tiny.gguf", n, n)
+    what = "tensors converted from tiny.gguf"
+    assert calls[0] == (what, 1, n) and calls[-1] == (what, n, n)
 
 
 def test_default_progress_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    gguf_file.default_progress("x.gguf", 1, 2)
-    gguf_file.default_progress("x.gguf", 2, 2)
+    gguf_file.default_progress("tensors converted from x.gguf", 1, 2)
+    gguf_file.default_progress("tensors converted from x.gguf", 2, 2)
     err = capsys.readouterr().err
-    assert err == "\rconverting x.gguf: 1/2 tensors\rconverting x.gguf: 2/2 tensors\n"
+    assert err == ("\rtensors converted from x.gguf: 1/2\rtensors converted from x.gguf: 2/2\n")
 
 
 # --- broken GGUF files ----------------------------------------------------------------------------

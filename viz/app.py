@@ -7,6 +7,7 @@ replays without any model. The page reads only minispec's public API and its tra
 """
 
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `viz` (and `minispec`) from a clone
@@ -149,11 +150,20 @@ model = None
 if mode == "Run the model":
     choice = runs.model_choice()
     if choice not in store.models:
-        bar = st.progress(0.0, text="Loading the model…")
+        bar = st.progress(0.0, text="Loading the model: reading its weights…")
+        note = st.caption(
+            "The first start on a machine converts the packaged weights and compiles the "
+            "kernels, which takes a while; later starts read both from disk in seconds."
+        )
+        started: dict[str, float] = {}  # when each stage began, for its time left
 
         def progress(what: str, done: int, total: int) -> None:
+            t0 = started.setdefault(what, time.perf_counter() - 1e-9)
+            left = (time.perf_counter() - t0) / done * (total - done)
             bar.progress(
-                done / max(total, 1), text=f"First start: converting {what} ({done}/{total})"
+                done / max(total, 1),
+                text=f"Loading the model: {what} {done} of {total}"
+                + (f", about {left:.0f} s left" if done < total and left >= 1 else ""),
             )
 
         try:
@@ -162,6 +172,7 @@ if mode == "Run the model":
             st.error(f"The model could not be loaded: {err}")
             st.stop()
         bar.empty()
+        note.empty()
     model = runs.get_model(store, choice, progress=None)  # loaded: returns at once
 
     if go:
