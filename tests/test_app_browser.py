@@ -190,3 +190,41 @@ def test_run_step_and_play_in_chromium(app_url: str, tmp_path: Path) -> None:
         page.screenshot(path=tmp_path / "numbers.png")
         assert page.locator("[data-testid='stException']").count() == 0
         browser.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_defaults_show_a_plain_and_a_speculative_speed(app_url: str) -> None:
+    """Run as the page opens (Code to edit, ngram, k = 4, temperature 0.7): the Numbers tab shows
+    both speeds, measured in this session, and their ratio. (How they compare with the command
+    line's is measured by docs/probes/app_vs_cli.py, not here.)"""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(app_url)
+        page.wait_for_selector("[data-testid='stApp']")
+        run = page.get_by_role("button", name="Run", exact=True)
+        run.wait_for(timeout=120_000)
+        settle(page)
+        run.click()
+        expect(step_heading(page)).to_have_text(re.compile(r"^Step 1 of "), timeout=240_000)
+        settle(page)
+        page.get_by_role("tab", name="Numbers").click()
+        settle(page)
+        metrics = page.locator("[data-testid='stMetric']")
+        speeds = {}
+        for label in ("Speculative decoding", "Plain decoding"):
+            text = metrics.filter(has_text=label).inner_text()
+            speeds[label] = float(re.search(r"([\d.]+) tok/s", text).group(1))
+        assert all(v > 0 for v in speeds.values()), speeds
+        speedup = metrics.filter(has_text="Speedup").inner_text()
+        ratio = float(re.search(r"([\d.]+)×", speedup).group(1))  # from the unrounded speeds
+        assert ratio == pytest.approx(
+            speeds["Speculative decoding"] / speeds["Plain decoding"], rel=0.01
+        )
+        assert page.locator("[data-testid='stException']").count() == 0
+        browser.close()

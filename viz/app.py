@@ -180,13 +180,13 @@ if mode == "Run the model":
         try:
             runs.check_settings(settings)
             with slot.status(
-                f"Decoding with the {settings.drafter} drafter…", expanded=True
-            ) as box:
+                f"Decoding with the {settings.drafter} drafter, then without one for the speedup…",
+                expanded=True,
+            ):
                 live = st.empty()
                 run = runs.run_speculative(
                     store, model, settings, on_text=lambda text: live.code(text, language=None)
                 )
-                box.update(label="Measuring plain decoding on the same prompt, for the speedup…")
                 run.plain_tokens_per_s = panels.plain_speed(store, model, settings)
             show_run(run)
         except ValueError as err:  # a setting the engine refuses: its message says what to change

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -121,18 +122,26 @@ class Run:
     plain_tokens_per_s: float | None = None  # plain decoding, same prompt, same session
 
 
+LIVE_EVERY_S = 0.5  # the text shown while decoding is refreshed at most this often
+
+
 def run_speculative(
     store: Store, model: Model, s: Settings, on_text: Callable[[str], None] | None = None
 ) -> Run:
-    """Speculative decoding with the trace on; on_text gets the text so far after every token."""
+    """Speculative decoding with the trace on; on_text gets the text so far, at most every
+    LIVE_EVERY_S seconds. Each refresh is a message to the browser, which then redraws the page
+    on the same cores as the model: refreshed at every token (several per step), that redrawing
+    halved the speed the page measured (docs/probes/app_vs_cli.py)."""
     check_settings(s)
     ids = encode(model.tokenizer, s.prompt)
     new: list[int] = []
+    shown = [time.perf_counter()]
 
     def on_token(token: int) -> None:
         new.append(token)
-        if on_text is not None:
+        if on_text is not None and time.perf_counter() - shown[0] >= LIVE_EVERY_S:
             on_text(decode(model.tokenizer, new))
+            shown[0] = time.perf_counter()
 
     g = speculate(store, model, ids, s, s.drafter, on_token=on_token, trace_top=6)
     return Run(story_from_trace(g.trace), "model", model.name, s)

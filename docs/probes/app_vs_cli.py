@@ -27,7 +27,7 @@ from test_app_browser import CHROMIUM, CHROMIUM_ARGS, settle, step_heading, stre
 
 def page_settings(page) -> dict:  # noqa: ANN001
     """The sidebar's settings as the page shows them."""
-    value = lambda label: page.get_by_label(label).input_value()  # noqa: E731
+    value = lambda label: page.get_by_label(label, exact=True).last.input_value()  # noqa: E731
     return {
         "prompt": value("Prompt text"),
         "k": int(value("k, guesses per step")),
