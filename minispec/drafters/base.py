@@ -68,20 +68,25 @@ class Drafter(Protocol):
 
 
 def choose(
-    logits: np.ndarray, sampling: SamplingParams, rng: np.random.Generator
+    logits: np.ndarray,
+    sampling: SamplingParams,
+    rng: np.random.Generator,
+    scored: np.ndarray | None = None,
 ) -> tuple[int, np.ndarray | None]:
     """A model drafter's pick from one row of logits: (token, q). Greedy: (argmax, None).
 
     A cheap head scores a subset of the vocabulary and leaves the rest at -inf, probability 0:
     q is then computed over the scored tokens alone (the same distribution, zero elsewhere),
     since temperature and top-p over all 262,144 took longer than the draft step itself.
+    scored: those tokens' ids in increasing order, when the drafter knows them (else found here).
     """
     if sampling.greedy:
         return int(np.argmax(logits)), None
-    if logits.min() > -np.inf:  # a full head
+    if scored is None and logits.min() > -np.inf:  # a full head
         q = probabilities(logits, sampling)
         return sample(q, rng), q
-    scored = np.flatnonzero(logits > -np.inf)  # (n,) the tokens the head scored
+    if scored is None:
+        scored = np.flatnonzero(logits > -np.inf)  # (n,) the tokens the head scored
     q_scored = probabilities(logits[scored], sampling)
     q = np.zeros(logits.shape, dtype=np.float64)
     q[scored] = q_scored

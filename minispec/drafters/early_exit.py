@@ -103,11 +103,16 @@ class EarlyExitDrafter:
         cache = ctx.target_cache
         start = cache.length  # = len(ctx.tokens) - 1: the newest token is not in the cache yet
         extra = self.context_rows(ctx.tokens)  # gathered once per proposal
+        scored = None  # the tokens the cut-down head scores, sorted, for `choose`
+        if self.frequent_head is not None and not sampling.greedy:
+            scored = np.sort(
+                self.frequent if extra is None else np.union1d(self.frequent, extra[0])
+            )
         tokens, qs, rows, last = [], [], [], ctx.tokens[-1]
         for _ in range(k):
             h = early_exit_hidden(self.target, [last], cache, self.n_layers)  # (1, d_model)
             logits = self.head(h, extra)  # (vocab,)
-            last, q = choose(logits, sampling, rng)
+            last, q = choose(logits, sampling, rng, scored)
             tokens.append(last)
             qs.append(q)
             rows.append(logits)

@@ -301,6 +301,7 @@ class MTPDrafter:
         # The head's rows, gathered once: (|S|, D), the target's tied embedding (its kind:
         # packed float32 or int8 with a kernels target, a plain array with `reference`).
         self.head_rows = kernels.select_rows(target.params.embed, params.head_ids)
+        self.scored = np.sort(params.head_ids)  # the tokens its head scores, for `choose`
         self.final_norm = np.asarray(target.params.final_norm, np.float32)
         self.embed_scale = np.float32(np.sqrt(cfg.d_model))
 
@@ -322,7 +323,7 @@ class MTPDrafter:
             e = take_rows(self.target.params.embed, np.array([last])) * self.embed_scale
             h = mtp_step(p, cfg, e, h, keys, values, pos, visible(pos, n, cfg.window))
             logits = self.full_logits(head_logits(h, self.final_norm, self.head_rows, cfg.eps)[0])
-            last, q = choose(logits, sampling, rng)
+            last, q = choose(logits, sampling, rng, self.scored)
             tokens.append(last)
             qs.append(q)
             rows.append(logits)
