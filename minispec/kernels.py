@@ -881,11 +881,12 @@ def distribution_row(
       2. on the threads: e_i = exp((l_i - max) / T) with `_exp64_block`'s vectorized exp, and
          their sum; when top-k or top-p is on, also a histogram of the logits in BUCKETS bins
          from the largest down, with each bin's count and mass;
-      3. the edge (`_find_cut`): walking the bins from the top finds the bin that holds the
-         k-th token, or the token where the mass before it reaches top_p; only that bin's
-         tokens are sorted, by logit then id as the reference sorts, so the kept set is exactly
-         the reference's: the tokens above a cut (logit, id). On the threads again, out = e /
-         (the kept tokens' sum of e) above the cut, 0 below.
+      3. the edge (`_find_cut`): with top-k, the counts find the bin of the k-th token, and
+         the tokens of the bins down to it are sorted and walked for top-p; with top-p alone,
+         the masses find the bin where the mass before a token reaches top_p, and only that
+         bin's tokens are sorted. Sorted by logit then id, as the reference sorts, so the kept
+         set is exactly the reference's: the tokens up to a cut (logit, id). On the threads
+         again, out = e / (the kept tokens' sum of e) up to the cut, 0 after it.
     exp is monotone, so ordering by logit is ordering by probability. The row is cut into
     N_ROW_CHUNKS fixed ranges whose sums are added in a fixed order: the same bits whatever the
     number of threads. logits: (vocab,) float32 or float64; temperature > 0.
@@ -934,8 +935,8 @@ def _exp_kernel(logits, hi, temperature, scale, out, mass, count, bins):
 @njit(cache=True)
 def _exp_chunk(logits, hi, temperature, scale, out, mass, count, bins):
     """out = exp((logits - hi) / T); its sum in mass[0] or, when bins has room (top-k or top-p
-    on), each logit's bin in bins and each bin's mass (and count, when count has room: top-k
-    needs it, top-p does not). BLOCK64 logits at a time, so
+    on), each logit's bin in bins and each bin's count (top-k on: count has room) or mass (top-p
+    alone). BLOCK64 logits at a time, so
     that each pass over a block finds it in L1 (the chunk's arrays are slices: their indices
     start at 0, which lets LLVM vectorize the loops)."""
     scratch = np.empty((2, BLOCK64), np.int64)
@@ -949,11 +950,10 @@ def _exp_chunk(logits, hi, temperature, scale, out, mass, count, bins):
             mass[0] += _sum(block)
             continue
         _bin_block(logits[b0:b1], hi, scale, bins[b0:b1])
-        if counting:
+        if counting:  # top-k finds its edge by counts
             for i in range(b0, b1):
-                mass[bins[i]] += out[i]
                 count[bins[i]] += 1
-        else:
+        else:  # top-p alone, by mass
             for i in range(b0, b1):
                 mass[bins[i]] += out[i]
 
@@ -1027,57 +1027,68 @@ def _find_cut(logits, e, bins, mass_c, count_c, top_k, top_p):
     """Pass 3's edge: (cut logit, cut id, the kept tokens' mass). Token i is kept iff it comes
     no later than the cut in the reference's order: a larger logit, or the same and id <= cut id.
     """
-    mass = np.zeros(mass_c.shape[1])  # the chunks' histograms, added in a fixed order
-    count = np.zeros(count_c.shape[1], np.int64)  # (top-k only)
-    for c in range(mass_c.shape[0]):
-        mass += mass_c[c]
-        count += count_c[c]
     n = logits.shape[0]
-    # top-k: the k-th largest logit; every token at least as large is kept (ties too)
-    cut_logit, last_bin, edge_ids = -np.inf, BUCKETS, np.empty(0, np.int64)
     if 0 < top_k < n:
+        # top-k: the bins down to the one holding the k-th token, sorted; every token at least
+        # as large as the k-th is kept (ties too), then top-p walks them in order
+        count = np.zeros(count_c.shape[1], np.int64)  # the chunks' counts, in a fixed order
+        for c in range(count_c.shape[0]):
+            count += count_c[c]
         seen, b = 0, 0
         while seen + count[b] < top_k:
             seen += count[b]
             b += 1
-        edge_ids = _bin_members(logits, bins, b)
-        cut_logit, last_bin = np.float64(logits[edge_ids[top_k - seen - 1]]), b
-    kept_mass = 0.0
-    for b in range(last_bin):
-        kept_mass += mass[b]
-    for i in edge_ids:  # the top-k edge's bin: its tokens down to the k-th
-        if np.float64(logits[i]) >= cut_logit:
+        ids = _bin_members(logits, bins, 0, b)
+        cut_logit = np.float64(logits[ids[top_k - 1]])
+        kept_mass = 0.0
+        for i in ids:
+            if np.float64(logits[i]) < cut_logit:
+                break
             kept_mass += e[i]
-    if top_p >= 1.0:
-        return cut_logit, n, kept_mass
-    # top-p: keep a token while the mass of the tokens before it is below top_p * kept_mass
-    threshold, before, b = top_p * kept_mass, 0.0, 0
-    while b < last_bin and before + mass[b] < threshold:
+        if top_p >= 1.0:
+            return cut_logit, n, kept_mass
+        return _walk_top_p(logits, e, ids, cut_logit, top_p * kept_mass, 0.0, n)
+    # top-p alone: the bins' masses find the bin where the mass before a token reaches
+    # top_p * total; only that bin's tokens are sorted
+    mass = np.zeros(mass_c.shape[1])  # the chunks' histograms, added in a fixed order
+    for c in range(mass_c.shape[0]):
+        mass += mass_c[c]
+    threshold, before, b = top_p * mass.sum(), 0.0, 0
+    while b < BUCKETS and before + mass[b] < threshold:
         before += mass[b]
         b += 1
-    ids = edge_ids if b == last_bin else _bin_members(logits, bins, b)
+    ids = _bin_members(logits, bins, b, b)
+    return _walk_top_p(logits, e, ids, -np.inf, threshold, before, n)
+
+
+@njit(cache=True)
+def _walk_top_p(logits, e, ids, cut_logit, threshold, before, n):
+    """Walk ids (sorted) keeping each token while the mass before it, starting at `before`, is
+    below the threshold (and its logit is not below cut_logit): (cut logit, cut id, kept mass)."""
     last = -1
     for i in ids:
         if before >= threshold or np.float64(logits[i]) < cut_logit:
             break
         last, before = i, before + e[i]
-    if last < 0:  # rounding walked past every bin: all that top-k kept stays
+    if last < 0:  # rounding walked past every bin: everything (that top-k kept) stays
         return cut_logit, n, before
     return np.float64(logits[last]), last, before
 
 
 @njit(parallel=True, cache=True)
-def _bin_members(logits, bins, b):
-    """The ids in bin b, sorted by logit from the largest, ties by id (the reference's order)."""
+def _bin_members(logits, bins, b0, b1):
+    """The ids in bins b0..b1, sorted by logit from the largest, ties by id (the reference's
+    order)."""
     n = logits.shape[0]
     step = -(-n // N_ROW_CHUNKS)
     first = np.zeros(N_ROW_CHUNKS + 1, np.int64)  # where each chunk's members go
     for c in prange(N_ROW_CHUNKS):
-        first[c + 1] = _count_in_chunk(bins[c * step : min(n, (c + 1) * step)], b)
+        first[c + 1] = _count_in_chunk(bins[c * step : min(n, (c + 1) * step)], b0, b1)
     first = np.cumsum(first)
     ids = np.empty(first[N_ROW_CHUNKS], np.int64)
     for c in prange(N_ROW_CHUNKS):
-        _find_in_chunk(bins[c * step : min(n, (c + 1) * step)], b, c * step, ids[first[c] :])
+        chunk = bins[c * step : min(n, (c + 1) * step)]
+        _find_in_chunk(chunk, b0, b1, c * step, ids[first[c] :])
     values = np.empty(ids.shape[0])
     for j in range(ids.shape[0]):
         values[j] = -np.float64(logits[ids[j]])
@@ -1085,18 +1096,18 @@ def _bin_members(logits, bins, b):
 
 
 @njit(cache=True)
-def _count_in_chunk(bins, b):
+def _count_in_chunk(bins, b0, b1):
     n = 0
     for i in range(bins.shape[0]):
-        n += bins[i] == b
+        n += (bins[i] >= b0) & (bins[i] <= b1)
     return n
 
 
 @njit(cache=True)
-def _find_in_chunk(bins, b, offset, ids):
+def _find_in_chunk(bins, b0, b1, offset, ids):
     j = 0
     for i in range(bins.shape[0]):
-        if bins[i] == b:
+        if b0 <= bins[i] <= b1:
             ids[j] = offset + i
             j += 1
 

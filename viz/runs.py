@@ -122,7 +122,7 @@ class Run:
     plain_tokens_per_s: float | None = None  # plain decoding, same prompt, same session
 
 
-LIVE_EVERY_S = 0.5  # the text shown while decoding is refreshed at most this often
+LIVE_EVERY_S = 1.0  # the text shown while decoding is refreshed at most this often
 
 
 def run_speculative(
