@@ -6,8 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from minispec.cache import open_checkpoint
+from minispec.generate import generate
 from minispec.kernels import warmup
-from minispec.model import Model, params_from_state_dict, reference
+from minispec.kv_cache import new_cache
+from minispec.model import Model, forward, params_from_state_dict, reference
+from minispec.sampling import SOFTMAX
 from minispec.tokenizer import load_tokenizer
 
 
@@ -39,4 +42,12 @@ def load_model(
     if not kernels:
         return reference(model)
     warmup(progress)
+    # The first passes of a process pay one-time costs beyond compiling (fresh memory for the
+    # cache, the activations and the rows of logits; docs/benchmarks.md, "Sampled decoding"
+    # has the times). Paid here, not in the first run a learner times: a sampled decoding,
+    # then a prompt, two verify passes and a step.
+    generate(model, [config.bos_token_id] * 8, max_new_tokens=2, sampling=SOFTMAX)
+    cache = new_cache(config, capacity=32)
+    for n_tokens in (8, 5, 5, 1):
+        forward(model, [config.bos_token_id] * n_tokens, cache)
     return model

@@ -69,9 +69,8 @@ def get_model(store: Store, choice: str, progress: Callable[[str, int, int], Non
         if choice not in store.models:
             if choice == "tiny":
                 model = tiny_model()
-            else:
+            else:  # (load_model warms the model up too)
                 model = load_model(None if choice == "gemma" else choice, progress=progress)
-            generate(model, encode(model.tokenizer, "Hi"), max_new_tokens=2)  # warm up
             store.models[choice] = model
         return store.models[choice]
 
