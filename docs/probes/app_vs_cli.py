@@ -40,7 +40,8 @@ def page_settings(page) -> dict:  # noqa: ANN001
 
 def app_round(browser, url: str, drafter: str | None) -> tuple[dict, float, float]:  # noqa: ANN001
     """One Run in a fresh session: (settings, speculative tokens/s, plain tokens/s)."""
-    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})  # no shared session
+    page = context.new_page()
     page.goto(url)
     page.wait_for_selector("[data-testid='stApp']")
     run = page.get_by_role("button", name="Run", exact=True)
@@ -62,7 +63,7 @@ def app_round(browser, url: str, drafter: str | None) -> tuple[dict, float, floa
         return float(re.search(r"([\d.]+) tok/s", text).group(1))
 
     speeds = metric("Speculative decoding"), metric("Plain decoding")
-    page.close()
+    context.close()
     return settings, *speeds
 
 
