@@ -118,26 +118,30 @@ def step_heading(page):  # noqa: ANN001, ANN201
     return page.get_by_role("heading", name=re.compile(r"^Step \d+ of \d+$"))
 
 
-@pytest.mark.slow
-@pytest.mark.browser
-def test_run_step_and_play_in_chromium(app_url: str, tmp_path: Path) -> None:
+def open_app(p, url: str):  # noqa: ANN001, ANN201
+    """Chromium on the app's page, the model loaded: (browser, page, the Run button)."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"{CHROMIUM} is missing: install Debian's Chromium with `apt-get install chromium` "
             "(Playwright's own browser download does not work here)"
         )
+    browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector("[data-testid='stApp']")
+    run = page.get_by_role("button", name="Run", exact=True)
+    run.wait_for(timeout=120_000)  # after the model has loaded
+    settle(page)
+    return browser, page, run
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_run_step_and_play_in_chromium(app_url: str, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.goto(app_url)
-        page.wait_for_selector("[data-testid='stApp']")
-        run = page.get_by_role("button", name="Run", exact=True)
-        run.wait_for(timeout=120_000)  # after the model has loaded
-        settle(page)
+        browser, page, run = open_app(p, app_url)
 
         # A short run: our own prompt, 16 new tokens, the n-gram drafter, k = 4 (the defaults).
         page.get_by_label("Prompt text").fill(PROMPT)
@@ -201,15 +205,7 @@ def test_the_defaults_show_a_plain_and_a_speculative_speed(app_url: str) -> None
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        page.goto(app_url)
-        page.wait_for_selector("[data-testid='stApp']")
-        run = page.get_by_role("button", name="Run", exact=True)
-        run.wait_for(timeout=120_000)
-        settle(page)
+        browser, page, run = open_app(p, app_url)
         run.click()
         expect(step_heading(page)).to_have_text(re.compile(r"^Step 1 of "), timeout=240_000)
         settle(page)
