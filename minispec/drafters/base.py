@@ -72,6 +72,7 @@ def choose(
     sampling: SamplingParams,
     rng: np.random.Generator,
     scored: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[int, np.ndarray | None]:
     """A model drafter's pick from one row of logits: (token, q). Greedy: (argmax, None).
 
@@ -79,18 +80,25 @@ def choose(
     q is then computed over the scored tokens alone (the same distribution, zero elsewhere),
     since temperature and top-p over all 262,144 took longer than the draft step itself.
     scored: those tokens' ids in increasing order, when the drafter knows them (else found here).
+    out: a row of zeros (`q_rows`) to write q into.
     """
     if sampling.greedy:
         return int(np.argmax(logits)), None
     if scored is None and logits.min() > -np.inf:  # a full head
-        q = probabilities(logits, sampling)
+        q = probabilities(logits, sampling, out)
         return sample(q, rng), q
     if scored is None:
         scored = np.flatnonzero(logits > -np.inf)  # (n,) the tokens the head scored
     q_scored = probabilities(logits[scored], sampling)
-    q = np.zeros(logits.shape, dtype=np.float64)
+    q = np.zeros(logits.shape, dtype=np.float64) if out is None else out
     q[scored] = q_scored
     return int(scored[sample(q_scored, rng)]), q
+
+
+def q_rows(k: int, vocab_size: int, sampling: SamplingParams) -> np.ndarray | None:
+    """Zeroed rows (k, vocab) for a model drafter's distributions q, which `choose` fills in
+    place (so the Draft takes them without copying 2 MB rows); None when greedy: no q."""
+    return None if sampling.greedy else np.zeros((k, vocab_size))
 
 
 def one_hot(tokens: list[int], vocab_size: int) -> np.ndarray:
@@ -100,9 +108,8 @@ def one_hot(tokens: list[int], vocab_size: int) -> np.ndarray:
     return q
 
 
-def make_draft(tokens: list[int], qs: list, logits: list) -> Draft:
-    """Pack a model drafter's picks: q rows only when sampling (choose gave None otherwise)."""
+def make_draft(tokens: list[int], q: np.ndarray | None, logits: list) -> Draft:
+    """Pack a model drafter's picks: its q rows (`q_rows`, None when greedy) and its logits."""
     if not tokens:
         return Draft([])
-    q = None if qs[0] is None else np.stack(qs)
-    return Draft(tokens, q, np.stack(logits))
+    return Draft(tokens, None if q is None else q[: len(tokens)], np.stack(logits))

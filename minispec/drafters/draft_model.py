@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minispec.drafters.base import Draft, DraftContext, choose, make_draft
+from minispec.drafters.base import Draft, DraftContext, choose, make_draft, q_rows
 from minispec.kernels import quantize_int8
 from minispec.kv_cache import KVCache, new_cache
 from minispec.model import Model, forward, map_matrices
@@ -44,11 +44,11 @@ class DraftModelDrafter:
         cache = self.cache
         unseen = ctx.tokens[cache.length :]  # never empty: the newest token is always unseen
         logits = forward(self.draft, unseen, cache, last_only=True)[-1]
-        tokens, qs, rows = [], [], []
+        tokens, rows = [], []
+        qs = q_rows(k, ctx.target.config.vocab_size, sampling)
         for i in range(k):
-            token, q = choose(logits, sampling, rng)
+            token, _ = choose(logits, sampling, rng, out=None if qs is None else qs[i])
             tokens.append(token)
-            qs.append(q)
             rows.append(logits)
             if i < k - 1:  # the last draft is never fed: its successor would not be verified
                 logits = forward(self.draft, [token], cache)[-1]

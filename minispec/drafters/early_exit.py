@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minispec.drafters.base import Draft, DraftContext, choose, make_draft
+from minispec.drafters.base import Draft, DraftContext, choose, make_draft, q_rows
 from minispec.kernels import linear, select_rows
 from minispec.kv_cache import KVCache
 from minispec.model import Model, Weight, forward_hidden, rms_norm
@@ -108,13 +108,13 @@ class EarlyExitDrafter:
             scored = np.sort(
                 self.frequent if extra is None else np.union1d(self.frequent, extra[0])
             )
-        tokens, qs, rows, last = [], [], [], ctx.tokens[-1]
-        for _ in range(k):
+        tokens, rows, last = [], [], ctx.tokens[-1]
+        qs = q_rows(k, ctx.target.config.vocab_size, sampling)
+        for i in range(k):
             h = early_exit_hidden(self.target, [last], cache, self.n_layers)  # (1, d_model)
             logits = self.head(h, extra)  # (vocab,)
-            last, q = choose(logits, sampling, rng, scored)
+            last, _ = choose(logits, sampling, rng, scored, out=None if qs is None else qs[i])
             tokens.append(last)
-            qs.append(q)
             rows.append(logits)
         cache.truncate(start)  # leave the cache as found; verification rewrites these positions
         return make_draft(tokens, qs, rows)

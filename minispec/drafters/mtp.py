@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from minispec import kernels
-from minispec.drafters.base import Draft, DraftContext, choose, make_draft
+from minispec.drafters.base import Draft, DraftContext, choose, make_draft, q_rows
 from minispec.kernels import PackedWeight, take_rows
 from minispec.model import Model, gelu_tanh, rms_norm, rope, softmax
 from minispec.sampling import SamplingParams
@@ -317,15 +317,15 @@ class MTPDrafter:
         keys, values = cache.keys[cfg.kv_layer, :n], cache.values[cfg.kv_layer, :n]  # read only
         h = np.asarray(ctx.target_hidden, np.float32)[None]  # (1, D)
         last = ctx.tokens[-1]
-        tokens, qs, rows = [], [], []
+        tokens, rows = [], []
+        qs = q_rows(k, ctx.target.config.vocab_size, sampling)
         for j in range(k):
             pos = np.array([n + j])
             e = take_rows(self.target.params.embed, np.array([last])) * self.embed_scale
             h = mtp_step(p, cfg, e, h, keys, values, pos, visible(pos, n, cfg.window))
             logits = self.full_logits(head_logits(h, self.final_norm, self.head_rows, cfg.eps)[0])
-            last, q = choose(logits, sampling, rng, self.scored)
+            last, _ = choose(logits, sampling, rng, self.scored, out=None if qs is None else qs[j])
             tokens.append(last)
-            qs.append(q)
             rows.append(logits)
         return make_draft(tokens, qs, rows)
 
