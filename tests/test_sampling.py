@@ -12,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minispec.sampling import SamplingParams, distribution, numpy_distribution, probabilities
+from minispec.sampling import (
+    SamplingParams,
+    distribution,
+    numpy_distribution,
+    numpy_sample,
+    probabilities,
+    sample,
+)
 
 WIDE = 262_144
 
@@ -94,3 +101,17 @@ def test_writes_into_a_given_row_and_shapes_greedy_display_as_softmax() -> None:
 def test_logits_that_make_no_distribution_are_refused(bad: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         distribution(bad, SamplingParams(1.0))
+
+
+def test_sample_draws_what_numpy_sample_draws() -> None:
+    """The chunked inverse CDF picks the token the full cumulative sum picks, for the same u,
+    and never one of probability 0 (rows with zeros, of every length up to a few chunks)."""
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        probs = rng.random(int(rng.integers(1, 5_000))) ** 8
+        probs[rng.random(probs.size) < 0.3] = 0.0
+        if probs.sum() == 0:
+            continue
+        seed = int(rng.integers(1 << 30))
+        token = sample(probs, np.random.default_rng(seed))
+        assert token == numpy_sample(probs, np.random.default_rng(seed)) and probs[token] > 0
