@@ -880,7 +880,7 @@ def distribution_row(
       1. the largest logit (NumPy's max, which also catches NaN);
       2. on the threads: e_i = exp((l_i - max) / T) with `_exp64_block`'s vectorized exp, and
          their sum; when top-k or top-p is on, also a histogram of the logits in BUCKETS bins
-         from the largest down, with each bin's count and mass;
+         from the largest down, with each bin's count (top-k) or mass (top-p alone);
       3. the edge (`_find_cut`): with top-k, the counts find the bin of the k-th token, and
          the tokens of the bins down to it are sorted and walked for top-p; with top-p alone,
          the masses find the bin where the mass before a token reaches top_p, and only that
@@ -911,8 +911,8 @@ def distribution_row(
     if not cut_on:
         _scale_kernel(logits, -np.inf, vocab, 1.0 / mass[:, 0].sum(), out)  # every token kept
         return
-    cut_logit, cut_id, kept = _find_cut(logits, out, bins, mass, count, top_k, top_p)
-    _scale_kernel(logits, cut_logit, cut_id, 1.0 / kept, out)
+    cut_logit, cut_id, kept_mass = _find_cut(logits, out, bins, mass, count, top_k, top_p)
+    _scale_kernel(logits, cut_logit, cut_id, 1.0 / kept_mass, out)
 
 
 BUCKETS = 2048  # the histogram's bins: the one that holds the edge has few tokens to sort
@@ -936,9 +936,8 @@ def _exp_kernel(logits, hi, temperature, scale, out, mass, count, bins):
 def _exp_chunk(logits, hi, temperature, scale, out, mass, count, bins):
     """out = exp((logits - hi) / T); its sum in mass[0] or, when bins has room (top-k or top-p
     on), each logit's bin in bins and each bin's count (top-k on: count has room) or mass (top-p
-    alone). BLOCK64 logits at a time, so
-    that each pass over a block finds it in L1 (the chunk's arrays are slices: their indices
-    start at 0, which lets LLVM vectorize the loops)."""
+    alone). BLOCK64 logits at a time, so that each pass over a block finds it in L1. (The
+    chunk's arrays are slices whose indices start at 0, which lets LLVM vectorize the loops.)"""
     scratch = np.empty((2, BLOCK64), np.int64)
     cut_on, counting = bins.shape[0] > 0, count.shape[0] > 0
     for b0 in range(0, logits.shape[0], BLOCK64):
