@@ -40,11 +40,12 @@ from minispec.generate import (
     decode_text,
     next_token,
 )
+from minispec.kernels import top_n
 from minispec.kv_cache import KVCache, new_cache
 from minispec.model import ForwardOutput, Model, forward_hidden
 from minispec.sampling import GREEDY, SamplingParams, probabilities, sample
 from minispec.stats import Stats
-from minispec.trace import Trace, first_token_record, step_record
+from minispec.trace import Trace
 
 # The most tokens drafted per step. Acceptance decays geometrically with k while the verify pass
 # grows with its rows (`minispec bench` times T = 1..16): a larger k does not pay on a CPU.
@@ -118,7 +119,8 @@ def accept_or_reject(
 ) -> Verdict:
     """Leviathan et al. 2023, Algorithm 1, for n = len(drafts) drafted tokens (sampled).
 
-    p: (n+1, vocab) target rows; q: (n, vocab) draft rows (one-hot for a drafter without them).
+    p: (n+1, vocab) target rows (an array, or `RowsOnDemand`: the rule reads only the rows up
+    to its first rejection); q: (n, vocab) draft rows (one-hot for a drafter without them).
     For i = 1..n: draw u ~ U[0, 1); accept d_i if u < min(1, p_i(x) / q_i(x)); at the first
     rejection emit x ~ norm(max(0, p_i - q_i)) and stop. All accepted: emit x ~ p_{n+1}.
     """
@@ -133,6 +135,31 @@ def accept_or_reject(
             return Verdict(i, sample(residual, rng), "corrected", decisions, residual)
     n = len(drafts)
     return Verdict(n, sample(p[n], rng), "bonus", decisions)
+
+
+@dataclass
+class RowsOnDemand:
+    """The target's rows p_1..p_{n+1}, each shaped by `probabilities` when first read.
+
+    The rule stops at its first rejection, so the rows after it are never read (the trace reads
+    them all): with a drafter that is often wrong, most rows of 262,144 are never computed.
+    """
+
+    logits: np.ndarray  # (n+1, vocab): the verify pass's rows
+    sampling: SamplingParams
+
+    def __post_init__(self) -> None:
+        self.rows = np.empty(self.logits.shape)  # (n+1, vocab) float64, filled row by row
+        self.ready = [False] * len(self.logits)
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not self.ready[i]:
+            probabilities(self.logits[i], self.sampling, out=self.rows[i])
+            self.ready[i] = True
+        return self.rows[i]
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -154,12 +181,12 @@ class DecodeState:
 
 @dataclass
 class StepResult:
-    """Everything one draft-verify step did; `trace.step_record` turns it into a trace record."""
+    """Everything one draft-verify step did; `step_record` turns it into a trace record."""
 
     context_length: int  # len(tokens) before the step
     draft: Draft
     logits: np.ndarray  # (n+1, vocab): the target's verify rows
-    p: np.ndarray | None  # (n+1, vocab) sampled; None greedy (the rule needs argmaxes only)
+    p: RowsOnDemand | None  # (n+1, vocab) sampled; None greedy (the rule needs argmaxes only)
     q: np.ndarray | None  # (n, vocab) sampled; None greedy
     verdict: Verdict
     emitted: list[int]  # accepted drafts, then the corrected/bonus token (cut after an EOS)
@@ -215,14 +242,11 @@ def speculative_step(
     t1 = time.perf_counter()
 
     out = verify(model, state.cache, state.tokens[-1], draft.tokens)
-    n = len(draft.tokens)
     if sampling.greedy:
         p = q = None
         verdict = accept_greedy(np.argmax(out.logits, axis=-1), draft.tokens)
     else:
-        p = np.empty((n + 1, vocab))  # each row written in place: no copies of 2 MB rows
-        for i, row in enumerate(out.logits):
-            probabilities(row, sampling, out=p[i])
+        p = RowsOnDemand(out.logits, sampling)
         q = draft.q if draft.q is not None else one_hot(draft.tokens, vocab)  # (n, vocab)
         verdict = accept_or_reject(p, q, draft.tokens, rng)
 
@@ -277,6 +301,113 @@ def check_drafter(drafter: Drafter | None, model: Model) -> None:
             f"target {model.config.vocab_size}: speculative decoding needs the same vocabulary"
         )
     drafter.reset(model)
+
+
+# ----------------------------------------------------------------- the trace's records
+
+
+def token_text(tokenizer: object | None, token: int) -> str | None:
+    """What one token looks like on its own (None without a tokenizer)."""
+    if tokenizer is None:
+        return None
+    return tokenizer.decode([int(token)], skip_special_tokens=False)
+
+
+def top_entries(probs: np.ndarray, tokenizer: object | None, n: int) -> list[dict]:
+    """The n most likely tokens of a distribution: [{token, text, prob}], most likely first."""
+    return [
+        {"token": int(t), "text": token_text(tokenizer, t), "prob": float(probs[t])}
+        for t in top_n(probs, n)
+        if probs[t] > 0
+    ]
+
+
+def first_token_record(tokenizer: object | None, token: int, p: np.ndarray, top: int) -> dict:
+    return {
+        "token": int(token),
+        "text": token_text(tokenizer, token),
+        "top_p": top_entries(p, tokenizer, top),
+    }
+
+
+def shown_distributions(step: StepResult, sampling: SamplingParams) -> tuple:
+    """p (n+1 rows of vocab) and q (n rows) as the trace shows them, and whether q is real.
+
+    Sampled: the distributions the rule used. Greedy: softmax(logits), the rule needed none.
+    A drafter without probabilities (prompt lookup) shows one-hot q.
+    """
+    p = step.p
+    if p is None:
+        p = [probabilities(row, sampling) for row in step.logits]
+    q = step.q
+    if q is None and step.draft.logits is not None:
+        q = [probabilities(row, sampling) for row in step.draft.logits]
+    elif q is None:
+        q = one_hot(step.draft.tokens, step.logits.shape[-1])
+    has_q = step.draft.q is not None or step.draft.logits is not None
+    return p, q, has_q
+
+
+def step_record(
+    index: int, step: StepResult, tokenizer: object | None, top: int, sampling: SamplingParams
+) -> dict:
+    """One JSON-serialisable record of a draft-verify step: the fields of `STEP_FIELDS`."""
+    v, drafts = step.verdict, step.draft.tokens
+    p, q, has_q = shown_distributions(step, sampling)
+    next_dist = v.residual if v.residual is not None else p[v.n_accepted]
+
+    def decision(d: Decision) -> dict:
+        p_x = d.p if d.p is not None else float(p[d.position][d.token])
+        q_x = d.q if d.q is not None else float(q[d.position][d.token])
+        return {
+            "position": d.position,
+            "token": d.token,
+            "text": token_text(tokenizer, d.token),
+            "p": p_x,
+            "q": q_x,
+            "ratio": p_x / q_x if q_x > 0 else None,
+            "u": d.u,
+            "accept_probability": d.accept_probability,
+            "target_argmax": d.target_argmax,
+            "accepted": bool(d.accepted),
+        }
+
+    return {
+        "step": index,
+        "context_length": step.context_length,
+        "kv_length_before": step.kv_before,
+        "drafted": [
+            {
+                "position": i,
+                "token": int(x),
+                "text": token_text(tokenizer, x),
+                "q": float(q[i][x]),
+                "top_q": top_entries(q[i], tokenizer, top) if has_q else [],
+            }
+            for i, x in enumerate(drafts)
+        ],
+        "target": [
+            {"position": i, "top_p": top_entries(p[i], tokenizer, top)}
+            for i in range(len(drafts) + 1)
+        ],
+        "decisions": [decision(d) for d in v.decisions],
+        "accepted": v.n_accepted,
+        "next_token": {
+            "token": int(v.next_token),
+            "text": token_text(tokenizer, v.next_token),
+            "kind": v.kind,
+            "prob": float(next_dist[v.next_token]),
+        },
+        "residual_top": top_entries(v.residual, tokenizer, top) if v.residual is not None else None,
+        "emitted": [int(t) for t in step.emitted],
+        "emitted_text": tokenizer.decode(step.emitted, skip_special_tokens=False)
+        if tokenizer is not None
+        else None,
+        "kv_length_after": step.kv_after,
+        "verify_forwards": 1,  # always 1, see STEP_FIELDS
+        "draft_s": step.draft_s,
+        "verify_s": step.verify_s,
+    }
 
 
 @dataclass(kw_only=True)

@@ -11,7 +11,9 @@ writes it as JSON text, `save_trace` into a file, `load_trace` reads it back. In
      "steps": [step record, ...],
      "ids", "text", "stopped_by", "stats": {...}}         # the result, as `Stats.to_dict()`
 
-A step record (`step_record`) has the fields of `STEP_FIELDS`, each with its meaning.
+A step record has the fields of `STEP_FIELDS`, each with its meaning; its producer, the
+speculative loop, writes it (`speculative.step_record`). This module holds the format, saving,
+loading and replay: nothing here needs the model.
 
 Greedy runs: p and q in the records are softmax(logits) at temperature 1, for display; the rule
 itself only compares the draft with argmax p (`target_argmax`).
@@ -25,17 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from minispec.drafters.base import one_hot
-from minispec.kernels import top_n
-from minispec.sampling import SamplingParams, probabilities
+from minispec.sampling import SamplingParams
 from minispec.stats import Stats
 
 if TYPE_CHECKING:
     from minispec.drafters.base import Drafter
     from minispec.model import Model
-    from minispec.speculative import Decision, StepResult
 
 FORMAT, VERSION = "minispec-trace", 1
 NOTATION = "p = target distribution, q = draft distribution (Leviathan et al. 2023)"
@@ -63,110 +60,6 @@ STEP_FIELDS = {  # a step record's fields -> what each holds (n drafts, j of the
     "draft_s": "seconds spent drafting",
     "verify_s": "seconds spent verifying",
 }
-
-
-def token_text(tokenizer: object | None, token: int) -> str | None:
-    """What one token looks like on its own (None without a tokenizer)."""
-    if tokenizer is None:
-        return None
-    return tokenizer.decode([int(token)], skip_special_tokens=False)
-
-
-def top_entries(probs: np.ndarray, tokenizer: object | None, n: int) -> list[dict]:
-    """The n most likely tokens of a distribution: [{token, text, prob}], most likely first."""
-    return [
-        {"token": int(t), "text": token_text(tokenizer, t), "prob": float(probs[t])}
-        for t in top_n(probs, n)
-        if probs[t] > 0
-    ]
-
-
-def first_token_record(tokenizer: object | None, token: int, p: np.ndarray, top: int) -> dict:
-    return {
-        "token": int(token),
-        "text": token_text(tokenizer, token),
-        "top_p": top_entries(p, tokenizer, top),
-    }
-
-
-def shown_distributions(step: StepResult, sampling: SamplingParams) -> tuple:
-    """p (n+1 rows of vocab) and q (n rows) as the trace shows them, and whether q is real.
-
-    Sampled: the distributions the rule used. Greedy: softmax(logits), the rule needed none.
-    A drafter without probabilities (prompt lookup) shows one-hot q.
-    """
-    p = step.p
-    if p is None:
-        p = [probabilities(row, sampling) for row in step.logits]
-    q = step.q
-    if q is None and step.draft.logits is not None:
-        q = [probabilities(row, sampling) for row in step.draft.logits]
-    elif q is None:
-        q = one_hot(step.draft.tokens, step.logits.shape[-1])
-    has_q = step.draft.q is not None or step.draft.logits is not None
-    return p, q, has_q
-
-
-def step_record(
-    index: int, step: StepResult, tokenizer: object | None, top: int, sampling: SamplingParams
-) -> dict:
-    """One JSON-serialisable record of a draft-verify step: the fields of `STEP_FIELDS`."""
-    v, drafts = step.verdict, step.draft.tokens
-    p, q, has_q = shown_distributions(step, sampling)
-    next_dist = v.residual if v.residual is not None else p[v.n_accepted]
-
-    def decision(d: Decision) -> dict:
-        p_x = d.p if d.p is not None else float(p[d.position][d.token])
-        q_x = d.q if d.q is not None else float(q[d.position][d.token])
-        return {
-            "position": d.position,
-            "token": d.token,
-            "text": token_text(tokenizer, d.token),
-            "p": p_x,
-            "q": q_x,
-            "ratio": p_x / q_x if q_x > 0 else None,
-            "u": d.u,
-            "accept_probability": d.accept_probability,
-            "target_argmax": d.target_argmax,
-            "accepted": bool(d.accepted),
-        }
-
-    return {
-        "step": index,
-        "context_length": step.context_length,
-        "kv_length_before": step.kv_before,
-        "drafted": [
-            {
-                "position": i,
-                "token": int(x),
-                "text": token_text(tokenizer, x),
-                "q": float(q[i][x]),
-                "top_q": top_entries(q[i], tokenizer, top) if has_q else [],
-            }
-            for i, x in enumerate(drafts)
-        ],
-        "target": [
-            {"position": i, "top_p": top_entries(p[i], tokenizer, top)}
-            for i in range(len(drafts) + 1)
-        ],
-        "decisions": [decision(d) for d in v.decisions],
-        "accepted": v.n_accepted,
-        "next_token": {
-            "token": int(v.next_token),
-            "text": token_text(tokenizer, v.next_token),
-            "kind": v.kind,
-            "prob": float(next_dist[v.next_token]),
-        },
-        "residual_top": top_entries(v.residual, tokenizer, top) if v.residual is not None else None,
-        "emitted": [int(t) for t in step.emitted],
-        "emitted_text": tokenizer.decode(step.emitted, skip_special_tokens=False)
-        if tokenizer is not None
-        else None,
-        "kv_length_after": step.kv_after,
-        "verify_forwards": 1,  # always 1, see STEP_FIELDS
-        "draft_s": step.draft_s,
-        "verify_s": step.verify_s,
-    }
 
 
 @dataclass

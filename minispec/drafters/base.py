@@ -44,7 +44,9 @@ class Draft:
     # (n, vocab): when sampling, the distribution each token was drawn from; None: one-hot (a
     # drafter without probabilities) or greedy decoding, whose rule needs no q
     q: np.ndarray | None = None
-    logits: np.ndarray | None = None  # (n, vocab): a model drafter's raw scores, for the trace
+    # n rows (vocab,): a model drafter's raw scores, kept for the trace (not stacked: most runs
+    # record no trace)
+    logits: list[np.ndarray] | None = None
 
 
 @runtime_checkable
@@ -112,4 +114,4 @@ def make_draft(tokens: list[int], q: np.ndarray | None, logits: list) -> Draft:
     """Pack a model drafter's picks: its q rows (`q_rows`, None when greedy) and its logits."""
     if not tokens:
         return Draft([])
-    return Draft(tokens, None if q is None else q[: len(tokens)], np.stack(logits))
+    return Draft(tokens, None if q is None else q[: len(tokens)], list(logits))
