@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,7 +25,6 @@ class Generation:
     prefill_s: float
     decode_s: float
     stopped_by: str  # "eos" or "max_new_tokens"
-    extra: dict = field(default_factory=dict)
 
     @property
     def tokens_per_s(self) -> float:
