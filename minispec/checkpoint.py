@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from minispec.config import GemmaConfig, config_from_dict
+from minispec.errors import InputError
 
 try:  # POSIX: a lock the kernel drops when its process dies, however it dies
     import fcntl
@@ -35,7 +36,7 @@ except ImportError:  # Windows
 MULTIMODAL_PREFIXES = ("model.language_model.", "language_model.model.")
 
 
-class WeightsError(ValueError):
+class WeightsError(InputError):
     """A checkpoint or GGUF file that cannot be loaded. The message names the file and the fix."""
 
 

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from minispec.errors import InputError
+
 
 def _default_layer_types(n_layers: int, pattern: int = 6) -> list[str]:
     """Gemma 3 interleaves 5 sliding-window layers with 1 global one (Gemma 3 report, sec. 2)."""
@@ -40,12 +42,12 @@ class GemmaConfig:
 
     def __post_init__(self) -> None:
         if len(self.layer_types) != self.num_hidden_layers:
-            raise ValueError(
+            raise InputError(
                 f"config: layer_types has {len(self.layer_types)} entries but "
                 f"num_hidden_layers is {self.num_hidden_layers}"
             )
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise InputError(
                 "config: num_attention_heads must be a multiple of num_key_value_heads"
             )
 

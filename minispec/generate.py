@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minispec.errors import InputError
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward, forward_each
 from minispec.sampling import GREEDY, SamplingParams, distribution, sample
@@ -35,15 +36,15 @@ class Generation:
 
 def check_prompt(prompt_ids: list[int], vocab_size: int) -> None:
     if len(prompt_ids) == 0:
-        raise ValueError("the prompt is empty: give at least one token (or some text)")
+        raise InputError("the prompt is empty: give at least one token (or some text)")
     bad = [t for t in prompt_ids if not 0 <= t < vocab_size]
     if bad:
-        raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+        raise InputError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
 
 
 def check_max_new_tokens(max_new_tokens: int) -> None:
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
 
 def generate(
@@ -112,7 +113,7 @@ def generate_batch(
         check_prompt(prompt, model.config.vocab_size)
     seeds = list(range(len(prompts))) if seeds is None else seeds
     if len(seeds) != len(prompts):
-        raise ValueError(f"generate_batch: {len(prompts)} prompts but {len(seeds)} seeds")
+        raise InputError(f"generate_batch: {len(prompts)} prompts but {len(seeds)} seeds")
     rngs = [np.random.default_rng(s) for s in seeds]
     caches = [new_cache(model.config, capacity=len(p) + max_new_tokens) for p in prompts]
 

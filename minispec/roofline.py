@@ -31,6 +31,7 @@ from collections.abc import Callable
 import numpy as np
 
 from minispec import kernels
+from minispec.errors import InputError
 from minispec.generate import generate
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward
@@ -109,7 +110,7 @@ def memory_bandwidth_gb_s(
     the fastest that read can be; a step can only be slower.
     """
     if weights not in ("float32", "int8"):
-        raise ValueError(f"weights must be 'float32' or 'int8', not {weights!r}")
+        raise InputError(f"weights must be 'float32' or 'int8', not {weights!r}")
     d_in = 640
     itemsize = 4 if weights == "float32" else 1
     n_panels = max(2, n_bytes // (d_in * kernels.PANEL * itemsize) // 2 * 2)
@@ -139,7 +140,7 @@ def fma_rate(
     enough (about 1M FMAs per row) that its own overhead does not count.
     """
     if weights not in ("float32", "int8"):
-        raise ValueError(f"weights must be 'float32' or 'int8', not {weights!r}")
+        raise InputError(f"weights must be 'float32' or 'int8', not {weights!r}")
     rng = np.random.default_rng(0)
     w = rng.standard_normal((512, 2048), dtype=np.float32)
     if not packed:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minispec import kernels
+from minispec.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,11 @@ class SamplingParams:
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
     """Reject settings that have no meaning, with a message that says what would."""
     if not np.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        raise InputError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k < 0:
-        raise ValueError(f"top-k must be >= 0 (0 = off), got {top_k}")
+        raise InputError(f"top-k must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top-p must be in (0, 1] (1 = off), got {top_p}")
+        raise InputError(f"top-p must be in (0, 1] (1 = off), got {top_p}")
 
 
 GREEDY = SamplingParams()

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, Drafter, one_hot
+from minispec.errors import InputError
 from minispec.generate import (
     Generation,
     check_max_new_tokens,
@@ -289,14 +290,14 @@ def check_draft(draft: Draft, k: int, vocab: int, cache: KVCache, length: int) -
 
 def check_k(k: int) -> None:
     if not 1 <= k <= MAX_K:
-        raise ValueError(f"k (tokens drafted per step) must be in 1..{MAX_K}, got {k}")
+        raise InputError(f"k (tokens drafted per step) must be in 1..{MAX_K}, got {k}")
 
 
 def check_drafter(drafter: Drafter | None, model: Model) -> None:
     if drafter is None:
         return
     if drafter.vocab_size is not None and drafter.vocab_size != model.config.vocab_size:
-        raise ValueError(
+        raise InputError(
             f"the drafter {drafter.name} has a vocabulary of {drafter.vocab_size} tokens, the "
             f"target {model.config.vocab_size}: speculative decoding needs the same vocabulary"
         )
@@ -340,11 +341,11 @@ def shown_distributions(step: StepResult, sampling: SamplingParams) -> tuple:
     if p is None:
         p = [probabilities(row, sampling) for row in step.logits]
     q = step.q
-    if q is None and step.draft.logits is not None:
-        q = [probabilities(row, sampling) for row in step.draft.logits]
+    if q is None and step.draft.logit_rows is not None:
+        q = [probabilities(row, sampling) for row in step.draft.logit_rows]
     elif q is None:
         q = one_hot(step.draft.tokens, step.logits.shape[-1])
-    has_q = step.draft.q is not None or step.draft.logits is not None
+    has_q = step.draft.q is not None or step.draft.logit_rows is not None
     return p, q, has_q
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 import gguf
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
+from minispec.errors import InputError
+
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 
 # llama.cpp's token types, as stored in `tokenizer.ggml.token_type` (SentencePiece's, plus one).
@@ -52,10 +54,10 @@ def read_gguf_vocab(reader: gguf.GGUFReader) -> tuple[list[str], list[float], li
         scores = fields["tokenizer.ggml.scores"].contents()
         types = fields["tokenizer.ggml.token_type"].contents()
     except KeyError as err:
-        raise ValueError(f"this GGUF file has no tokenizer metadata: {err} is missing") from err
+        raise InputError(f"this GGUF file has no tokenizer metadata: {err} is missing") from err
     model = fields["tokenizer.ggml.model"].contents() if "tokenizer.ggml.model" in fields else None
     if model != "llama":
-        raise ValueError(f"expected a SentencePiece ('llama') GGUF tokenizer, found {model!r}")
+        raise InputError(f"expected a SentencePiece ('llama') GGUF tokenizer, found {model!r}")
     return pieces, scores, types
 
 
@@ -158,11 +160,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
-        raise ValueError(f"no tokenizer file at {file}")
+        raise InputError(f"no tokenizer file at {file}")
     try:
         return Tokenizer.from_file(str(file))
     except Exception as err:  # the library raises a bare Exception on bad JSON
-        raise ValueError(f"{file} is not a valid tokenizer.json: {err}") from err
+        raise InputError(f"{file} is not a valid tokenizer.json: {err}") from err
 
 
 def encode(tok: Tokenizer, text: str, add_bos: bool = True) -> list[int]:
@@ -185,6 +187,6 @@ def token_strings(tok: Tokenizer, ids: Iterable[int]) -> list[str]:
     for i in ids:
         piece = tok.id_to_token(int(i))
         if piece is None:
-            raise ValueError(f"token id {i} is not in the vocabulary ({tok.get_vocab_size()} ids)")
+            raise InputError(f"token id {i} is not in the vocabulary ({tok.get_vocab_size()} ids)")
         strings.append(piece)
     return strings

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from minispec.errors import InputError
 from minispec.sampling import SamplingParams
 from minispec.stats import Stats
 
@@ -120,9 +121,9 @@ class Trace:
     @classmethod
     def from_dict(cls, d: dict) -> Trace:
         if d.get("format") != FORMAT:
-            raise ValueError("not a minispec trace (no 'format': 'minispec-trace')")
+            raise InputError("not a minispec trace (no 'format': 'minispec-trace')")
         if d.get("version") != VERSION:
-            raise ValueError(f"trace version {d.get('version')} is not {VERSION}")
+            raise InputError(f"trace version {d.get('version')} is not {VERSION}")
         return cls(**{name: d[name] for name in cls.__dataclass_fields__ if name in d})
 
 
@@ -160,12 +161,12 @@ def replay(trace: Trace) -> Iterator[ReplayStep]:
         context.append(trace.first_token["token"])
     for record in trace.steps:
         if record["context_length"] != len(context):
-            raise ValueError(f"step {record['step']}: context length does not match the replay")
+            raise InputError(f"step {record['step']}: context length does not match the replay")
         j = record["accepted"]
         kept = [d["token"] for d in record["drafted"][:j]]
         emitted = (kept + [record["next_token"]["token"]])[: len(record["emitted"])]
         if emitted != record["emitted"]:
-            raise ValueError(f"step {record['step']}: emitted tokens do not follow the decisions")
+            raise InputError(f"step {record['step']}: emitted tokens do not follow the decisions")
         yield ReplayStep(record, list(context), kept, emitted)
         context.extend(emitted)
 

@@ -18,6 +18,7 @@ and the embedding of the newest token, and needs no cache of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -44,9 +45,14 @@ class Draft:
     # (n, vocab): when sampling, the distribution each token was drawn from; None: one-hot (a
     # drafter without probabilities) or greedy decoding, whose rule needs no q
     q: np.ndarray | None = None
-    # n rows (vocab,): a model drafter's raw scores, kept for the trace (not stacked: most runs
-    # record no trace)
-    logits: list[np.ndarray] | None = None
+    # n rows (vocab,): a model drafter's raw scores, for the trace (stacked only when read:
+    # most runs record no trace, and a stack of k rows of 262,144 costs a fair part of a step)
+    logit_rows: list[np.ndarray] | None = None
+
+    @cached_property
+    def logits(self) -> np.ndarray | None:
+        """(n, vocab): the drafter's raw scores, row i for d_i; None without a model."""
+        return None if self.logit_rows is None else np.stack(self.logit_rows)
 
 
 @runtime_checkable

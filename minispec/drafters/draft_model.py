@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft, q_rows
+from minispec.errors import InputError
 from minispec.kernels import quantize_int8
 from minispec.kv_cache import KVCache, new_cache
 from minispec.model import Model, forward, map_matrices
@@ -62,13 +63,13 @@ class DraftModelDrafter:
 def check_same_vocabulary(target: Model, draft: Model) -> None:
     """A draft must speak the target's tokens: same size, and the same pieces where known."""
     if draft.config.vocab_size != target.config.vocab_size:
-        raise ValueError(
+        raise InputError(
             f"the draft model's vocabulary ({draft.config.vocab_size} tokens) is not the "
             f"target's ({target.config.vocab_size} tokens): speculative decoding needs the same one"
         )
     a, b = target.tokenizer, draft.tokenizer
     if a is not None and b is not None and a is not b and a.get_vocab() != b.get_vocab():
-        raise ValueError(
+        raise InputError(
             "the draft model's tokenizer has the same size as the target's but different "
             "tokens: speculative decoding needs the same vocabulary"
         )
@@ -77,7 +78,7 @@ def check_same_vocabulary(target: Model, draft: Model) -> None:
 def quantized_copy(model: Model) -> Model:
     """The same model with every matrix in int8 (one scale per row); shares no arrays with it."""
     if model.weights != "float32":
-        raise ValueError(f"quantized_copy needs a float32 model, this one is {model.weights}")
+        raise InputError(f"quantized_copy needs a float32 model, this one is {model.weights}")
 
     params = map_matrices(model.params, quantize_int8)
     name = f"{model.name}-int8" if model.name else "int8"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, Drafter
+from minispec.errors import InputError
 from minispec.model import Model
 from minispec.sampling import SamplingParams
 
@@ -23,12 +24,12 @@ class FallbackDrafter:
 
     def __init__(self, drafters: list[Drafter]) -> None:
         if len(drafters) < 2:
-            raise ValueError("a fallback drafter needs at least two drafters, e.g. ngram+mtp")
+            raise InputError("a fallback drafter needs at least two drafters, e.g. ngram+mtp")
         self.drafters = drafters
         self.name = "+".join(d.name for d in drafters)
         vocabs = {d.vocab_size for d in drafters if d.vocab_size is not None}
         if len(vocabs) > 1:
-            raise ValueError(f"{self.name}: its drafters have different vocabularies {vocabs}")
+            raise InputError(f"{self.name}: its drafters have different vocabularies {vocabs}")
         self.vocab_size = vocabs.pop() if vocabs else None
         self.last_used = ""  # the name of the drafter that made the latest draft
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext
+from minispec.errors import InputError
 from minispec.model import Model
 from minispec.sampling import SamplingParams
 
@@ -37,7 +38,7 @@ class NgramDrafter:
 
     def __init__(self, max_n: int = 3, min_n: int = 1) -> None:
         if not 1 <= min_n <= max_n:
-            raise ValueError(f"n-gram sizes need 1 <= min_n <= max_n, got {min_n}, {max_n}")
+            raise InputError(f"n-gram sizes need 1 <= min_n <= max_n, got {min_n}, {max_n}")
         self.max_n, self.min_n = max_n, min_n
         self.name = f"ngram({max_n}..{min_n})"
 
