@@ -335,11 +335,10 @@ def shown_distributions(step: StepResult, sampling: SamplingParams) -> tuple:
     """p (n+1 rows of vocab) and q (n rows) as the trace shows them, and whether q is real.
 
     Sampled: the distributions the rule used. Greedy: softmax(logits), the rule needed none.
+    p's rows are shaped when read (`RowsOnDemand`).
     A drafter without probabilities (prompt lookup) shows one-hot q.
     """
-    p = step.p
-    if p is None:
-        p = [probabilities(row, sampling) for row in step.logits]
+    p = step.p if step.p is not None else RowsOnDemand(step.logits, sampling)
     q = step.q
     if q is None and step.draft.logit_rows is not None:
         q = [probabilities(row, sampling) for row in step.draft.logit_rows]
@@ -387,8 +386,8 @@ def step_record(
             }
             for i, x in enumerate(drafts)
         ],
-        "target": [
-            {"position": i, "top_p": top_entries(p[i], tokenizer, top)}
+        "target": [  # rows after the one that gave next_token were never read: left empty
+            {"position": i, "top_p": top_entries(p[i], tokenizer, top) if i <= v.n_accepted else []}
             for i in range(len(drafts) + 1)
         ],
         "decisions": [decision(d) for d in v.decisions],

@@ -45,7 +45,8 @@ STEP_FIELDS = {  # a step record's fields -> what each holds (n drafts, j of the
     "drafted": "[{position, token, text, q, top_q}]: q = q_i(d_i); top_q = q_i's top few "
     "([] for a drafter without probabilities, whose q is one-hot)",
     "target": "[{position, top_p}]: row i = p_i, the target's distribution after "
-    "[context, d_1..d_i]; n+1 rows for n drafts, the last one for the bonus",
+    "[context, d_1..d_i]; n+1 rows for n drafts, the last one for the bonus. The rule reads "
+    "rows 0..accepted only (it stops at the first rejection): later rows have top_p []",
     "decisions": "[{position, token, text, p, q, ratio, u, accept_probability, target_argmax, "
     "accepted}]: one per tested draft, stopping at the first rejection; ratio = p/q; "
     "u = the uniform draw (null when greedy)",
