@@ -24,6 +24,7 @@ them. Timing claims live in the bench and docs/benchmarks.md, never in tests.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -167,6 +168,43 @@ def fmas_per_token(model: Model) -> int:
     for layer in p.layers:
         total += sum(w.shape[0] * w.shape[1] for w in vars(layer).values() if len(w.shape) == 2)
     return total
+
+
+def machine_load() -> tuple[float, int]:
+    """(the 1-minute load average, the CPU threads visible): how busy the machine was.
+
+    A load near the thread count means other programs shared the cores while we timed."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return load, os.cpu_count() or 1
+
+
+def timing_doubts(
+    t1_ms: float, bound_ms: float, step_ms: float | None = None, load: tuple | None = None
+) -> list[str]:
+    """Plain-word reasons not to trust a roofline measurement; [] when there are none.
+
+    t1_ms: one forward of one token; bound_ms: the memory bound of that pass; step_ms: one
+    whole decoding step, measured separately (it includes the T = 1 pass, so it cannot be
+    shorter, up to what its own context saves); load: `machine_load()`.
+    """
+    doubts = []
+    if load is not None and load[0] > 0.75 * load[1]:
+        doubts.append(
+            f"the machine was busy: load average {load[0]:.1f} on {load[1]} CPU threads, so "
+            "other programs shared the cores while we timed"
+        )
+    if t1_ms > 3 * bound_ms:
+        doubts.append(
+            f"a one-token pass took {t1_ms / bound_ms:.1f}x the memory bound: reading the "
+            "weights should dominate it, so something else slowed it down"
+        )
+    # A step includes a one-token pass; its shorter context may save a little, never a quarter.
+    if step_ms is not None and t1_ms > 1.25 * step_ms:
+        doubts.append(
+            f"a one-token pass ({t1_ms:.1f} ms) took far longer than a whole decoding step "
+            f"({step_ms:.1f} ms), which includes one: the two were timed under different loads"
+        )
+    return doubts
 
 
 def _timed(fn: Callable[[], object]) -> float:
