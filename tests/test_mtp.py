@@ -33,9 +33,6 @@ from minispec.speculative import speculative_generate
 from minispec.tiny import tiny_model
 from minispec.train import layers as L
 from minispec.train.mtp import (
-    Batch,
-    TrainData,
-    TrainSettings,
     frozen_parts,
     hidden_stats,
     step_forward,
@@ -46,12 +43,15 @@ from minispec.train.mtp_data import (
     GREEDY_STRIDE,
     GREEDY_WINDOW,
     OWN_PROMPTS,
+    Batch,
+    TrainData,
     chunk_documents,
     greedy_documents,
     held_out,
     own_documents,
     teacher_forced,
 )
+from minispec.train.recipe import Recipe
 
 GREEDY = SamplingParams()
 RNG = np.random.default_rng(0)
@@ -258,7 +258,7 @@ def test_training_lowers_the_loss_and_raises_agreement(target):
         cfg,
         frozen,
         data,
-        TrainSettings(steps=150, batch=5, n_steps=2, lr=3e-3, eval_every=150),
+        Recipe(adam_steps=150, batch=5, draft_steps=2, lr=3e-3, eval_every=150),
         say=lambda m: None,
     )
     after = unrolled_loss(p, cfg, frozen, data.batch(np.arange(5)), 2, grads=False)[0]
@@ -445,6 +445,27 @@ def test_cli_train_mtp_refuses_bad_settings_before_loading(capsys):
 
     assert main(["train-mtp", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_cli_train_mtp_defaults_are_the_recipe():
+    from minispec.cli import build_parser, recipe_from_args
+
+    assert recipe_from_args(build_parser().parse_args(["train-mtp"])) == Recipe()
+
+
+def test_shipped_weights_record_the_recipe_and_no_command_line():
+    """The shipped drafter was made by `Recipe()`: its metadata says so, and no machine's paths."""
+    import json
+    from dataclasses import asdict
+
+    from minispec.drafters.mtp import DEFAULT_WEIGHTS
+
+    params, cfg, metadata = load_mtp(DEFAULT_WEIGHTS)
+    info = json.loads(metadata["info"])
+    recipe = Recipe()
+    assert info["settings"] == asdict(recipe)
+    assert (cfg.width, cfg.d_ff, cfg.head_size) == (recipe.width, recipe.d_ff, recipe.head_size)
+    assert "command" not in info and "out" not in info
 
 
 def test_compare_drafters_and_the_curve_plot(target, drafter, tmp_path):

@@ -81,18 +81,22 @@ class MTPConfig:
     head_size: int  # |S|, tokens the cheap head scores
 
 
+def default_kv_layer(target: Model) -> int:
+    """The layer L a drafter reads by default: the target's last global one (its keys are the
+    newest and see the whole context), or its last layer if none is global."""
+    c = target.config
+    globals_ = [i for i in range(c.num_hidden_layers) if not c.is_sliding(i)]
+    return globals_[-1] if globals_ else c.num_hidden_layers - 1
+
+
 def config_for(
-    target: Model,
-    width: int = 384,
-    d_ff: int = 1024,
-    head_size: int = 8_192,
-    kv_layer: int | None = None,
+    target: Model, width: int, d_ff: int, head_size: int, kv_layer: int | None = None
 ) -> MTPConfig:
-    """A drafter configuration for this target; kv_layer None: its last global layer."""
+    """A drafter configuration for this target (sizes: `train.recipe.Recipe`'s);
+    kv_layer None: `default_kv_layer`."""
     c = target.config
     if kv_layer is None:
-        globals_ = [i for i in range(c.num_hidden_layers) if not c.is_sliding(i)]
-        kv_layer = globals_[-1] if globals_ else c.num_hidden_layers - 1
+        kv_layer = default_kv_layer(target)
     if not 0 <= kv_layer < c.num_hidden_layers:
         raise ValueError(f"kv_layer must be in [0, {c.num_hidden_layers}), got {kv_layer}")
     sliding = c.is_sliding(kv_layer)

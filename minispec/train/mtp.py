@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -41,17 +41,8 @@ from minispec.train.layers import (
     rope_backward,
     rope_forward,
 )
-
-
-@dataclass
-class Batch:
-    """B documents of S tokens, as the target saw them in one teacher-forced pass each."""
-
-    tokens: np.ndarray  # (B, S) int64
-    hidden: np.ndarray  # (B, S, D) the target's last block output, before its final norm
-    keys: np.ndarray  # (B, S, G, hd) the target's cached keys of layer L
-    values: np.ndarray  # (B, S, G, hd)
-    labels: np.ndarray  # (B, S) int64: the target's argmax at each position (its next token)
+from minispec.train.mtp_data import Batch, TrainData
+from minispec.train.recipe import SHIPPED, Recipe
 
 
 @dataclass
@@ -199,22 +190,6 @@ def unrolled_loss(
 # ------------------------------------------------------------------------------ training
 
 
-@dataclass
-class TrainData:
-    """Teacher-forced documents (see mtp_data.py), split by document into train and held out."""
-
-    tokens: np.ndarray  # (n, S)
-    hidden: np.ndarray  # (n, S, D)
-    keys: np.ndarray  # (n, S, G, hd)
-    values: np.ndarray
-    labels: np.ndarray  # (n, S)
-    held_out: np.ndarray  # (n,) bool
-    source: np.ndarray  # (n,) str: "prose", "docstrings", "code", "own"
-
-    def batch(self, rows: np.ndarray) -> Batch:
-        return Batch(*(getattr(self, f.name)[rows] for f in fields(Batch)))
-
-
 def agreement(predictions: np.ndarray, labels: np.ndarray, n_steps: int) -> dict:
     """Held-out figures: per step j the top-1 agreement with the target, and the chained rate
     (steps 1..j all right), whose sum + 1 estimates tokens per target forward (tau)."""
@@ -242,23 +217,11 @@ def evaluate(p, cfg, frozen, data: TrainData, rows: np.ndarray, n_steps: int, ba
     return out
 
 
-@dataclass
-class TrainSettings:
-    steps: int = 600
-    batch: int = 4  # documents per step (each gives S - n_steps positions)
-    n_steps: int = 3  # draft steps unrolled
-    lr: float = 2e-3
-    warmup: int = 30
-    seed: int = 0
-    eval_every: int = 50
-    eval_docs: int = 8  # held-out documents scored at each evaluation
-
-
-def learning_rate(step: int, s: TrainSettings) -> float:
+def learning_rate(step: int, s: Recipe) -> float:
     """Linear warm-up, then cosine decay to a tenth (Loshchilov & Hutter 2017)."""
     if step < s.warmup:
         return s.lr * (step + 1) / s.warmup
-    frac = (step - s.warmup) / max(1, s.steps - s.warmup)
+    frac = (step - s.warmup) / max(1, s.adam_steps - s.warmup)
     return s.lr * (0.1 + 0.9 * 0.5 * (1.0 + np.cos(np.pi * frac)))
 
 
@@ -267,7 +230,7 @@ def train(
     cfg: MTPConfig,
     frozen: Frozen,
     data: TrainData,
-    s: TrainSettings,
+    s: Recipe,
     say: Callable[[str], None] = print,
 ) -> list[dict]:
     """Adam on the unrolled loss; returns the curve (one dict per evaluation)."""
@@ -283,16 +246,16 @@ def train(
         raise ValueError("no training documents: give the data more text")
     state = AdamState(lr=s.lr)
     curve, t0, seen_positions = [], time.perf_counter(), 0
-    per_doc = data.tokens.shape[1] - s.n_steps
-    for step in range(s.steps + 1):
-        if step % s.eval_every == 0 or step == s.steps:
+    per_doc = data.tokens.shape[1] - s.draft_steps
+    for step in range(s.adam_steps + 1):
+        if step % s.eval_every == 0 or step == s.adam_steps:
             point = {
                 "step": step,
                 "positions_seen": seen_positions,
                 "seconds": time.perf_counter() - t0,
             }
             if eval_rows.size:
-                point["held_out"] = evaluate(p, cfg, frozen, data, eval_rows, s.n_steps)
+                point["held_out"] = evaluate(p, cfg, frozen, data, eval_rows, s.draft_steps)
                 h = point["held_out"]
                 say(
                     f"step {step:5d}  held-out loss {h['loss']:.3f}  top-1 agreement "
@@ -300,10 +263,10 @@ def train(
                     + f"  tau~{h['tau']:.2f}  ({point['seconds']:.0f} s)"
                 )
             curve.append(point)
-        if step == s.steps:
+        if step == s.adam_steps:
             break
         rows = rng.choice(train_rows, size=min(s.batch, train_rows.size), replace=False)
-        loss, grads, _ = unrolled_loss(p, cfg, frozen, data.batch(rows), s.n_steps)
+        loss, grads, _ = unrolled_loss(p, cfg, frozen, data.batch(rows), s.draft_steps)
         norm = adam_step(p, grads, state, lr=learning_rate(step, s))
         seen_positions += rows.size * per_doc
         if step % 10 == 0:
@@ -344,18 +307,18 @@ def by_source(p, cfg, frozen, data: TrainData, n_steps: int) -> dict:
 def train_mtp(
     target: Model,
     data: TrainData,
-    *,
-    width: int = 384,
-    d_ff: int = 1024,
-    head_size: int = 8_192,
-    settings: TrainSettings | None = None,
+    recipe: Recipe = SHIPPED,
     say: Callable[[str], None] = print,
 ) -> tuple[MTPParams, MTPConfig, dict]:
-    """Pick the head, initialise, train, measure on held-out text: (params, config, report)."""
+    """Pick the head, initialise, train, measure on held-out text: (params, config, report).
+
+    The recipe's sizes and training settings are used (its data settings made `data`); the
+    report's "settings" is the whole recipe.
+    """
     from minispec.drafters.mtp import config_for, init_params
 
-    s = settings or TrainSettings()
-    cfg = config_for(target, width=width, d_ff=d_ff, head_size=head_size)
+    s = recipe
+    cfg = config_for(target, width=s.width, d_ff=s.d_ff, head_size=s.head_size)
     train_rows = ~data.held_out
     head_ids = choose_head(data.labels[train_rows], cfg.head_size)
     held = data.labels[data.held_out]
@@ -368,12 +331,12 @@ def train_mtp(
     t0 = time.perf_counter()
     curve = train(p, cfg, frozen, data, s, say)
     report = {
-        "settings": vars(s),
+        "settings": asdict(s),
         "train_seconds": time.perf_counter() - t0,
         "train_positions": int(train_rows.sum()) * data.tokens.shape[1],
         "held_out_positions": int(data.held_out.sum()) * data.tokens.shape[1],
         "head_coverage": coverage,
         "curve": curve,
-        "held_out_by_source": by_source(p, cfg, frozen, data, s.n_steps) if held.size else {},
+        "held_out_by_source": by_source(p, cfg, frozen, data, s.draft_steps) if held.size else {},
     }
     return p, cfg, report
