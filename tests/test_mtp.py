@@ -27,7 +27,7 @@ from minispec.drafters.mtp import (
 from minispec.generate import generate
 from minispec.kernels import take_rows
 from minispec.kv_cache import new_cache
-from minispec.model import forward_hidden, rms_norm
+from minispec.model import forward_hidden, key_mask, rms_norm
 from minispec.sampling import SamplingParams
 from minispec.speculative import speculative_generate
 from minispec.tiny import tiny_model
@@ -215,8 +215,8 @@ def test_batched_step_equals_the_drafters_step(target):
     rows = take_rows(frozen.embed, batch.tokens[:, t + j]).reshape(B, 1, -1)
     e = np.sqrt(cfg.d_model) * rows.astype(np.float64)
     h = batch.hidden[:, [t]].astype(np.float64)
-    seen = np.arange(S)[None, :] <= t
     pos = np.array([t + j])
+    seen = key_mask(visible(pos, t + 1, cfg.window), S)
     got, _ = step_forward(p, cfg, e, h, batch.keys, batch.values, pos, seen)
     for b in range(B):
         want = mtp_step(

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from minispec.drafters.mtp import TRAINED, MTPConfig, MTPParams
+from minispec.drafters.mtp import TRAINED, MTPConfig, MTPParams, visible
 from minispec.kernels import take_rows
-from minispec.model import Model
+from minispec.model import Model, key_mask
 from minispec.train.adam import AdamState, adam_step
 from minispec.train.layers import (
     attention_backward,
@@ -145,10 +145,7 @@ def unroll_inputs(batch: Batch, frozen: Frozen, cfg: MTPConfig, n_steps: int, dt
         tok = batch.tokens[:, t + j]  # (B, T): x_{t+j}, the token step j reads
         e = take_rows(frozen.embed, tok.reshape(-1)).reshape(B, T, -1).astype(dtype) * scale
         positions = t + j  # where x_{t+j} sits: the query's RoPE position
-        s = np.arange(S)[None, :]
-        seen = s <= t[:, None]  # (T, S): only the cached keys 0..t
-        if cfg.window is not None:
-            seen = seen & (positions[:, None] - s < cfg.window)
+        seen = key_mask(visible(positions, t + 1, cfg.window), S)  # (T, S): cached keys 0..t
         label = batch.labels[:, t + j]  # (B, T): the target's choice after x_{t+j}
         steps.append(dict(e=e, positions=positions, seen=seen, label=label))
     return batch.hidden[:, :T].astype(dtype), steps

@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minispec.kernels import linear, rms_norm_rows, select_rows
+from minispec.kernels import linear, select_rows
 from minispec.kv_cache import new_cache
-from minispec.model import Model, forward_hidden, rms_norm
+from minispec.model import Model, forward_hidden, ops
 from minispec.train.recipe import SHIPPED, Recipe
 
 
@@ -329,7 +329,7 @@ def teacher_forced(
         if full:
             out["labels"][i] = np.argmax(f.logits, axis=-1)
         else:  # (S, |label_ids|): the final norm and the tied head's rows of label_ids only
-            norm = rms_norm_rows if target.kernels else rms_norm  # as the target's own head
+            norm = ops(target.fast).rms_norm  # as the target's own head
             h = norm(f.hidden, target.params.final_norm, c.rms_norm_eps)
             out["labels"][i] = label_ids[np.argmax(linear(h, label_head), axis=-1)]
         out["keys"][i] = cache.keys[kv_layer, :S]
