@@ -134,14 +134,14 @@ def head_backward(dlogits, c_fn, frozen: Frozen):
 # ----------------------------------------------------------------------- the unrolled loss
 
 
-def unroll_inputs(batch: Batch, frozen: Frozen, cfg: MTPConfig, n_steps: int, dtype):
-    """Rows t = 0..S-1-n_steps; step j's token, label and visible keys. Returns a dict."""
+def unroll_inputs(batch: Batch, frozen: Frozen, cfg: MTPConfig, draft_steps: int, dtype):
+    """Rows t = 0..S-1-draft_steps; step j's token, label and visible keys. Returns a dict."""
     B, S = batch.tokens.shape
-    T = S - n_steps
+    T = S - draft_steps
     t = np.arange(T)
     scale = np.asarray(np.sqrt(cfg.d_model), dtype)  # a float64 scalar would promote e
     steps = []
-    for j in range(1, n_steps + 1):
+    for j in range(1, draft_steps + 1):
         tok = batch.tokens[:, t + j]  # (B, T): x_{t+j}, the token step j reads
         e = take_rows(frozen.embed, tok.reshape(-1)).reshape(B, T, -1).astype(dtype) * scale
         positions = t + j  # where x_{t+j} sits: the query's RoPE position
@@ -152,14 +152,14 @@ def unroll_inputs(batch: Batch, frozen: Frozen, cfg: MTPConfig, n_steps: int, dt
 
 
 def unrolled_loss(
-    p: MTPParams, cfg: MTPConfig, frozen: Frozen, batch: Batch, n_steps: int, grads: bool = True
+    p: MTPParams, cfg: MTPConfig, frozen: Frozen, batch: Batch, draft_steps: int, grads: bool = True
 ):
     """Sum over steps of the cross-entropy; with grads, also {name: gradient} by BPTT.
 
-    Returns (loss, grads or None, per-step predictions (n_steps, B, T) token ids).
+    Returns (loss, grads or None, per-step predictions (draft_steps, B, T) token ids).
     """
     dtype = p.w_in.dtype
-    h, steps = unroll_inputs(batch, frozen, cfg, n_steps, dtype)
+    h, steps = unroll_inputs(batch, frozen, cfg, draft_steps, dtype)
     keys, values = batch.keys.astype(dtype), batch.values.astype(dtype)
     total, tape, predictions = 0.0, [], []
     for st in steps:
@@ -187,12 +187,14 @@ def unrolled_loss(
 # ------------------------------------------------------------------------------ training
 
 
-def agreement(predictions: np.ndarray, labels: np.ndarray, n_steps: int) -> dict:
+def agreement(predictions: np.ndarray, labels: np.ndarray, draft_steps: int) -> dict:
     """Held-out figures: per step j the top-1 agreement with the target, and the chained rate
     (steps 1..j all right), whose sum + 1 estimates tokens per target forward (tau)."""
-    T = labels.shape[1] - n_steps
-    right = np.stack([predictions[j] == labels[:, np.arange(T) + j + 1] for j in range(n_steps)])
-    chained = np.cumprod(right, axis=0)  # (n_steps, B, T)
+    T = labels.shape[1] - draft_steps
+    right = np.stack(
+        [predictions[j] == labels[:, np.arange(T) + j + 1] for j in range(draft_steps)]
+    )
+    chained = np.cumprod(right, axis=0)  # (draft_steps, B, T)
     return {
         "top1": [float(r.mean()) for r in right],
         "chained": [float(c.mean()) for c in chained],
@@ -200,16 +202,16 @@ def agreement(predictions: np.ndarray, labels: np.ndarray, n_steps: int) -> dict
     }
 
 
-def evaluate(p, cfg, frozen, data: TrainData, rows: np.ndarray, n_steps: int, batch: int = 4):
+def evaluate(p, cfg, frozen, data: TrainData, rows: np.ndarray, draft_steps: int, batch: int = 4):
     """Loss and agreement on the given documents (no gradients)."""
     losses, preds, labels = [], [], []
     for i in range(0, rows.size, batch):
         b = data.batch(rows[i : i + batch])
-        loss, _, pr = unrolled_loss(p, cfg, frozen, b, n_steps, grads=False)
+        loss, _, pr = unrolled_loss(p, cfg, frozen, b, draft_steps, grads=False)
         losses.append(loss * len(b.tokens))
         preds.append(pr)
         labels.append(b.labels)
-    out = agreement(np.concatenate(preds, axis=1), np.concatenate(labels), n_steps)
+    out = agreement(np.concatenate(preds, axis=1), np.concatenate(labels), draft_steps)
     out["loss"] = float(np.sum(losses) / rows.size)
     return out
 
@@ -292,12 +294,12 @@ def hidden_stats(hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s.astype(np.float32), h.mean(axis=0).astype(np.float32)
 
 
-def by_source(p, cfg, frozen, data: TrainData, n_steps: int) -> dict:
+def by_source(p, cfg, frozen, data: TrainData, draft_steps: int) -> dict:
     """Held-out figures for each source of text, over every held-out document."""
     out = {}
     for name in np.unique(data.source[data.held_out]):
         rows = np.flatnonzero(data.held_out & (data.source == name))
-        out[str(name)] = evaluate(p, cfg, frozen, data, rows, n_steps)
+        out[str(name)] = evaluate(p, cfg, frozen, data, rows, draft_steps)
     return out
 
 
