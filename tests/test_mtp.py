@@ -161,6 +161,21 @@ def test_query_only_attention_gradient():
     np.testing.assert_allclose(L.attention_forward(q, keys2, values, seen)[0][:, :2], out[:, :2])
 
 
+@pytest.mark.parametrize("window", [None, 3])
+def test_training_attention_is_the_models(window):
+    """The batched, masked attention of training computes `model.attend_rows` over the bounds."""
+    from minispec.model import attend_rows
+
+    T, S, H, G, hd = 4, 9, 4, 2, 5
+    q, keys, values = randn(2, T, H, hd), randn(2, S, G, hd), randn(2, S, G, hd)
+    # query t: draft step 2 from position t + 1, at position t + 3, reading keys 0..t + 1
+    bounds = visible(np.arange(T) + 3, np.arange(T) + 2, window)
+    out, _ = L.attention_forward(q, keys, values, key_mask(bounds, S))
+    for b in range(2):
+        want = attend_rows(q[b], keys[b], values[b], bounds)
+        np.testing.assert_allclose(out[b], want, rtol=1e-12, atol=1e-12)
+
+
 def test_cross_entropy_gradient_ignores_unscored_labels():
     logits, labels = randn(6, 7), np.array([0, 3, -1, 6, 2, -1])
     loss, cache = L.cross_entropy_forward(logits, labels)
