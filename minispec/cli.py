@@ -26,7 +26,7 @@ from minispec.sampling import GREEDY, SamplingParams, check_sampling, probabilit
 from minispec.speculative import SpeculativeGeneration, check_k, speculative_generate
 from minispec.tokenizer import encode, token_strings
 from minispec.trace import save_trace
-from minispec.train.mtp_data import GREEDY_TOKENS
+from minispec.train.recipe import Recipe
 
 
 class CliError(Exception):
@@ -271,11 +271,12 @@ def cmd_train_mtp(args: argparse.Namespace) -> dict | None:
     """Make the teacher-forced data (or read it back), train the MTP drafter, save it."""
     from pathlib import Path
 
-    from minispec.drafters.mtp import config_for, save_mtp
+    from minispec.drafters.mtp import default_kv_layer, save_mtp
     from minispec.train import mtp, mtp_data
 
     if min(args.positions, args.steps, args.batch, args.length - args.unroll - 1) < 1:
         raise CliError("--positions, --steps and --batch must be >= 1, --length > --unroll + 1")
+    recipe = recipe_from_args(args)
     model = load(args)
     say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     t0 = time.perf_counter()
@@ -283,39 +284,38 @@ def cmd_train_mtp(args: argparse.Namespace) -> dict | None:
         data = mtp_data.load_data(args.data)
         say(f"read {data.tokens.size} prepared positions from {args.data}")
     else:
-        layer = config_for(model).kv_layer
-        data = mtp_data.make_data(
-            model,
-            layer,
-            args.positions,
-            args.length,
-            own_tokens=args.own_tokens,
-            greedy_tokens=args.greedy_tokens,
-            seed=args.seed,
-            say=say,
-        )
+        data = mtp_data.make_data(model, default_kv_layer(model), recipe, say)
         if args.data:
             mtp_data.save_data(args.data, data)
     data_s = time.perf_counter() - t0
-    settings = mtp.TrainSettings(
-        steps=args.steps, batch=args.batch, n_steps=args.unroll, lr=args.lr, seed=args.seed
-    )
-    params, cfg, report = mtp.train_mtp(
-        model,
-        data,
-        width=args.width,
-        d_ff=args.d_ff,
-        head_size=args.head_size,
-        settings=settings,
-        say=say,
-    )
-    report.update(data_seconds=data_s, command=" ".join(sys.argv), out=str(args.out))
+    params, cfg, report = mtp.train_mtp(model, data, recipe, say)
+    report.update(data_seconds=data_s)
+    # The weights record the recipe (report["settings"]), not this machine's command line.
     save_mtp(args.out, params, cfg, model, info=report)
+    report.update(command=" ".join(sys.argv), out=str(args.out))
     say(
         f"saved {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB) after "
         f"{time.perf_counter() - t0:.0f} s"
     )
     return report if args.json else None
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The train-mtp options as a Recipe (with no options: `Recipe()`, the shipped drafter's)."""
+    return Recipe(
+        positions=args.positions,
+        length=args.length,
+        own_tokens=args.own_tokens,
+        greedy_tokens=args.greedy_tokens,
+        width=args.width,
+        d_ff=args.d_ff,
+        head_size=args.head_size,
+        adam_steps=args.steps,
+        batch=args.batch,
+        draft_steps=args.unroll,
+        lr=args.lr,
+        seed=args.seed,
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -420,23 +420,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="prepared data (.npz): read if it exists, else made and written there",
     )
-    t.add_argument("--positions", type=int, default=210_000, help="positions to prepare (210000)")
-    t.add_argument("--length", type=int, default=512, help="tokens per document chunk (512)")
-    t.add_argument("--own-tokens", type=int, default=9_000, help="own samples to draw (9000)")
-    t.add_argument(
-        "--greedy-tokens",
-        type=int,
-        default=GREEDY_TOKENS,
-        help=f"new tokens per greedy continuation ({GREEDY_TOKENS}; 0: none)",
-    )
-    t.add_argument("--steps", type=int, default=300, help="Adam steps (300)")
-    t.add_argument("--batch", type=int, default=2, help="chunks per step (2)")
-    t.add_argument("--unroll", type=int, default=3, help="draft steps unrolled (3)")
-    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (2e-3)")
-    t.add_argument("--width", type=int, default=384, help="the drafter's width (384)")
-    t.add_argument("--d-ff", type=int, default=1024, help="its MLP width (1024)")
-    t.add_argument("--head-size", type=int, default=8_192, help="tokens the head scores (8192)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    r = Recipe()  # the defaults: the shipped drafter's recipe
+    for flag, value, what in [
+        ("--positions", r.positions, "positions to prepare ({})"),
+        ("--length", r.length, "tokens per document chunk ({})"),
+        ("--own-tokens", r.own_tokens, "own samples to draw ({})"),
+        ("--greedy-tokens", r.greedy_tokens, "new tokens per greedy continuation ({}; 0: none)"),
+        ("--steps", r.adam_steps, "Adam steps ({})"),
+        ("--batch", r.batch, "chunks per step ({})"),
+        ("--unroll", r.draft_steps, "draft steps unrolled ({})"),
+        ("--lr", r.lr, "peak learning rate ({})"),
+        ("--width", r.width, "the drafter's width ({})"),
+        ("--d-ff", r.d_ff, "its MLP width ({})"),
+        ("--head-size", r.head_size, "tokens the head scores ({})"),
+        ("--seed", r.seed, "random seed ({})"),
+    ]:
+        t.add_argument(flag, type=type(value), default=value, help=what.format(value))
     add_model_args(t)
     t.set_defaults(run=cmd_train_mtp)
     return parser

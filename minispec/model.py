@@ -8,13 +8,15 @@ Read beside the Gemma 3 technical report (2025) and Hugging Face's `modeling_gem
         x = x + post_ffw_norm(mlp(pre_ffw_norm(x)))
     logits = final_norm(x) @ embed.T              (the output head is the embedding, tied)
 
-Two paths through the same equations, chosen by `Model.kernels`:
-- kernels=True (what `load_model` gives): the weights are packed for the Numba kernels
+Two paths through the same equations, chosen by `Model.fast` (`ops` picks each one's
+arithmetic, in this one place):
+- fast=True (what `load_model` gives): the weights are packed for the Numba kernels
   (`kernels.pack`), which read each weight once per pass whatever the number of tokens, and
-  attention, the norms and the GeGLU run `attend`'s, `rms_norm`'s and `gelu_tanh`'s arithmetic
-  in kernels too (`kernels.attend_each`, `rms_norm_rows`, `gelu_gate`). Batch invariant: a
-  row's result does not depend on how many rows were computed with it.
-- kernels=False (`reference(model)`, or `load_model(kernels=False)`): plain NumPy all the way,
+  attention, the norms, RoPE and the GeGLU run `attend`'s, `rms_norm`'s, `rope`'s and
+  `gelu_tanh`'s arithmetic in kernels too (`kernels.attend_each`, `rms_norm_rows`, `rope_rows`,
+  `gelu_gate`). Batch invariant: a row's result does not depend on how many rows were computed
+  with it.
+- fast=False (`reference(model)`, or `load_model(kernels=False)`): plain NumPy all the way,
   `x @ w.T` through BLAS and `attend` one query at a time. The readable path; the tests hold
   the fast one to it.
 """
@@ -73,7 +75,12 @@ class Model:
     tokenizer: object | None = None  # a `tokenizers.Tokenizer`
     name: str = ""
     weights: str = "float32"  # "float32" or "int8"
-    kernels: bool = True  # the Numba kernels (packed weights); False: plain NumPy, `reference`
+    fast: bool = True  # the Numba kernels (packed weights); False: plain NumPy, `reference`
+
+    @property
+    def kernels(self) -> bool:
+        """`fast` under the name of `load_model`'s keyword (`load_model(kernels=False)`)."""
+        return self.fast
 
 
 # ----------------------------------------------------------------------------- the equations
@@ -153,6 +160,15 @@ def visible_keys(position: int, window: int | None) -> slice:
     return slice(int(start), int(stop))
 
 
+def key_mask(bounds: np.ndarray, n_keys: int) -> np.ndarray:
+    """Bounds as a (T, n_keys) bool mask: row t is True at keys start_t <= j < stop_t.
+
+    For attention written with a mask (the drafter's training, batched) instead of bounds.
+    """
+    j = np.arange(n_keys)
+    return (bounds[:, :1] <= j) & (j < bounds[:, 1:])
+
+
 def attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Scaled dot-product attention of one query position (Vaswani et al. 2017, eq. 1).
 
@@ -168,6 +184,63 @@ def attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         scores = q[heads] @ keys[:, h].T  # (group, S)
         out[heads] = softmax(scores) @ values[:, h]  # (group, head_dim)
     return out
+
+
+def attend_rows(
+    q: np.ndarray, keys: np.ndarray, values: np.ndarray, bounds: np.ndarray
+) -> np.ndarray:
+    """`attend` for each query t over its keys bounds[t, 0] <= j < bounds[t, 1] (`key_bounds`).
+
+    q: (T, n_heads, head_dim), scaled; keys, values: (S, n_kv_heads, head_dim). (T, n_heads,
+    head_dim). The readable twin of `kernels.attend_each`, which takes the same arguments.
+    """
+    return np.stack(
+        [
+            attend(q[t], keys[start:stop], values[start:stop])
+            for t, (start, stop) in enumerate(bounds)
+        ]
+    )
+
+
+def rope_kernel(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
+    """`rope` in one Numba pass (`kernels.rope_rows`): the same bits."""
+    cos, sin = rope_angles(positions, base, x.shape[-1])
+    return kernels.rope_rows(x, cos, sin)
+
+
+def gelu_gate(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """GeGLU's gating: gelu(gate) * up (`kernels.gelu_gate` is the same in one pass)."""
+    return gelu_tanh(gate) * up
+
+
+def matmul_t(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w.T through NumPy's BLAS, in x's own precision (any leading dimensions)."""
+    return x @ w.T
+
+
+@dataclass(frozen=True)
+class Ops:
+    """One path's arithmetic for the equations above; `ops(fast)` picks the path."""
+
+    # x @ w.T. The model's own products call `kernels.linear`, which goes by the weight's kind
+    # (packed on the fast path, plain on the other): the same choice. The drafter's plain
+    # weights may be float64 (gradient checks), which only NumPy's product takes.
+    linear: Callable[[np.ndarray, Weight], np.ndarray]
+    rms_norm: Callable[[np.ndarray, np.ndarray, float], np.ndarray]
+    rope: Callable[[np.ndarray, np.ndarray, float], np.ndarray]
+    gelu_gate: Callable[[np.ndarray, np.ndarray], np.ndarray]  # gelu(gate) * up
+    attend: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # bounds
+
+
+FAST = Ops(
+    kernels.linear, kernels.rms_norm_rows, rope_kernel, kernels.gelu_gate, kernels.attend_each
+)
+READABLE = Ops(matmul_t, rms_norm, rope, gelu_gate, attend_rows)
+
+
+def ops(fast: bool) -> Ops:
+    """The Numba kernels (packed weights, batch invariant) or plain NumPy: `Model.fast`."""
+    return FAST if fast else READABLE
 
 
 Caches = KVCache | list[KVCache]
@@ -193,8 +266,8 @@ def attention(
 
     cache: one KVCache, or one per row (`segments`): the products take every row at once, and
     each row's keys and values go into, and its query reads, its own sequence's cache only.
-    fast: the Numba kernels (`attend`'s, `rms_norm`'s and `rope`'s arithmetic); False: `attend`
-    itself, query by query, and NumPy's `rms_norm` and `rope`.
+    fast: `ops(fast)`, the Numba kernels (`attend`'s, `rms_norm`'s and `rope`'s arithmetic);
+    False: `attend` itself, query by query, and NumPy's `rms_norm` and `rope`.
     """
     T, parts = x.shape[0], segments(cache, x.shape[0])
     n_heads, n_kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -202,17 +275,14 @@ def attention(
     sliding = config.is_sliding(i)
     base = config.rope_local_base_freq if sliding else config.rope_theta
 
-    norm = kernels.rms_norm_rows if fast else rms_norm
+    op = ops(fast)
+    norm = op.rms_norm
     q = linear(x, layer.q_proj).reshape(T, n_heads, hd)  # (T, n_heads, head_dim)
     k = linear(x, layer.k_proj).reshape(T, n_kv, hd)  # (T, n_kv_heads, head_dim)
     v = linear(x, layer.v_proj).reshape(T, n_kv, hd)
     # Gemma 3 normalises queries and keys per head before RoPE ("QK-norm", report sec. 2).
     q, k = norm(q, layer.q_norm, config.rms_norm_eps), norm(k, layer.k_norm, config.rms_norm_eps)
-    if fast:  # `rope`'s rotation in one Numba pass each (the same bits)
-        cos, sin = rope_angles(positions, base, hd)
-        q, k = kernels.rope_rows(q, cos, sin), kernels.rope_rows(k, cos, sin)
-    else:
-        q, k = rope(q, positions, base), rope(k, positions, base)
+    q, k = op.rope(q, positions, base), op.rope(k, positions, base)
     q = q * np.float32(config.query_pre_attn_scalar**-0.5)
 
     window = config.sliding_window if sliding else None
@@ -239,13 +309,8 @@ def attend_cached(
     # Each query over exactly the keys it may see (the kernel gives the others probability 0,
     # an exact no-op): a position's result is then the same computation whether it is decoded
     # alone, verified with k others or prefilled with its prompt.
-    if fast:
-        bounds = key_bounds(positions, window)  # (T, 2)
-        return kernels.attend_each(q, cache.keys[i], cache.values[i], bounds)
-    seen = [visible_keys(int(pos), window) for pos in positions]
-    return np.stack(
-        [attend(q[t], cache.keys[i, s], cache.values[i, s]) for t, s in enumerate(seen)]
-    )  # (T, n_heads, head_dim)
+    bounds = key_bounds(positions, window)  # (T, 2)
+    return ops(fast).attend(q, cache.keys[i], cache.values[i], bounds)  # (T, n_heads, head_dim)
 
 
 def mlp(x: np.ndarray, layer: Layer, fast: bool = True) -> np.ndarray:
@@ -254,7 +319,7 @@ def mlp(x: np.ndarray, layer: Layer, fast: bool = True) -> np.ndarray:
     fast: gelu(gate) * up in one Numba pass (`kernels.gelu_gate`); False: `gelu_tanh` in NumPy.
     """
     gate, up = linear(x, layer.gate_proj), linear(x, layer.up_proj)  # (T, d_ff) each
-    h = kernels.gelu_gate(gate, up) if fast else gelu_tanh(gate) * up
+    h = ops(fast).gelu_gate(gate, up)
     return linear(h, layer.down_proj)
 
 
@@ -263,7 +328,7 @@ def block(
 ) -> np.ndarray:
     """One transformer block with Gemma's four norms: pre- and post-norm around each sublayer."""
     eps = config.rms_norm_eps
-    norm = kernels.rms_norm_rows if fast else rms_norm
+    norm = ops(fast).rms_norm
     h = attention(norm(x, layer.input_layernorm, eps), layer, cache, i, config, fast)
     x = x + norm(h, layer.post_attention_layernorm, eps)
     h = mlp(norm(x, layer.pre_feedforward_layernorm, eps), layer, fast)
@@ -307,13 +372,13 @@ def forward_hidden(
         c.reserve(r.stop - r.start)
     x = embed(tokens, params.embed, config.hidden_size)  # (T, d_model)
     for i, layer in enumerate(params.layers[:n_layers]):
-        x = block(x, layer, cache, i, config, model.kernels)
+        x = block(x, layer, cache, i, config, model.fast)
     for c, r in parts:
         c.length += r.stop - r.start
     if not head:
         return ForwardOutput(logits=None, hidden=x)
     h = x[-1:] if last_only else x
-    norm = kernels.rms_norm_rows if model.kernels else rms_norm
+    norm = ops(model.fast).rms_norm
     logits = linear(norm(h, params.final_norm, config.rms_norm_eps), params.embed)
     return ForwardOutput(logits=logits, hidden=x)
 
@@ -374,7 +439,7 @@ def reference(model: Model) -> Model:
     holds as much memory again as the model (an int8 model's copy holds its dequantized weights).
     """
     params = map_matrices(model.params, kernels.unpack)
-    return dataclasses.replace(model, params=params, kernels=False)
+    return dataclasses.replace(model, params=params, fast=False)
 
 
 def map_matrices(params: Params, fn: Callable[[Weight], Weight]) -> Params:

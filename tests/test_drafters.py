@@ -144,7 +144,8 @@ def test_cheap_head_scores_frequent_and_context_tokens_only(target):
     # on the candidates, the cheap head's logits are the full head's
     full = EarlyExitDrafter(target, n_layers=3)
     h = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
-    cheap_logits, full_logits = drafter.logits(h, tokens), full.logits(h, tokens)
+    cheap_logits = drafter.head(h, drafter.context_rows(tokens))
+    full_logits = full.head(h, full.context_rows(tokens))
     cand = sorted(allowed)
     np.testing.assert_allclose(cheap_logits[cand], full_logits[cand], rtol=1e-5, atol=1e-5)
     assert np.all(np.isneginf(np.delete(cheap_logits, cand)))

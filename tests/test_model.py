@@ -7,7 +7,18 @@ import pytest
 
 from minispec.kernels import PackedWeight, unpack
 from minispec.kv_cache import new_cache
-from minispec.model import forward, reference, rms_norm, rope
+from minispec.model import (
+    FAST,
+    READABLE,
+    forward,
+    key_bounds,
+    key_mask,
+    ops,
+    reference,
+    rms_norm,
+    rope,
+    visible_keys,
+)
 from minispec.tiny import tiny_model
 
 RNG = np.random.default_rng(0)
@@ -124,6 +135,24 @@ def test_sliding_window_edge():
     b = forward(model, changed, new_cache(model.config))
     assert not np.allclose(a[7], b[7])  # 7 - 0 < 8: inside the window
     np.testing.assert_array_equal(a[8:], b[8:])  # 8 - 0 >= 8: outside
+
+
+@pytest.mark.parametrize("window", [None, 1, 4])
+def test_key_mask_is_key_bounds(window):
+    """The mask says what the bounds say: query i sees key j iff 0 <= i - j < window."""
+    positions = np.array([0, 1, 3, 4, 9])
+    mask = key_mask(key_bounds(positions, window), 12)
+    for row, i in zip(mask, positions, strict=True):
+        want = [0 <= i - j < (window or 10**9) for j in range(12)]
+        assert row.tolist() == want
+        assert np.flatnonzero(row).tolist() == list(range(12))[visible_keys(int(i), window)]
+
+
+def test_model_fast_picks_the_path():
+    """`Model.fast` names the path, `ops` is where it is chosen; `reference` is the readable one."""
+    model = tiny_model(seed=1)
+    assert model.fast and ops(model.fast) is FAST
+    assert not reference(model).fast and ops(reference(model).fast) is READABLE
 
 
 def test_global_layer_sees_everything():

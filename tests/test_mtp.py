@@ -27,15 +27,12 @@ from minispec.drafters.mtp import (
 from minispec.generate import generate
 from minispec.kernels import take_rows
 from minispec.kv_cache import new_cache
-from minispec.model import forward_hidden, rms_norm
+from minispec.model import forward_hidden, key_mask, rms_norm
 from minispec.sampling import SamplingParams
 from minispec.speculative import speculative_generate
 from minispec.tiny import tiny_model
 from minispec.train import layers as L
 from minispec.train.mtp import (
-    Batch,
-    TrainData,
-    TrainSettings,
     frozen_parts,
     hidden_stats,
     step_forward,
@@ -46,12 +43,15 @@ from minispec.train.mtp_data import (
     GREEDY_STRIDE,
     GREEDY_WINDOW,
     OWN_PROMPTS,
+    Batch,
+    TrainData,
     chunk_documents,
     greedy_documents,
     held_out,
     own_documents,
     teacher_forced,
 )
+from minispec.train.recipe import Recipe
 
 GREEDY = SamplingParams()
 RNG = np.random.default_rng(0)
@@ -161,6 +161,21 @@ def test_query_only_attention_gradient():
     np.testing.assert_allclose(L.attention_forward(q, keys2, values, seen)[0][:, :2], out[:, :2])
 
 
+@pytest.mark.parametrize("window", [None, 3])
+def test_training_attention_is_the_models(window):
+    """The batched, masked attention of training computes `model.attend_rows` over the bounds."""
+    from minispec.model import attend_rows
+
+    T, S, H, G, hd = 4, 9, 4, 2, 5
+    q, keys, values = randn(2, T, H, hd), randn(2, S, G, hd), randn(2, S, G, hd)
+    # query t: draft step 2 from position t + 1, at position t + 3, reading keys 0..t + 1
+    bounds = visible(np.arange(T) + 3, np.arange(T) + 2, window)
+    out, _ = L.attention_forward(q, keys, values, key_mask(bounds, S))
+    for b in range(2):
+        want = attend_rows(q[b], keys[b], values[b], bounds)
+        np.testing.assert_allclose(out[b], want, rtol=1e-12, atol=1e-12)
+
+
 def test_cross_entropy_gradient_ignores_unscored_labels():
     logits, labels = randn(6, 7), np.array([0, 3, -1, 6, 2, -1])
     loss, cache = L.cross_entropy_forward(logits, labels)
@@ -215,8 +230,8 @@ def test_batched_step_equals_the_drafters_step(target):
     rows = take_rows(frozen.embed, batch.tokens[:, t + j]).reshape(B, 1, -1)
     e = np.sqrt(cfg.d_model) * rows.astype(np.float64)
     h = batch.hidden[:, [t]].astype(np.float64)
-    seen = np.arange(S)[None, :] <= t
     pos = np.array([t + j])
+    seen = key_mask(visible(pos, t + 1, cfg.window), S)
     got, _ = step_forward(p, cfg, e, h, batch.keys, batch.values, pos, seen)
     for b in range(B):
         want = mtp_step(
@@ -258,7 +273,7 @@ def test_training_lowers_the_loss_and_raises_agreement(target):
         cfg,
         frozen,
         data,
-        TrainSettings(steps=150, batch=5, n_steps=2, lr=3e-3, eval_every=150),
+        Recipe(adam_steps=150, batch=5, draft_steps=2, lr=3e-3, eval_every=150),
         say=lambda m: None,
     )
     after = unrolled_loss(p, cfg, frozen, data.batch(np.arange(5)), 2, grads=False)[0]
@@ -445,6 +460,27 @@ def test_cli_train_mtp_refuses_bad_settings_before_loading(capsys):
 
     assert main(["train-mtp", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_cli_train_mtp_defaults_are_the_recipe():
+    from minispec.cli import build_parser, recipe_from_args
+
+    assert recipe_from_args(build_parser().parse_args(["train-mtp"])) == Recipe()
+
+
+def test_shipped_weights_record_the_recipe_and_no_command_line():
+    """The shipped drafter was made by `Recipe()`: its metadata says so, and no machine's paths."""
+    import json
+    from dataclasses import asdict
+
+    from minispec.drafters.mtp import DEFAULT_WEIGHTS
+
+    params, cfg, metadata = load_mtp(DEFAULT_WEIGHTS)
+    info = json.loads(metadata["info"])
+    recipe = Recipe()
+    assert info["settings"] == asdict(recipe)
+    assert (cfg.width, cfg.d_ff, cfg.head_size) == (recipe.width, recipe.d_ff, recipe.head_size)
+    assert "command" not in info and "out" not in info
 
 
 def test_compare_drafters_and_the_curve_plot(target, drafter, tmp_path):

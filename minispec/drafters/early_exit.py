@@ -93,10 +93,6 @@ class EarlyExitDrafter:
             out[ids] = linear(h, rows)[0]
         return out
 
-    def logits(self, h: np.ndarray, context: list[int]) -> np.ndarray:
-        """The draft's logits after hidden state h (1, d_model) in this context, shape (vocab,)."""
-        return self.head(h, self.context_rows(context))
-
     def propose(
         self, ctx: DraftContext, k: int, sampling: SamplingParams, rng: np.random.Generator
     ) -> Draft:

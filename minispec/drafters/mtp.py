@@ -55,7 +55,7 @@ import numpy as np
 from minispec import kernels
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft, q_rows
 from minispec.kernels import PackedWeight, take_rows
-from minispec.model import Model, gelu_tanh, rms_norm, rope, softmax
+from minispec.model import Model, gelu_tanh, key_bounds, ops, rms_norm, rope
 from minispec.sampling import SamplingParams
 
 # The shipped drafter for Gemma 3 270M (made by `minispec train-mtp`, see docs/drafters.md).
@@ -81,18 +81,22 @@ class MTPConfig:
     head_size: int  # |S|, tokens the cheap head scores
 
 
+def default_kv_layer(target: Model) -> int:
+    """The layer L a drafter reads by default: the target's last global one (its keys are the
+    newest and see the whole context), or its last layer if none is global."""
+    c = target.config
+    globals_ = [i for i in range(c.num_hidden_layers) if not c.is_sliding(i)]
+    return globals_[-1] if globals_ else c.num_hidden_layers - 1
+
+
 def config_for(
-    target: Model,
-    width: int = 384,
-    d_ff: int = 1024,
-    head_size: int = 8_192,
-    kv_layer: int | None = None,
+    target: Model, width: int, d_ff: int, head_size: int, kv_layer: int | None = None
 ) -> MTPConfig:
-    """A drafter configuration for this target; kv_layer None: its last global layer."""
+    """A drafter configuration for this target (sizes: `train.recipe.Recipe`'s);
+    kv_layer None: `default_kv_layer`."""
     c = target.config
     if kv_layer is None:
-        globals_ = [i for i in range(c.num_hidden_layers) if not c.is_sliding(i)]
-        kv_layer = globals_[-1] if globals_ else c.num_hidden_layers - 1
+        kv_layer = default_kv_layer(target)
     if not 0 <= kv_layer < c.num_hidden_layers:
         raise ValueError(f"kv_layer must be in [0, {c.num_hidden_layers}), got {kv_layer}")
     sliding = c.is_sliding(kv_layer)
@@ -183,20 +187,16 @@ def init_params(
 # ------------------------------------------------------------------------- one draft step
 
 
-def product(x: np.ndarray, w: np.ndarray | PackedWeight) -> np.ndarray:
-    """x @ w.T: the streaming kernel for a packed weight (the drafter), NumPy otherwise.
+def packed(p: MTPParams) -> MTPParams:
+    """The same drafter with its matrices packed for the kernels (float32; done once).
 
-    Why the drafter's weights are packed: its products are tiny, and through NumPy they wake
+    Why a fast target's drafter is packed: its products are tiny, and through NumPy they wake
     OpenBLAS's thread pool, whose threads keep spinning after each call and take the two cores
     from the Numba threads of the next verification pass (measured: a pass of 49 ms took
     115-135 ms after an MTP draft). Packed, every product of decoding runs in one thread pool.
-    Training and the tests keep plain arrays (float64 for gradient checks): NumPy.
+    Training and the tests keep plain arrays (float64 for gradient checks) on NumPy's path.
+    Either way the norms, RoPE and GELU are NumPy's (`fast` picks the products and attention).
     """
-    return kernels.linear(x, w) if isinstance(w, PackedWeight) else x @ w.T
-
-
-def packed(p: MTPParams) -> MTPParams:
-    """The same drafter with its matrices packed for the kernels (float32; done once)."""
     return replace(p, **{name: kernels.pack(getattr(p, name)) for name in MATRICES})
 
 
@@ -214,35 +214,28 @@ def query_only_attention(
     keys: np.ndarray,
     values: np.ndarray,
     positions: np.ndarray,
-    seen: np.ndarray,
+    bounds: np.ndarray,
+    fast: bool = False,
 ) -> np.ndarray:
     """W_o softmax(q K^T) V over the target's cached keys: no keys or values of its own.
 
     z: (T, d); keys, values: (S, n_kv, head_dim), already normalised and rotated by the target;
-    positions: (T,) each query's position; seen: (T, S) bool, which keys each query may read.
+    positions: (T,) each query's position; bounds: (T, 2) the keys each reads (`visible`).
+    fast: the packed weights and the engine's attention kernel (`model.ops`); else NumPy.
     """
-    T, H, G, hd = z.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    q = product(rms_norm(z, p.attn_norm, cfg.eps), p.q_proj).reshape(T, H, hd)
+    op = ops(fast)
+    T, H, hd = z.shape[0], cfg.n_heads, cfg.head_dim
+    q = op.linear(rms_norm(z, p.attn_norm, cfg.eps), p.q_proj).reshape(T, H, hd)
     q = rope(rms_norm(q, p.q_norm, cfg.eps), positions, cfg.rope_base) * cfg.query_scale
-    if isinstance(p.q_proj, PackedWeight):  # the drafter: the engine's attention kernel
-        # each query's visible keys are one range [first seen, S): the kernel's bounds
-        bounds = np.stack([seen.argmax(axis=1), np.full(T, seen.shape[1])], axis=1)
-        out = kernels.attend_each(q.astype(np.float32), keys, values, bounds)
-        return product(out.reshape(T, H * hd), p.o_proj)
-    out = np.empty_like(q)  # (T, H, head_dim)
-    group = H // G
-    for g in range(G):  # grouped-query attention: `group` query heads read key/value head g
-        heads = slice(g * group, (g + 1) * group)
-        scores = q[:, heads] @ keys[:, g].T  # (T, group, S)
-        scores = np.where(seen[:, None, :], scores, -np.inf)
-        out[:, heads] = softmax(scores) @ values[:, g]  # (T, group, head_dim)
-    return product(out.reshape(T, H * hd), p.o_proj)  # (T, d)
+    out = op.attend(q, keys, values, bounds)  # (T, H, head_dim): grouped-query attention
+    return op.linear(out.reshape(T, H * hd), p.o_proj)  # (T, d)
 
 
-def gated_mlp(p: MTPParams, cfg: MTPConfig, z: np.ndarray) -> np.ndarray:
+def gated_mlp(p: MTPParams, cfg: MTPConfig, z: np.ndarray, fast: bool = False) -> np.ndarray:
     """W_down(gelu(W_gate m) * W_up m), m = norm_m(z): GeGLU (Shazeer 2020), as Gemma's."""
+    linear = ops(fast).linear
     m = rms_norm(z, p.mlp_norm, cfg.eps)
-    return product(gelu_tanh(product(m, p.gate_proj)) * product(m, p.up_proj), p.down_proj)
+    return linear(gelu_tanh(linear(m, p.gate_proj)) * linear(m, p.up_proj), p.down_proj)
 
 
 def mtp_step(
@@ -253,36 +246,42 @@ def mtp_step(
     keys: np.ndarray,
     values: np.ndarray,
     positions: np.ndarray,
-    seen: np.ndarray,
+    bounds: np.ndarray,
+    fast: bool = False,
 ) -> np.ndarray:
     """One draft step for T queries: h' = W_out(block(W_in u)), shape (T, D). See the module doc.
 
     e: (T, D) scaled embeddings of the newest tokens; h: (T, D) the states; the rest as for
     `query_only_attention`.
     """
-    z = product(step_input(p, cfg, e, h), p.w_in)  # (T, d)
-    z = z + query_only_attention(p, cfg, z, keys, values, positions, seen)
-    z = z + gated_mlp(p, cfg, z)
-    return product(z, p.w_out) + p.b_out  # (T, D)
+    linear = ops(fast).linear
+    z = linear(step_input(p, cfg, e, h), p.w_in)  # (T, d)
+    z = z + query_only_attention(p, cfg, z, keys, values, positions, bounds, fast)
+    z = z + gated_mlp(p, cfg, z, fast)
+    return linear(z, p.w_out) + p.b_out  # (T, D)
 
 
 def head_logits(
-    h: np.ndarray, final_norm: np.ndarray, head_rows: np.ndarray | PackedWeight, eps: float
+    h: np.ndarray,
+    final_norm: np.ndarray,
+    head_rows: np.ndarray | PackedWeight,
+    eps: float,
+    fast: bool = False,
 ) -> np.ndarray:
     """The cheap head: the target's final norm and its embedding rows of S, shape (T, |S|)."""
-    return product(rms_norm(h, final_norm, eps), head_rows)
+    return ops(fast).linear(rms_norm(h, final_norm, eps), head_rows)
 
 
-def visible(positions: np.ndarray, n_keys: int, window: int | None) -> np.ndarray:
-    """(T, S) bool, which of the n_keys cached keys (positions 0..t) each query reads.
+def visible(positions: np.ndarray, cached: int | np.ndarray, window: int | None) -> np.ndarray:
+    """(T, 2) bounds of the cached keys each draft query reads: start <= s < stop.
 
-    All of them on a global layer; on a sliding layer only those the target's own layer would
-    still see from the query's position t + j: t + j - s < window.
+    `key_bounds` of the query's own position t + j (all keys on a global layer, on a sliding one
+    those the target's own layer would still see from there), cut at the cache's end: only keys
+    0..t are cached (cached = t + 1, one number or one per query).
     """
-    seen = np.ones((positions.size, n_keys), dtype=bool)
-    if window is not None:
-        seen &= positions[:, None] - np.arange(n_keys)[None, :] < window
-    return seen
+    bounds = key_bounds(positions, window)
+    bounds[:, 1] = np.minimum(bounds[:, 1], cached)
+    return bounds
 
 
 # ------------------------------------------------------------------------------- the drafter
@@ -296,10 +295,11 @@ class MTPDrafter:
         self.target, self.params, self.cfg = target, params, cfg
         self.vocab_size = target.config.vocab_size
         self.name = name
-        # With a kernels target, the products go through its kernels too (see `product`).
-        self.step_params = packed(params) if target.kernels else params
+        # With a fast target, the products and attention go through its kernels too (`packed`).
+        self.fast = target.fast
+        self.step_params = packed(params) if self.fast else params
         # The head's rows, gathered once: (|S|, D), the target's tied embedding (its kind:
-        # packed float32 or int8 with a kernels target, a plain array with `reference`).
+        # packed float32 or int8 with a fast target, a plain array with `reference`).
         self.head_rows = kernels.select_rows(target.params.embed, params.head_ids)
         self.scored = np.sort(params.head_ids)  # the tokens its head scores, for `choose`
         self.final_norm = np.asarray(target.params.final_norm, np.float32)
@@ -322,8 +322,10 @@ class MTPDrafter:
         for j in range(k):
             pos = np.array([n + j])
             e = take_rows(self.target.params.embed, np.array([last])) * self.embed_scale
-            h = mtp_step(p, cfg, e, h, keys, values, pos, visible(pos, n, cfg.window))
-            logits = self.full_logits(head_logits(h, self.final_norm, self.head_rows, cfg.eps)[0])
+            bounds = visible(pos, n, cfg.window)
+            h = mtp_step(p, cfg, e, h, keys, values, pos, bounds, self.fast)
+            scores = head_logits(h, self.final_norm, self.head_rows, cfg.eps, self.fast)
+            logits = self.full_logits(scores[0])
             last, _ = choose(logits, sampling, rng, self.scored, out=None if qs is None else qs[j])
             tokens.append(last)
             rows.append(logits)

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from minispec.drafters.mtp import TRAINED, MTPConfig, MTPParams
+from minispec.drafters.mtp import TRAINED, MTPConfig, MTPParams, visible
 from minispec.kernels import take_rows
-from minispec.model import Model
+from minispec.model import Model, key_mask
 from minispec.train.adam import AdamState, adam_step
 from minispec.train.layers import (
     attention_backward,
@@ -41,17 +41,8 @@ from minispec.train.layers import (
     rope_backward,
     rope_forward,
 )
-
-
-@dataclass
-class Batch:
-    """B documents of S tokens, as the target saw them in one teacher-forced pass each."""
-
-    tokens: np.ndarray  # (B, S) int64
-    hidden: np.ndarray  # (B, S, D) the target's last block output, before its final norm
-    keys: np.ndarray  # (B, S, G, hd) the target's cached keys of layer L
-    values: np.ndarray  # (B, S, G, hd)
-    labels: np.ndarray  # (B, S) int64: the target's argmax at each position (its next token)
+from minispec.train.mtp_data import Batch, TrainData
+from minispec.train.recipe import SHIPPED, Recipe
 
 
 @dataclass
@@ -143,35 +134,32 @@ def head_backward(dlogits, c_fn, frozen: Frozen):
 # ----------------------------------------------------------------------- the unrolled loss
 
 
-def unroll_inputs(batch: Batch, frozen: Frozen, cfg: MTPConfig, n_steps: int, dtype):
-    """Rows t = 0..S-1-n_steps; step j's token, label and visible keys. Returns a dict."""
+def unroll_inputs(batch: Batch, frozen: Frozen, cfg: MTPConfig, draft_steps: int, dtype):
+    """Rows t = 0..S-1-draft_steps; step j's token, label and visible keys. Returns a dict."""
     B, S = batch.tokens.shape
-    T = S - n_steps
+    T = S - draft_steps
     t = np.arange(T)
     scale = np.asarray(np.sqrt(cfg.d_model), dtype)  # a float64 scalar would promote e
     steps = []
-    for j in range(1, n_steps + 1):
+    for j in range(1, draft_steps + 1):
         tok = batch.tokens[:, t + j]  # (B, T): x_{t+j}, the token step j reads
         e = take_rows(frozen.embed, tok.reshape(-1)).reshape(B, T, -1).astype(dtype) * scale
         positions = t + j  # where x_{t+j} sits: the query's RoPE position
-        s = np.arange(S)[None, :]
-        seen = s <= t[:, None]  # (T, S): only the cached keys 0..t
-        if cfg.window is not None:
-            seen = seen & (positions[:, None] - s < cfg.window)
+        seen = key_mask(visible(positions, t + 1, cfg.window), S)  # (T, S): cached keys 0..t
         label = batch.labels[:, t + j]  # (B, T): the target's choice after x_{t+j}
         steps.append(dict(e=e, positions=positions, seen=seen, label=label))
     return batch.hidden[:, :T].astype(dtype), steps
 
 
 def unrolled_loss(
-    p: MTPParams, cfg: MTPConfig, frozen: Frozen, batch: Batch, n_steps: int, grads: bool = True
+    p: MTPParams, cfg: MTPConfig, frozen: Frozen, batch: Batch, draft_steps: int, grads: bool = True
 ):
     """Sum over steps of the cross-entropy; with grads, also {name: gradient} by BPTT.
 
-    Returns (loss, grads or None, per-step predictions (n_steps, B, T) token ids).
+    Returns (loss, grads or None, per-step predictions (draft_steps, B, T) token ids).
     """
     dtype = p.w_in.dtype
-    h, steps = unroll_inputs(batch, frozen, cfg, n_steps, dtype)
+    h, steps = unroll_inputs(batch, frozen, cfg, draft_steps, dtype)
     keys, values = batch.keys.astype(dtype), batch.values.astype(dtype)
     total, tape, predictions = 0.0, [], []
     for st in steps:
@@ -199,28 +187,14 @@ def unrolled_loss(
 # ------------------------------------------------------------------------------ training
 
 
-@dataclass
-class TrainData:
-    """Teacher-forced documents (see mtp_data.py), split by document into train and held out."""
-
-    tokens: np.ndarray  # (n, S)
-    hidden: np.ndarray  # (n, S, D)
-    keys: np.ndarray  # (n, S, G, hd)
-    values: np.ndarray
-    labels: np.ndarray  # (n, S)
-    held_out: np.ndarray  # (n,) bool
-    source: np.ndarray  # (n,) str: "prose", "docstrings", "code", "own"
-
-    def batch(self, rows: np.ndarray) -> Batch:
-        return Batch(*(getattr(self, f.name)[rows] for f in fields(Batch)))
-
-
-def agreement(predictions: np.ndarray, labels: np.ndarray, n_steps: int) -> dict:
+def agreement(predictions: np.ndarray, labels: np.ndarray, draft_steps: int) -> dict:
     """Held-out figures: per step j the top-1 agreement with the target, and the chained rate
     (steps 1..j all right), whose sum + 1 estimates tokens per target forward (tau)."""
-    T = labels.shape[1] - n_steps
-    right = np.stack([predictions[j] == labels[:, np.arange(T) + j + 1] for j in range(n_steps)])
-    chained = np.cumprod(right, axis=0)  # (n_steps, B, T)
+    T = labels.shape[1] - draft_steps
+    right = np.stack(
+        [predictions[j] == labels[:, np.arange(T) + j + 1] for j in range(draft_steps)]
+    )
+    chained = np.cumprod(right, axis=0)  # (draft_steps, B, T)
     return {
         "top1": [float(r.mean()) for r in right],
         "chained": [float(c.mean()) for c in chained],
@@ -228,37 +202,25 @@ def agreement(predictions: np.ndarray, labels: np.ndarray, n_steps: int) -> dict
     }
 
 
-def evaluate(p, cfg, frozen, data: TrainData, rows: np.ndarray, n_steps: int, batch: int = 4):
+def evaluate(p, cfg, frozen, data: TrainData, rows: np.ndarray, draft_steps: int, batch: int = 4):
     """Loss and agreement on the given documents (no gradients)."""
     losses, preds, labels = [], [], []
     for i in range(0, rows.size, batch):
         b = data.batch(rows[i : i + batch])
-        loss, _, pr = unrolled_loss(p, cfg, frozen, b, n_steps, grads=False)
+        loss, _, pr = unrolled_loss(p, cfg, frozen, b, draft_steps, grads=False)
         losses.append(loss * len(b.tokens))
         preds.append(pr)
         labels.append(b.labels)
-    out = agreement(np.concatenate(preds, axis=1), np.concatenate(labels), n_steps)
+    out = agreement(np.concatenate(preds, axis=1), np.concatenate(labels), draft_steps)
     out["loss"] = float(np.sum(losses) / rows.size)
     return out
 
 
-@dataclass
-class TrainSettings:
-    steps: int = 600
-    batch: int = 4  # documents per step (each gives S - n_steps positions)
-    n_steps: int = 3  # draft steps unrolled
-    lr: float = 2e-3
-    warmup: int = 30
-    seed: int = 0
-    eval_every: int = 50
-    eval_docs: int = 8  # held-out documents scored at each evaluation
-
-
-def learning_rate(step: int, s: TrainSettings) -> float:
+def learning_rate(step: int, s: Recipe) -> float:
     """Linear warm-up, then cosine decay to a tenth (Loshchilov & Hutter 2017)."""
     if step < s.warmup:
         return s.lr * (step + 1) / s.warmup
-    frac = (step - s.warmup) / max(1, s.steps - s.warmup)
+    frac = (step - s.warmup) / max(1, s.adam_steps - s.warmup)
     return s.lr * (0.1 + 0.9 * 0.5 * (1.0 + np.cos(np.pi * frac)))
 
 
@@ -267,7 +229,7 @@ def train(
     cfg: MTPConfig,
     frozen: Frozen,
     data: TrainData,
-    s: TrainSettings,
+    s: Recipe,
     say: Callable[[str], None] = print,
 ) -> list[dict]:
     """Adam on the unrolled loss; returns the curve (one dict per evaluation)."""
@@ -283,16 +245,16 @@ def train(
         raise ValueError("no training documents: give the data more text")
     state = AdamState(lr=s.lr)
     curve, t0, seen_positions = [], time.perf_counter(), 0
-    per_doc = data.tokens.shape[1] - s.n_steps
-    for step in range(s.steps + 1):
-        if step % s.eval_every == 0 or step == s.steps:
+    per_doc = data.tokens.shape[1] - s.draft_steps
+    for step in range(s.adam_steps + 1):
+        if step % s.eval_every == 0 or step == s.adam_steps:
             point = {
                 "step": step,
                 "positions_seen": seen_positions,
                 "seconds": time.perf_counter() - t0,
             }
             if eval_rows.size:
-                point["held_out"] = evaluate(p, cfg, frozen, data, eval_rows, s.n_steps)
+                point["held_out"] = evaluate(p, cfg, frozen, data, eval_rows, s.draft_steps)
                 h = point["held_out"]
                 say(
                     f"step {step:5d}  held-out loss {h['loss']:.3f}  top-1 agreement "
@@ -300,10 +262,10 @@ def train(
                     + f"  tau~{h['tau']:.2f}  ({point['seconds']:.0f} s)"
                 )
             curve.append(point)
-        if step == s.steps:
+        if step == s.adam_steps:
             break
         rows = rng.choice(train_rows, size=min(s.batch, train_rows.size), replace=False)
-        loss, grads, _ = unrolled_loss(p, cfg, frozen, data.batch(rows), s.n_steps)
+        loss, grads, _ = unrolled_loss(p, cfg, frozen, data.batch(rows), s.draft_steps)
         norm = adam_step(p, grads, state, lr=learning_rate(step, s))
         seen_positions += rows.size * per_doc
         if step % 10 == 0:
@@ -332,30 +294,30 @@ def hidden_stats(hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s.astype(np.float32), h.mean(axis=0).astype(np.float32)
 
 
-def by_source(p, cfg, frozen, data: TrainData, n_steps: int) -> dict:
+def by_source(p, cfg, frozen, data: TrainData, draft_steps: int) -> dict:
     """Held-out figures for each source of text, over every held-out document."""
     out = {}
     for name in np.unique(data.source[data.held_out]):
         rows = np.flatnonzero(data.held_out & (data.source == name))
-        out[str(name)] = evaluate(p, cfg, frozen, data, rows, n_steps)
+        out[str(name)] = evaluate(p, cfg, frozen, data, rows, draft_steps)
     return out
 
 
 def train_mtp(
     target: Model,
     data: TrainData,
-    *,
-    width: int = 384,
-    d_ff: int = 1024,
-    head_size: int = 8_192,
-    settings: TrainSettings | None = None,
+    recipe: Recipe = SHIPPED,
     say: Callable[[str], None] = print,
 ) -> tuple[MTPParams, MTPConfig, dict]:
-    """Pick the head, initialise, train, measure on held-out text: (params, config, report)."""
+    """Pick the head, initialise, train, measure on held-out text: (params, config, report).
+
+    The recipe's sizes and training settings are used (its data settings made `data`); the
+    report's "settings" is the whole recipe.
+    """
     from minispec.drafters.mtp import config_for, init_params
 
-    s = settings or TrainSettings()
-    cfg = config_for(target, width=width, d_ff=d_ff, head_size=head_size)
+    s = recipe
+    cfg = config_for(target, width=s.width, d_ff=s.d_ff, head_size=s.head_size)
     train_rows = ~data.held_out
     head_ids = choose_head(data.labels[train_rows], cfg.head_size)
     held = data.labels[data.held_out]
@@ -368,12 +330,12 @@ def train_mtp(
     t0 = time.perf_counter()
     curve = train(p, cfg, frozen, data, s, say)
     report = {
-        "settings": vars(s),
+        "settings": asdict(s),
         "train_seconds": time.perf_counter() - t0,
         "train_positions": int(train_rows.sum()) * data.tokens.shape[1],
         "held_out_positions": int(data.held_out.sum()) * data.tokens.shape[1],
         "head_coverage": coverage,
         "curve": curve,
-        "held_out_by_source": by_source(p, cfg, frozen, data, s.n_steps) if held.size else {},
+        "held_out_by_source": by_source(p, cfg, frozen, data, s.draft_steps) if held.size else {},
     }
     return p, cfg, report

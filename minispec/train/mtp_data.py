@@ -37,14 +37,43 @@ import hashlib
 import math
 import sysconfig
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from minispec.kernels import linear, rms_norm_rows, select_rows
+from minispec.kernels import linear, select_rows
 from minispec.kv_cache import new_cache
-from minispec.model import Model, forward_hidden, rms_norm
-from minispec.train.mtp import TrainData
+from minispec.model import Model, forward_hidden, ops
+from minispec.train.recipe import SHIPPED, Recipe
+
+
+@dataclass
+class Batch:
+    """B documents of S tokens, as the target saw them in one teacher-forced pass each."""
+
+    tokens: np.ndarray  # (B, S) int64
+    hidden: np.ndarray  # (B, S, D) the target's last block output, before its final norm
+    keys: np.ndarray  # (B, S, G, hd) the target's cached keys of layer L
+    values: np.ndarray  # (B, S, G, hd)
+    labels: np.ndarray  # (B, S) int64: the target's argmax at each position (its next token)
+
+
+@dataclass
+class TrainData:
+    """Teacher-forced documents (`data_from_chunks`), split by document into train and held out."""
+
+    tokens: np.ndarray  # (n, S)
+    hidden: np.ndarray  # (n, S, D)
+    keys: np.ndarray  # (n, S, G, hd)
+    values: np.ndarray
+    labels: np.ndarray  # (n, S)
+    held_out: np.ndarray  # (n,) bool
+    source: np.ndarray  # (n,) str: "prose", "docstrings", "code", "own", "greedy"
+
+    def batch(self, rows: np.ndarray) -> Batch:
+        return Batch(*(getattr(self, f.name)[rows] for f in fields(Batch)))
+
 
 # Prompts for the target's own continuations: varied on purpose (the drafter is judged on
 # narrative prose and letters as well as code).
@@ -89,7 +118,6 @@ OWN_HELD_OUT = 0.25
 # The greedy continuations' prompts: windows of the own samples, about as long as a user's prompt
 GREEDY_WINDOW = 48  # tokens in a prompt
 GREEDY_STRIDE = 50  # a window starts every this many tokens of a sample
-GREEDY_TOKENS = 80  # new tokens per continuation
 
 
 def held_out(name: str, fraction: float) -> bool:
@@ -185,7 +213,7 @@ def own_documents(
 def greedy_documents(
     target: Model,
     samples: list[tuple[str, str]],
-    new_tokens: int = GREEDY_TOKENS,
+    new_tokens: int,
     say: Callable[[str], None] = print,
 ) -> list[tuple[str, str]]:
     """The target's own greedy continuations (int8 weights) of passages cut from `samples`.
@@ -301,7 +329,7 @@ def teacher_forced(
         if full:
             out["labels"][i] = np.argmax(f.logits, axis=-1)
         else:  # (S, |label_ids|): the final norm and the tied head's rows of label_ids only
-            norm = rms_norm_rows if target.kernels else rms_norm  # as the target's own head
+            norm = ops(target.fast).rms_norm  # as the target's own head
             h = norm(f.hidden, target.params.final_norm, c.rms_norm_eps)
             out["labels"][i] = label_ids[np.argmax(linear(h, label_head), axis=-1)]
         out["keys"][i] = cache.keys[kv_layer, :S]
@@ -311,26 +339,42 @@ def teacher_forced(
     return out
 
 
+def data_from_chunks(
+    target: Model,
+    chunks: list[np.ndarray],
+    held_out: list[bool],
+    source: list[str],
+    kv_layer: int,
+    say: Callable[[str], None] = print,
+    label_ids: np.ndarray | None = None,
+) -> TrainData:
+    """TrainData from chunks of equal length: the target's teacher-forced pass over each.
+
+    held_out[i], source[i]: chunk i's split and where its text came from. label_ids: as for
+    `teacher_forced`; the held-out chunks always get the full-vocabulary argmax.
+    """
+    arrays = teacher_forced(target, chunks, kv_layer, say, label_ids, exact=held_out)
+    return TrainData(**arrays, held_out=np.array(held_out, bool), source=np.array(source))
+
+
 def make_data(
     target: Model,
     kv_layer: int,
-    positions: int = 210_000,
-    length: int = 512,
-    held_out_fraction: float = 0.08,
-    own_tokens: int = 9_000,
-    greedy_tokens: int = GREEDY_TOKENS,
-    seed: int = 0,
+    recipe: Recipe = SHIPPED,
     say: Callable[[str], None] = print,
 ) -> TrainData:
-    """Everything above: documents, chunks, the teacher-forced passes. Deterministic per seed."""
+    """Everything above, with the recipe's data settings: documents, chunks, the teacher-forced
+    passes. Deterministic per recipe."""
+    r = recipe
+    positions, length, held_out_fraction = r.positions, r.length, r.held_out_fraction
     fast = int8_weights(target)  # made once for both kinds of own text
     sources = {
         "prose": prose_documents(),
         "docstrings": docstring_documents(),
         "code": code_documents(),
-        "own": own_documents(fast, own_tokens, seed, say),
+        "own": own_documents(fast, r.own_tokens, r.seed, say),
     }
-    sources["greedy"] = greedy_documents(fast, sources["own"], greedy_tokens, say)
+    sources["greedy"] = greedy_documents(fast, sources["own"], r.greedy_tokens, say)
     chunks, split, source = [], [], []
     for name, docs in sources.items():
         budget = (
@@ -351,8 +395,7 @@ def make_data(
         np.concatenate([c for c, held in zip(chunks, split, strict=True) if not held])
     )
     say(f"labels: the target's argmax over the {label_ids.size} tokens of the training text")
-    arrays = teacher_forced(target, chunks, kv_layer, say, label_ids, exact=split)
-    return TrainData(**arrays, held_out=np.array(split), source=np.array(source))
+    return data_from_chunks(target, chunks, split, source, kv_layer, say, label_ids)
 
 
 def save_data(path: str | Path, data: TrainData) -> None:
