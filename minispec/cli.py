@@ -293,6 +293,8 @@ def cmd_train_mtp(args: argparse.Namespace) -> dict | None:
     # The weights record the recipe (report["settings"]), not this machine's command line.
     save_mtp(args.out, params, cfg, model, info=report)
     report.update(command=" ".join(sys.argv), out=str(args.out))
+    # The printed JSON keeps the settings' earlier names beside the recipe's: scripts read them.
+    report["settings"].update(steps=recipe.adam_steps, n_steps=recipe.draft_steps)
     say(
         f"saved {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB) after "
         f"{time.perf_counter() - t0:.0f} s"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft, q_rows
+from minispec.errors import InputError
 from minispec.kernels import linear, select_rows
 from minispec.kv_cache import KVCache
 from minispec.model import Model, Weight, forward_hidden, rms_norm
@@ -56,10 +57,10 @@ class EarlyExitDrafter:
         if n_layers is None:
             n_layers = default_exit_layer(total)
         if not 1 <= n_layers < total:
-            raise ValueError(f"early exit needs 1 <= n_layers < {total} (the target's layers)")
+            raise InputError(f"early exit needs 1 <= n_layers < {total} (the target's layers)")
         vocab = target.config.vocab_size
         if head_size is not None and not 1 <= head_size <= vocab:
-            raise ValueError(f"head_size must be in [1, {vocab}], got {head_size}")
+            raise InputError(f"head_size must be in [1, {vocab}], got {head_size}")
         self.target, self.n_layers, self.vocab_size = target, n_layers, vocab
         self.head_size = None if head_size is None or head_size == vocab else head_size
         self.name = f"early-exit(L={n_layers}/{total}" + (

@@ -53,7 +53,9 @@ from pathlib import Path
 import numpy as np
 
 from minispec import kernels
+from minispec.checkpoint import WeightsError
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft, q_rows
+from minispec.errors import InputError
 from minispec.kernels import PackedWeight, take_rows
 from minispec.model import Model, gelu_tanh, key_bounds, ops, rms_norm, rope
 from minispec.sampling import SamplingParams
@@ -98,7 +100,7 @@ def config_for(
     if kv_layer is None:
         kv_layer = default_kv_layer(target)
     if not 0 <= kv_layer < c.num_hidden_layers:
-        raise ValueError(f"kv_layer must be in [0, {c.num_hidden_layers}), got {kv_layer}")
+        raise InputError(f"kv_layer must be in [0, {c.num_hidden_layers}), got {kv_layer}")
     sliding = c.is_sliding(kv_layer)
     return MTPConfig(
         d_model=c.hidden_size,
@@ -386,7 +388,7 @@ def load_mtp(path: str | Path) -> tuple[MTPParams, MTPConfig, dict]:
         cfg = MTPConfig(**json.loads(metadata["config"]))
         params = MTPParams(**{f.name: tensors[f.name] for f in fields(MTPParams)})
     except Exception as e:  # a truncated file, a wrong format, a missing tensor or field
-        raise ValueError(
+        raise WeightsError(
             f"the MTP drafter's weights at {path} are unreadable ({type(e).__name__}: {e}): "
             f"train them again with `{retrain}`"
         ) from e
@@ -412,7 +414,7 @@ def check_matches_target(
     if metadata and metadata.get("target_fingerprint") not in (None, target_fingerprint(target)):
         problems.append("it was trained for another model (the fingerprints differ)")
     if problems:
-        raise ValueError(
+        raise InputError(
             "these MTP drafter weights do not fit this target: "
             + "; ".join(problems)
             + ": train a drafter for it with `minispec train-mtp`"

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from minispec.drafters.mtp import TRAINED, MTPConfig, MTPParams, visible
+from minispec.errors import InputError
 from minispec.kernels import take_rows
 from minispec.model import Model, key_mask
 from minispec.train.adam import AdamState, adam_step
@@ -242,7 +243,7 @@ def train(
         else held_rows
     )
     if train_rows.size == 0:
-        raise ValueError("no training documents: give the data more text")
+        raise InputError("no training documents: give the data more text")
     state = AdamState(lr=s.lr)
     curve, t0, seen_positions = [], time.perf_counter(), 0
     per_doc = data.tokens.shape[1] - s.draft_steps
