@@ -22,7 +22,7 @@ from minispec.drafters import DRAFTER_SPECS, check_drafter_spec, make_drafter
 from minispec.generate import check_max_new_tokens, generate
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward, reference
-from minispec.sampling import GREEDY, SamplingParams, check_sampling, probabilities
+from minispec.sampling import SOFTMAX, SamplingParams, check_sampling, distribution
 from minispec.speculative import SpeculativeGeneration, check_k, speculative_generate
 from minispec.tokenizer import encode, token_strings
 from minispec.trace import save_trace
@@ -143,7 +143,7 @@ def cmd_predict(args: argparse.Namespace) -> dict | None:
     model = load(args)
     ids = prompt_ids(model, args.prompt)
     logits = forward(model, ids, new_cache(model.config, len(ids)), last_only=True)[-1]
-    probs = probabilities(logits, GREEDY)  # softmax at temperature 1
+    probs = distribution(logits, SOFTMAX)  # the model's own distribution, temperature 1
     best = np.argsort(-logits, kind="stable")[: args.top]
     top = [
         {"id": int(i), "token": tok, "logit": float(logits[i]), "prob": float(probs[i])}

@@ -3,7 +3,7 @@
 One function, `distribution`, applies temperature, top-k and top-p. Speculative sampling must
 apply it identically to the target's logits (p) and the draft's (q): the acceptance test
 min(1, p(x)/q(x)) is only exact if both are the distributions actually sampled from. The
-speculative loop and every model drafter therefore shape both sides with `probabilities`.
+speculative loop and every model drafter therefore shape both sides with `distribution`.
 
 `numpy_distribution` is the same function written plainly in NumPy, sorts and all: the one to
 read. `distribution` computes it with a Numba kernel, since a sampled step shapes a row of
@@ -104,18 +104,14 @@ def distribution(
     return out
 
 
-def probabilities(
-    logits: np.ndarray, sampling: SamplingParams, out: np.ndarray | None = None
-) -> np.ndarray:
-    """The distribution used for p (target) and q (draft) alike, float64, shape (vocab,).
+def shown(sampling: SamplingParams) -> SamplingParams:
+    """The settings a distribution is shown with: the run's own when sampling; `SOFTMAX`
+    (temperature 1) for a greedy run, whose one-hot rows would hide how sure each side was.
 
-    Sampled: `distribution` (temperature, top-k, top-p), the one function for both sides, so the
-    acceptance test compares the distributions actually sampled from.
-    Greedy: softmax(logits), the distribution at temperature 1. The greedy rule only compares
-    argmaxes and never calls this; the trace and `minispec predict` use it to show how sure
-    each side was. out: a (vocab,) float64 row to write into.
+    Display only (the trace, `minispec predict`): the greedy rule compares argmaxes and needs
+    no distribution, and the sampled rule uses the run's own settings.
     """
-    return distribution(logits, SOFTMAX if sampling.greedy else sampling, out)
+    return SOFTMAX if sampling.greedy else sampling
 
 
 def numpy_sample(probs: np.ndarray, rng: np.random.Generator) -> int:

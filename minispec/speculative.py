@@ -21,7 +21,7 @@ One step, from a context whose newest token the target has not read yet:
 Each step emits between 1 and n+1 tokens for one target forward, and the tokens come out with
 exactly the target's distribution (Leviathan et al., Theorem 1; greedy: exactly its argmaxes).
 For that, temperature, top-k and top-p must shape p and q identically: both go through
-`sampling.probabilities`, which is `sampling.distribution`.
+`sampling.distribution`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from minispec.generate import (
 from minispec.kernels import top_n
 from minispec.kv_cache import KVCache, new_cache
 from minispec.model import ForwardOutput, Model, forward_hidden
-from minispec.sampling import GREEDY, SamplingParams, probabilities, sample
+from minispec.sampling import GREEDY, SamplingParams, distribution, sample, shown
 from minispec.stats import Stats
 from minispec.trace import Trace
 
@@ -140,7 +140,7 @@ def accept_or_reject(
 
 @dataclass
 class RowsOnDemand:
-    """The target's rows p_1..p_{n+1}, each shaped by `probabilities` when first read.
+    """The target's rows p_1..p_{n+1}, each shaped by `distribution` when first read.
 
     The rule stops at its first rejection, so the rows after it are never read (the trace reads
     them all): with a drafter that is often wrong, most rows of 262,144 are never computed.
@@ -158,7 +158,7 @@ class RowsOnDemand:
 
     def __getitem__(self, i: int) -> np.ndarray:
         if not self.ready[i]:
-            probabilities(self.logits[i], self.sampling, out=self.rows[i])
+            distribution(self.logits[i], self.sampling, out=self.rows[i])
             self.ready[i] = True
         return self.rows[i]
 
@@ -338,10 +338,10 @@ def shown_distributions(step: StepResult, sampling: SamplingParams) -> tuple:
     p's rows are shaped when read (`RowsOnDemand`).
     A drafter without probabilities (prompt lookup) shows one-hot q.
     """
-    p = step.p if step.p is not None else RowsOnDemand(step.logits, sampling)
+    p = step.p if step.p is not None else RowsOnDemand(step.logits, shown(sampling))
     q = step.q
     if q is None and step.draft.logit_rows is not None:
-        q = [probabilities(row, sampling) for row in step.draft.logit_rows]
+        q = [distribution(row, shown(sampling)) for row in step.draft.logit_rows]
     elif q is None:
         q = one_hot(step.draft.tokens, step.logits.shape[-1])
     has_q = step.draft.q is not None or step.draft.logit_rows is not None
@@ -457,7 +457,7 @@ def speculative_generate(
     stats.prefill_s = time.perf_counter() - t0
     first = state.tokens[-1]
     if record is not None:
-        p = probabilities(logits, sampling)
+        p = distribution(logits, shown(sampling))
         record.first_token = first_token_record(model.tokenizer, first, p, trace_top)
     if on_token is not None:
         on_token(first)

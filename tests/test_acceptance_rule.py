@@ -18,7 +18,7 @@ import pytest
 
 from minispec.kv_cache import new_cache
 from minispec.model import forward
-from minispec.sampling import SamplingParams, probabilities, sample
+from minispec.sampling import SamplingParams, distribution, sample
 from minispec.speculative import (
     Verdict,
     accept_greedy,
@@ -143,7 +143,7 @@ class TableModel:
         if context not in self.rows:
             ids = list(PROMPT + context)
             logits = forward(self.model, ids, new_cache(self.model.config), last_only=True)[-1]
-            self.rows[context] = probabilities(logits, self.sampling)  # as the engine does
+            self.rows[context] = distribution(logits, self.sampling)  # as the engine does
             self.cdfs[context] = np.cumsum(self.rows[context])
         return self.rows[context]
 
@@ -275,8 +275,8 @@ def test_wide_flat_rows_keep_the_targets_distribution():
     vocab, n, shaping = 20_000, 20_000, SamplingParams(temperature=1.5, top_p=0.9)
     target_logits = rng.standard_normal(vocab).astype(np.float32)
     draft_logits = target_logits + 0.7 * rng.standard_normal(vocab).astype(np.float32)
-    p = np.stack([probabilities(target_logits, shaping), probabilities(-target_logits, shaping)])
-    q = probabilities(draft_logits, shaping)[None]
+    p = np.stack([distribution(target_logits, shaping), distribution(-target_logits, shaping)])
+    q = distribution(draft_logits, shaping)[None]
     assert np.count_nonzero(p[0]) > 5_000 and np.count_nonzero(q) > 5_000
     order = np.argsort(-p[0], kind="stable")
     cell = np.full(vocab, 40)  # cell 40: removed by top-p

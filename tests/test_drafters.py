@@ -19,7 +19,7 @@ from minispec.drafters.ngram import lookup
 from minispec.kernels import PackedWeight
 from minispec.kv_cache import new_cache
 from minispec.model import forward, forward_hidden
-from minispec.sampling import SamplingParams, probabilities
+from minispec.sampling import SamplingParams, distribution
 from minispec.speculative import prefill
 from minispec.tiny import tiny_model
 
@@ -85,7 +85,7 @@ def test_choose_over_a_cheap_heads_subset_is_the_full_distribution(sampling):
     logits = np.full(5000, -np.inf, dtype=np.float32)
     scored = np.sort(rng.choice(5000, 300, replace=False))
     logits[scored] = 3 * rng.standard_normal(300, dtype=np.float32)
-    full = probabilities(logits, sampling)
+    full = distribution(logits, sampling)
     draws = rng.integers(0, 2**32, 400)
     picks = set()
     for seed in draws:
@@ -94,10 +94,10 @@ def test_choose_over_a_cheap_heads_subset_is_the_full_distribution(sampling):
         assert np.all(q[logits == -np.inf] == 0) and q[token] > 0
         picks.add(token)
     assert len(picks) > 1  # sampled, not one fixed token
-    # A row with every token scored goes through `probabilities` unchanged: the same bits.
+    # A row with every token scored goes through `distribution` unchanged: the same bits.
     dense = rng.standard_normal(5000).astype(np.float32)
     assert np.array_equal(
-        choose(dense, sampling, np.random.default_rng(0))[1], probabilities(dense, sampling)
+        choose(dense, sampling, np.random.default_rng(0))[1], distribution(dense, sampling)
     )
 
 

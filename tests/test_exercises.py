@@ -10,7 +10,7 @@ import pytest
 from test_lessons import solution_module
 
 from minispec import exercises as ex
-from minispec.sampling import SamplingParams, probabilities
+from minispec.sampling import SamplingParams, distribution
 
 S1 = solution_module("01_forward_pass")
 S2 = solution_module("02_memory_bound")
@@ -348,16 +348,16 @@ def test_accept_or_reject_with_the_package_rule_is_right(capsys: pytest.CaptureF
 
 
 def plain(logits):
-    return probabilities(logits, SamplingParams(temperature=1.0))
+    return distribution(logits, SamplingParams(temperature=1.0))
 
 
 SHAPE_BOTH_MISTAKES = {
     "with the temperature, top-k or top-p on p only": lambda t, d, s: (
-        probabilities(t, s),
+        distribution(t, s),
         plain(d),
     ),
-    "shape p exactly as q": lambda t, d, s: (plain(t), probabilities(d, s)),
-    "p is the target's": lambda t, d, s: (probabilities(d, s), probabilities(t, s)),
+    "shape p exactly as q": lambda t, d, s: (plain(t), distribution(d, s)),
+    "p is the target's": lambda t, d, s: (distribution(d, s), distribution(t, s)),
 }
 
 
@@ -368,7 +368,7 @@ def test_shape_both_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
 
 def test_shape_both_top_p_on_p_only_is_wrong(capsys: pytest.CaptureFixture) -> None:
     def top_p_on_p_only(t, d, s):
-        return probabilities(t, s), probabilities(d, SamplingParams(temperature=s.temperature))
+        return distribution(t, s), distribution(d, SamplingParams(temperature=s.temperature))
 
     assert "on p only" in wrong(ex.check_shape_both, top_p_on_p_only, capsys)
 

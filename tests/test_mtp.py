@@ -363,10 +363,10 @@ def test_sampled_loop_with_mtp_has_the_targets_joint_distribution(monkeypatch):
             trace=False,
         )
         counts[tuple(g.ids[:3])] = counts.get(tuple(g.ids[:3]), 0) + 1
-    from minispec.sampling import probabilities
+    from minispec.sampling import distribution
 
     def pr(context):
-        return probabilities(tables.row(target, tuple(prompt + context))[0], sampling)
+        return distribution(tables.row(target, tuple(prompt + context))[0], sampling)
 
     joint = {}
     p1 = pr([])
@@ -695,7 +695,7 @@ def test_real_sampled_with_the_trained_mtp_keeps_the_targets_joint_distribution(
 
     from minispec.loading import load_model
     from minispec.model import forward
-    from minispec.sampling import probabilities
+    from minispec.sampling import distribution
     from minispec.tokenizer import encode
 
     model = load_model(real_checkpoint)
@@ -715,7 +715,7 @@ def test_real_sampled_with_the_trained_mtp_keeps_the_targets_joint_distribution(
 
     def p(context):
         logits = forward(model, prompt + context, new_cache(model.config), last_only=True)
-        return probabilities(logits[-1], sampling)
+        return distribution(logits[-1], sampling)
 
     joint = {}
     p1 = p([])

@@ -17,8 +17,8 @@ from minispec.sampling import (
     distribution,
     numpy_distribution,
     numpy_sample,
-    probabilities,
     sample,
+    shown,
 )
 
 WIDE = 262_144
@@ -87,7 +87,7 @@ def test_writes_into_a_given_row_and_shapes_greedy_display_as_softmax() -> None:
     assert distribution(logits, SamplingParams(0.9, 0, 0.8), out) is out
     np.testing.assert_allclose(out, numpy_distribution(logits, SamplingParams(0.9, 0, 0.8)))
     softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
-    np.testing.assert_allclose(probabilities(logits, SamplingParams()), softmax, rtol=1e-6)
+    np.testing.assert_allclose(distribution(logits, shown(SamplingParams())), softmax, rtol=1e-6)
 
 
 @pytest.mark.parametrize(

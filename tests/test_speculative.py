@@ -17,7 +17,7 @@ from minispec.drafters import Draft, DraftModelDrafter, make_drafter
 from minispec.generate import generate
 from minispec.kv_cache import new_cache
 from minispec.model import ForwardOutput, forward, forward_hidden
-from minispec.sampling import SamplingParams, probabilities
+from minispec.sampling import SamplingParams, distribution
 from minispec.speculative import prefill, speculative_generate, speculative_step
 from minispec.tiny import tiny_model
 
@@ -250,7 +250,7 @@ def run_sampled(setup, monkeypatch, n_runs, temperature=0.7, top_p=0.85):
 
     def p(context):
         logits, _ = tables.row(target, tuple(prompt + context))
-        return probabilities(logits, sampling)
+        return distribution(logits, sampling)
 
     joint = {}
     p1 = p([])

@@ -1,4 +1,4 @@
-"""A model drafter's sampled pick, `choose`, against `probabilities` + `sample` over the full row.
+"""A model drafter's sampled pick, `choose`, against `distribution` + `sample` over the full row.
 
 `python docs/probes/draft_q.py`: rows of 262,144 logits in which a cheap head scored 8,192
 (the MTP drafter's head) or 16,384 (early exit's) tokens and left the rest at -inf, and a row
@@ -12,7 +12,7 @@ from timing import best_ms
 
 import minispec as ms
 from minispec.drafters.base import choose
-from minispec.sampling import probabilities, sample
+from minispec.sampling import distribution, sample
 
 rng = np.random.default_rng(0)
 sampling = ms.SamplingParams(0.7, 0, 0.95)
@@ -20,7 +20,7 @@ for n_scored in (8192, 16384, 262144):
     logits = np.full(262144, -np.inf, np.float32)
     scored = rng.choice(262144, n_scored, replace=False)
     logits[scored] = 4 * rng.standard_normal(n_scored, dtype=np.float32)
-    full = best_ms(lambda: sample(probabilities(logits, sampling), rng))  # noqa: B023
+    full = best_ms(lambda: sample(distribution(logits, sampling), rng))  # noqa: B023
     subset = best_ms(lambda: choose(logits, sampling, rng))  # noqa: B023
     print(f"{n_scored:7d} scored: full row {full:5.2f} ms, choose {subset:5.2f} ms")
 

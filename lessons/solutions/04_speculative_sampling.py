@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from minispec.sampling import probabilities
+from minispec.sampling import distribution
 
 
 def my_residual(p, q):
@@ -20,4 +20,4 @@ def my_accept_or_reject(p, q, x, rng):
 
 def my_shape_both(target_logits, draft_logits, sampling):
     """p and q through the same temperature, top-k and top-p."""
-    return probabilities(target_logits, sampling), probabilities(draft_logits, sampling)
+    return distribution(target_logits, sampling), distribution(draft_logits, sampling)

@@ -25,7 +25,7 @@ import numpy as np
 
 from minispec.kv_cache import KVCache
 from minispec.model import Model
-from minispec.sampling import SamplingParams, probabilities, sample
+from minispec.sampling import SamplingParams, distribution, sample
 
 
 @dataclass
@@ -93,11 +93,11 @@ def choose(
     if sampling.greedy:
         return int(np.argmax(logits)), None
     if scored is None and logits.min() > -np.inf:  # a full head
-        q = probabilities(logits, sampling, out)
+        q = distribution(logits, sampling, out)
         return sample(q, rng), q
     if scored is None:
         scored = np.flatnonzero(logits > -np.inf)  # (n,) the tokens the head scored
-    q_scored = probabilities(logits[scored], sampling)
+    q_scored = distribution(logits[scored], sampling)
     q = np.zeros(logits.shape, dtype=np.float64) if out is None else out
     q[scored] = q_scored
     return int(scored[sample(q_scored, rng)]), q

@@ -24,7 +24,7 @@ from minispec.exercises.judging import (
     report,
     same_array,
 )
-from minispec.sampling import SamplingParams, probabilities
+from minispec.sampling import SamplingParams, distribution
 from minispec.speculative import residual_distribution
 
 
@@ -157,7 +157,7 @@ def grade_shape_both(fn: Callable) -> str:
     cases = []
     for sampling in settings:
         target, draft = 3 * rng.standard_normal(50), 3 * rng.standard_normal(50)
-        want = (probabilities(target, sampling), probabilities(draft, sampling))
+        want = (distribution(target, sampling), distribution(draft, sampling))
         mistakes = {
             "shape q exactly as p: with the temperature, top-k or top-p on p only, the rule "
             "compares p with a q the draft did not sample from, and the output is silently off "
