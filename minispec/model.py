@@ -16,7 +16,7 @@ arithmetic, in this one place):
   `gelu_tanh`'s arithmetic in kernels too (`kernels.attend_each`, `rms_norm_rows`, `rope_rows`,
   `gelu_gate`). Batch invariant: a row's result does not depend on how many rows were computed
   with it.
-- fast=False (`reference(model)`, or `load_model(kernels=False)`): plain NumPy all the way,
+- fast=False (`reference(model)`, or `load_model(fast=False)`): plain NumPy all the way,
   `x @ w.T` through BLAS and `attend` one query at a time. The readable path; the tests hold
   the fast one to it.
 """
