@@ -43,7 +43,7 @@ def load_model(
         return reference(model)
     warmup(progress)
     # The first passes of a process pay one-time costs beyond compiling (fresh memory for the
-    # cache, the activations and the rows of logits; docs/benchmarks.md, "Sampled decoding"
+    # cache, the activations and the rows of logits; docs/benchmarks.md, "A process's first run"
     # has the times). Paid here, not in the first run a learner times: a sampled decoding,
     # then a prompt, two verify passes and a step.
     generate(model, [config.bos_token_id] * 8, max_new_tokens=2, sampling=SOFTMAX)
