@@ -88,6 +88,9 @@ def rms(x: np.ndarray) -> np.ndarray:
 
 
 RMS_NORM_MISTAKES = {
+    "not by the standard deviation": lambda x, w, eps: (
+        x / np.sqrt(x.var(-1, keepdims=True) + eps) * (1 + w)
+    ),
     "multiply by (1 + w)": lambda x, w, eps: x / rms(x) * w,
     "eps goes inside the square root": lambda x, w, eps: (
         x / (np.sqrt(np.mean(x * x, -1, keepdims=True)) + eps) * (1 + w)
@@ -105,6 +108,17 @@ RMS_NORM_MISTAKES = {
         x / (np.mean(x * x, -1, keepdims=True) + eps) * (1 + w)
     ),
 }
+
+
+def test_an_earlier_wrong_case_is_named_before_a_later_crash(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    def w_only_then_crash(x, w, eps):
+        if x.ndim == 3:
+            raise IndexError("a later case crashes")
+        return x / rms(x) * w
+
+    assert "multiply by (1 + w)" in wrong(ex.check_rms_norm, w_only_then_crash, capsys)
 
 
 @pytest.mark.parametrize("hint", RMS_NORM_MISTAKES)
@@ -231,11 +245,25 @@ def test_bytes_per_token_mistakes(hint: str, capsys: pytest.CaptureFixture) -> N
     assert hint in wrong(ex.check_bytes_per_token, BYTES_PER_TOKEN_MISTAKES[hint], capsys)
 
 
-def test_bytes_per_token_own_key_or_not_is_right(capsys: pytest.CaptureFixture) -> None:
+def test_bytes_per_token_without_the_own_key_is_named(capsys: pytest.CaptureFixture) -> None:
     def cached_positions_only(c, context):
         return S2.my_bytes_per_token(c, context - 1)
 
-    assert verdict(ex.check_bytes_per_token, cached_positions_only, capsys).startswith("right: ")
+    assert "context + 1 positions" in wrong(ex.check_bytes_per_token, cached_positions_only, capsys)
+
+
+def test_bytes_per_token_with_gemmas_layer_pattern_written_in_is_named(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    def every_sixth(c, context):
+        per_position = 2 * c.num_key_value_heads * c.head_dim * 4
+        seen = sum(
+            context + 1 if (i + 1) % 6 == 0 else min(context + 1, c.sliding_window)
+            for i in range(c.num_hidden_layers)
+        )
+        return S2.my_weight_bytes(c) + per_position * seen
+
+    assert "config.is_sliding(i)" in wrong(ex.check_bytes_per_token, every_sixth, capsys)
 
 
 # ------------------------------------------------------------------------------- lesson 3
@@ -282,6 +310,7 @@ def test_accept_greedy_list_answer_is_right(capsys: pytest.CaptureFixture) -> No
 
 
 ROLLBACK_MISTAKES = {
+    "not on how many were drafted": lambda kv, n, j: kv + n,
     "not the drafted length": lambda kv, n, j: kv + 1 + n,
     "the verify pass also wrote the newest token": lambda kv, n, j: kv + j,
     "the corrected (or bonus) token is not in the cache yet": lambda kv, n, j: kv + 2 + j,
@@ -323,7 +352,12 @@ def accept_with_p(p, q, x, rng):
     return x if rng.random() < p[x] else int(rng.choice(len(p), p=S4.my_residual(p, q)))
 
 
+def accept_if_p_at_least_q(p, q, x, rng):
+    return x if p[x] >= q[x] else int(rng.choice(len(p), p=S4.my_residual(p, q)))
+
+
 ACCEPT_OR_REJECT_MISTAKES = {
+    "not only when p(x) >= q(x)": accept_if_p_at_least_q,
     "accept with probability min(1, p(x) / q(x))": chen_letters,
     "not from p: p's own mass": resample_p,
     "p(x) alone ignores how often": accept_with_p,

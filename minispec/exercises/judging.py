@@ -111,7 +111,14 @@ def judge(
     read(result, case) turns a result into what `same` compares (or raises Wrong: a result of
     the wrong kind); show(case, got) describes a wrong result in a few words.
     """
-    results = [read(attempt(fn, *case.args, case=case.name), case) for case in cases]
+    results: list[object] = []
+    for case in cases:
+        try:
+            results.append(read(attempt(fn, *case.args, case=case.name), case))
+        except Wrong:
+            # An earlier wrong result names the mistake better than a later crash does.
+            name_mistake(cases[: len(results)], results, same, show)
+            raise
     name_mistake(cases, results, same, show)
 
 

@@ -59,6 +59,10 @@ def grade_rms_norm(fn: Callable) -> str:
                 "root mean square": centred
                 / np.sqrt(np.mean(centred**2, -1, keepdims=True) + eps)
                 * (1 + w64),
+                "divide by the root mean square, sqrt(mean(x^2) + eps), not by the standard "
+                "deviation: the variance subtracts the mean, and RMSNorm never does": x64
+                / np.sqrt(x64.var(axis=-1, keepdims=True) + eps)
+                * (1 + w64),
                 "divide by the square root of mean(x^2) + eps, not by the mean itself": (
                     x64 / (ms + eps) * (1 + w64)
                 ),

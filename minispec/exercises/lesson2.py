@@ -37,7 +37,8 @@ def config_cases() -> list[tuple[str, GemmaConfig]]:
         num_key_value_heads=2,
         head_dim=64,
         sliding_window=128,
-        layer_types=["sliding_attention"] * 5 + ["full_attention"],
+        # Not Gemma's every-6th pattern: a check must catch `(i + 1) % 6` written in by hand.
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"] * 2,
     )
     return [
         ("Gemma 3 270M", GemmaConfig()),
@@ -127,10 +128,16 @@ def grade_bytes_per_token(fn: Callable) -> str:
     cases = []
     for name, c in config_cases():
         weights, weight_mistakes = weight_bytes_answers(c)
-        # Forgive the norms and one position per layer (whether the new token's own key counts).
-        slack = weight_parts(c)["norms"] + kv_bytes_read(c, 0)
+        slack = weight_parts(c)["norms"]  # forgetting the norm vectors is fine
         no_window = replace(c, sliding_window=10**9)
         all_windowed = replace(c, layer_types=["sliding_attention"] * c.num_hidden_layers)
+        gemma_pattern = replace(
+            c,
+            layer_types=[
+                "full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                for i in range(c.num_hidden_layers)
+            ],
+        )
         for context in (100, 1000, 20_000):
             kv = kv_bytes_read(c, context)
             mistakes = {
@@ -145,6 +152,10 @@ def grade_bytes_per_token(fn: Callable) -> str:
                 "keys and values have num_key_value_heads heads, not num_attention_heads "
                 "(grouped-query attention)": weights
                 + kv_bytes_read(c, context, heads=c.num_attention_heads),
+                "the step attends over context + 1 positions: the new token's own key and value "
+                "are read too": weights + kv_bytes_read(c, context - 1),
+                "ask config.is_sliding(i) which layers slide: not every model puts a global "
+                "layer every 6th": weights + kv_bytes_read(gemma_pattern, context),
             }
             for hint, wrong_weights in weight_mistakes.items():
                 mistakes[

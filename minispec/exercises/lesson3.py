@@ -101,8 +101,11 @@ def check_rollback_length(fn: Callable) -> None:
 
 def grade_rollback_length(fn: Callable) -> str:
     cases = []
-    for kv, n, j in [(20, 4, 2), (20, 4, 0), (20, 4, 4), (137, 8, 5), (5, 1, 0), (300, 16, 11)]:
+    # The first case tells every mistake below apart (no two give the same length).
+    for kv, n, j in [(20, 5, 2), (20, 4, 0), (20, 4, 4), (137, 8, 5), (5, 1, 0), (300, 16, 11)]:
         mistakes = {
+            "the length depends on how many drafts were accepted (n_accepted), not on how many "
+            "were drafted": kv + n,
             "roll back to the accepted length, not the drafted length: the rejected drafts' keys "
             "and values must go, or later tokens attend to them": kv + 1 + n,
             "the verify pass also wrote the newest token (the one before the drafts): keep it "

@@ -97,6 +97,13 @@ def total_variation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def grade_accept_or_reject(fn: Callable, draws: int) -> str:
+    def show(case: Case, seen: np.ndarray) -> str:
+        return f"{case.name}: emitted tokens {fmt(seen)}, p {fmt(case.want)}"
+
+    # Sampling noise is about 0.005 in total variation at 8,000 draws.
+    def same(seen: np.ndarray, want: object, case: Case) -> bool:
+        return want is not None and total_variation(seen, want) < 0.03
+
     cases, histograms = [], []
     for name, p, q in distribution_inputs():
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -113,26 +120,29 @@ def grade_accept_or_reject(fn: Callable, draws: int) -> str:
             "was already given its chance": emitted_distribution(q, rule, p),
             "the acceptance test is u < min(1, p(x) / q(x)): p(x) alone ignores how often the "
             "draft proposes x": emitted_distribution(q, p, residual),
+            "accept x with probability min(1, p(x) / q(x)), not only when p(x) >= q(x): a token "
+            "the draft over-proposed is still kept part of the time": emitted_distribution(
+                q, (p >= q).astype(np.float64), residual
+            ),
         }
         case = Case(name, (p, q), p, mistakes)
         rng = np.random.default_rng(5)
         counts = np.zeros(p.size)
-        for _ in range(draws):
-            x = int(rng.choice(p.size, p=q))
-            token = attempt(fn, p.copy(), q.copy(), x, rng, case=name)
-            try:
-                counts[int(token)] += 1  # type: ignore[arg-type]
-            except (TypeError, ValueError, IndexError):
-                raise Wrong(f"{name_of(fn)} returned {token!r}, not a token id ({name})") from None
+        try:
+            for _ in range(draws):
+                x = int(rng.choice(p.size, p=q))
+                token = attempt(fn, p.copy(), q.copy(), x, rng, case=name)
+                try:
+                    counts[int(token)] += 1  # type: ignore[arg-type]
+                except (TypeError, ValueError, IndexError):
+                    raise Wrong(
+                        f"{name_of(fn)} returned {token!r}, not a token id ({name})"
+                    ) from None
+        except Wrong:
+            name_mistake(cases, histograms, same, show)  # an earlier wrong case names it better
+            raise
         cases.append(case)
         histograms.append(counts / draws)
-
-    def show(case: Case, seen: np.ndarray) -> str:
-        return f"{case.name}: emitted tokens {fmt(seen)}, p {fmt(case.want)}"
-
-    # Sampling noise is about 0.005 in total variation at 8,000 draws.
-    def same(seen: np.ndarray, want: object, case: Case) -> bool:
-        return want is not None and total_variation(seen, want) < 0.03
 
     name_mistake(cases, histograms, same, show)
     return f"{name_of(fn)} emits tokens distributed as p ({draws:,} draws on each of 3 cases)"
