@@ -491,7 +491,13 @@ def test_presets_fill_the_prompt_and_own_text_keeps_it(app: AppTest) -> None:
 
 # The app reads only minispec's public API: these names, nothing from model, kv_cache, kernels.
 PUBLIC = {
-    "minispec.drafters": {"make_drafter"},
+    "minispec.drafters": {
+        "DRAFTER_SPECS",
+        "drafter_summary",
+        "drafter_words",
+        "make_drafter",
+        "spec_from_name",
+    },
     "minispec.generate": {"generate"},
     "minispec.loading": {"load_model"},
     "minispec.model": {"Model"},  # for type hints only
