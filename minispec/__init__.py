@@ -8,7 +8,7 @@ One import gives what a notebook or a script needs (`import minispec as ms`):
     ms.new_cache / ms.forward            a KV cache; append tokens, get their logits
     ms.generate                          plain decoding (greedy, or ms.SamplingParams)
     ms.speculative_generate              draft -> verify -> accept -> roll back
-    ms.make_drafter                      "ngram", "early-exit", "int8", "model:PATH"
+    ms.make_drafter                      a drafter from its spec; ms.DRAFTERS lists every spec
     ms.accept_greedy, ms.accept_or_reject, ms.residual_distribution   the acceptance rule
     ms.save_trace / ms.load_trace        a run's step-by-step record, as JSON
 
@@ -16,7 +16,7 @@ Importing loads no weights and compiles nothing; `load_model` compiles the Numba
 (`kernels.warmup`), or reads them from Numba's on-disk cache after the first time.
 """
 
-from minispec.drafters import make_drafter
+from minispec.drafters import DRAFTERS, make_drafter
 from minispec.generate import generate
 from minispec.kv_cache import new_cache
 from minispec.loading import load_model
@@ -33,6 +33,7 @@ from minispec.tokenizer import decode, encode
 from minispec.trace import load_trace, save_trace
 
 __all__ = [
+    "DRAFTERS",
     "SamplingParams",
     "accept_greedy",
     "accept_or_reject",

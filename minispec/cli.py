@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from minispec.drafters import DRAFTER_SPECS, check_drafter_spec, make_drafter
+from minispec.drafters import DRAFTER_SPECS, SPEC_FORMS, check_drafter_spec, make_drafter
 from minispec.generate import check_max_new_tokens, generate
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward, reference
@@ -358,9 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--drafter",
         default="none",
         metavar="{" + ",".join(DRAFTER_SPECS) + "}",
-        help="speculative decoding with this drafter (default none: plain decoding); "
-        "early-exit also takes :LAYERS or :LAYERS:HEAD_SIZE; A+B drafts with A, and with B "
-        "when A has nothing",
+        help=f"speculative decoding with this drafter (default none: plain decoding); {SPEC_FORMS}",
     )
     g.add_argument("--k", type=int, default=4, help="tokens drafted per step, 1..16 (default 4)")
     g.add_argument("--trace", metavar="FILE", help="write the step-by-step trace (JSON) here")
@@ -394,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--drafter",
         action="append",
         metavar="SPEC",
-        help="also compare this drafter with plain decoding (repeatable: ngram, int8, ...)",
+        help="also compare this drafter with plain decoding (repeatable): "
+        + ", ".join(spec for spec in DRAFTER_SPECS if spec != "none"),
     )
     b.add_argument("--k", type=int, default=4, help="tokens drafted per step (default 4)")
     b.add_argument("--new-tokens", type=int, default=64, help="tokens per drafter run (64)")

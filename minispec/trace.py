@@ -6,7 +6,7 @@ writes it as JSON text, `save_trace` into a file, `load_trace` reads it back. In
     {"format": "minispec-trace", "version": 1,
      "notation": "p = target distribution, q = draft distribution (Leviathan et al. 2023)",
      "model", "drafter", "k", "sampling": {"temperature", "top_k", "top_p", "greedy"}, "seed",
-     "prompt_ids", "prompt_text",
+     "prompt_ids", "prompt_text", "drafter_spec",          # make_drafter's spec, or null
      "first_token": {"token", "text", "top_p": [...]},     # from the prefill, no speculation
      "steps": [step record, ...],
      "ids", "text", "stopped_by", "stats": {...}}         # the result, as `Stats.to_dict()`
@@ -73,6 +73,7 @@ class Trace:
     seed: int
     prompt_ids: list[int]
     prompt_text: str | None = None
+    drafter_spec: str | None = None  # what `make_drafter` built it from (None: built otherwise)
     first_token: dict | None = None
     steps: list[dict] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
@@ -105,6 +106,7 @@ class Trace:
             seed=seed,
             prompt_ids=[int(t) for t in prompt_ids],
             prompt_text=tok.decode(list(prompt_ids), skip_special_tokens=False) if tok else None,
+            drafter_spec=getattr(drafter, "spec", None) if drafter is not None else "none",
         )
 
     def finish(self, ids: list[int], text: str, stopped_by: str, stats: Stats) -> None:

@@ -133,6 +133,8 @@ def test_step_panel_shows_every_part_of_a_step(app: AppTest) -> None:
         ("int8", 1.0, 16),
         ("mtp", 0.0, 3),
         ("mtp", 0.8, 4),
+        ("ngram+mtp", 0.0, 4),
+        ("ngram+mtp", 0.7, 3),
     ],
 )
 def test_every_drafter_greedy_and_sampled(
@@ -398,6 +400,31 @@ def test_the_drafter_choice_offers_mtp_and_says_what_it_reads(app: AppTest) -> N
         assert fact in words
 
 
+def test_the_drafter_choice_lists_exactly_the_registry(app: AppTest) -> None:
+    """Every drafter the package lists that needs no file named, each with its line of words."""
+    from minispec.drafters import DRAFTER_SPECS, drafter_summary
+
+    box = app.selectbox(key="drafter")
+    assert box.options == [s for s in DRAFTER_SPECS if s != "none" and ":" not in s]
+    assert "ngram+mtp" in box.options
+    for spec in box.options:
+        assert f"**{spec}**: {drafter_summary(spec)}" in box.help
+
+
+def test_a_replayed_trace_is_explained_by_its_spec_not_its_name(app: AppTest) -> None:
+    target = tiny_model()
+    d = json.loads(trace_bytes(target, make_drafter("early-exit", target)))
+    assert d["drafter_spec"] == "early-exit"
+    d["drafter"] = "a name no kind of drafter reports"
+    upload(app, "renamed.json", json.dumps(d).encode())
+    no_errors(app)
+    assert any(c.value.startswith("The **early-exit drafter**") for c in app.caption)
+    del d["drafter_spec"]  # an older trace: its name is all there is
+    upload(app, "older.json", json.dumps(d).encode())
+    no_errors(app)
+    assert any(c.value.startswith("The drafter a name no kind") for c in app.caption)
+
+
 def test_a_replayed_fallback_trace_explains_both_drafters(app: AppTest) -> None:
     target = tiny_model()
     upload(app, "ngram+mtp.json", trace_bytes(target, make_drafter("ngram+mtp", target)))
@@ -491,7 +518,13 @@ def test_presets_fill_the_prompt_and_own_text_keeps_it(app: AppTest) -> None:
 
 # The app reads only minispec's public API: these names, nothing from model, kv_cache, kernels.
 PUBLIC = {
-    "minispec.drafters": {"make_drafter"},
+    "minispec.drafters": {
+        "DRAFTER_SPECS",
+        "drafter_summary",
+        "drafter_words",
+        "make_drafter",
+        "spec_from_name",
+    },
     "minispec.generate": {"generate"},
     "minispec.loading": {"load_model"},
     "minispec.model": {"Model"},  # for type hints only

@@ -223,3 +223,84 @@ def test_make_drafter_specs(target):
     for bad in ("bogus", "ngram:3", "model:", "early-exit:x"):
         with pytest.raises(ValueError, match="drafter"):
             make_drafter(bad, target)
+
+
+# ------------------------------------------------------------------------------ the registry
+
+
+@pytest.fixture
+def every_spec_buildable(target, tmp_path, monkeypatch):
+    """What each spec needs to build on the tiny model: a checkpoint for model:PATH, and MTP
+    weights made for the tiny model (the shipped ones are Gemma 3 270M's)."""
+    from safetensors.numpy import save_file
+
+    from minispec.config import save_config
+    from minispec.drafters import mtp
+    from minispec.tiny import random_state_dict
+
+    folder = tmp_path / "tiny-draft"
+    folder.mkdir()
+    save_config(target.config, folder / "config.json")
+    save_file(random_state_dict(target.config, seed=1), str(folder / "model.safetensors"))
+    cfg = mtp.config_for(target, width=16, d_ff=32, head_size=64)
+    d = target.config.hidden_size
+    ones, zeros = np.ones(d, np.float32), np.zeros(d, np.float32)
+    params = mtp.init_params(cfg, target, np.arange(cfg.head_size), ones, zeros, 0)
+    weights = tmp_path / "tiny-mtp.safetensors"
+    mtp.save_mtp(weights, params, cfg, target)
+    monkeypatch.setattr(mtp, "DEFAULT_WEIGHTS", weights)
+    monkeypatch.setenv("MINISPEC_CACHE", str(tmp_path / "cache"))
+    return {"PATH": str(folder)}
+
+
+def test_every_registry_entry_builds_and_is_described(target, every_spec_buildable):
+    from minispec.drafters import (
+        DRAFTER_SPECS,
+        DRAFTERS,
+        check_drafter_spec,
+        drafter_summary,
+        drafter_words,
+        spec_from_name,
+    )
+
+    assert set(DRAFTERS) <= {spec.partition(":")[0] for spec in DRAFTER_SPECS}
+    for spec in DRAFTER_SPECS:
+        check_drafter_spec(spec)
+        built = spec.replace("PATH", every_spec_buildable["PATH"])
+        drafter = make_drafter(built, target)
+        assert drafter_summary(spec) and drafter_words(spec), spec
+        if spec == "none":
+            assert drafter is None
+            continue
+        assert isinstance(drafter, Drafter) and drafter.spec == built
+        # The name a drafter reports still tells its kind, for traces that record no spec.
+        assert spec_from_name(drafter.name) == spec.partition(":")[0], (spec, drafter.name)
+
+
+def test_the_registry_says_early_exits_defaults(target):
+    """The words come from early_exit.py's defaults, for Gemma 3 270M: 15 of 18 layers, 16,384."""
+    from minispec.drafters import DRAFTERS
+    from minispec.drafters.early_exit import default_exit_layer
+
+    assert default_exit_layer(18) == 15
+    words = DRAFTERS["early-exit"].words
+    assert "(5 in 6)" in words and "16,384 of Gemma's 262,144 tokens" in words
+    assert "5/6" in DRAFTERS["early-exit"].summary
+
+
+def test_the_trace_records_the_spec_and_old_traces_still_load(target):
+    from minispec.speculative import speculative_generate
+    from minispec.trace import Trace
+
+    ids = list(range(10, 30)) * 2
+    for spec in ("ngram", "early-exit:3", "ngram+early-exit"):
+        g = speculative_generate(target, ids, make_drafter(spec, target), k=3, max_new_tokens=6)
+        assert g.trace.drafter_spec == spec
+    g = speculative_generate(target, ids, None, k=3, max_new_tokens=4)
+    assert g.trace.drafter_spec == "none"
+    by_hand = DraftModelDrafter(tiny_model(seed=1))  # not built from a spec
+    g = speculative_generate(target, ids, by_hand, k=3, max_new_tokens=4)
+    assert g.trace.drafter_spec is None
+    old = g.trace.to_dict()
+    del old["drafter_spec"]  # a trace written before the key existed
+    assert Trace.from_dict(old).drafter_spec is None

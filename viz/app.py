@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `viz` (and `mini
 
 import streamlit as st  # noqa: E402
 
+from minispec.drafters import drafter_summary  # noqa: E402
 from minispec.trace import trace_json  # noqa: E402
 from viz import look, panels, runs  # noqa: E402
 
@@ -87,9 +88,9 @@ with st.sidebar:
         )
         drafter = st.selectbox(
             "Drafter",
-            list(runs.DRAFTERS),
+            list(runs.OFFERED),
             key="drafter",
-            help="\n".join(f"- **{k}**: {v}" for k, v in runs.DRAFTERS.items()),
+            help="\n".join(f"- **{spec}**: {drafter_summary(spec)}" for spec in runs.OFFERED),
         )
         a, b = st.columns(2)
         k = a.number_input("k, guesses per step", value=4, step=1, key="k", help="1 to 16")
@@ -187,7 +188,7 @@ if mode == "Run the model":
                 run = runs.run_speculative(
                     store, model, settings, on_text=lambda text: live.code(text, language=None)
                 )
-                run.plain_tokens_per_s = panels.plain_speed(store, model, settings)
+                run.plain_tokens_per_s = runs.plain_speed(store, model, settings, state.plain)
             show_run(run)
         except ValueError as err:  # a setting the engine refuses: its message says what to change
             st.error(str(err))
@@ -236,10 +237,36 @@ if tab_steps.open:
         panels.stepper(story)
 if tab_numbers.open:
     with tab_numbers:
-        panels.numbers(run, store if model is not None else None, model)
+        panels.numbers(run)
+        times = None if model is None else runs.measured_forward_times(store, model)
+        if panels.forward_time_section(times, has_model=model is not None):
+            with st.spinner("Timing forward passes over T = 1 to 256 positions…"):
+                times = runs.measure_forward_times(store, model)
+            panels.forward_time_chart(times)
 if tab_compare.open:
     with tab_compare:
         if model is None:
             st.info("Comparing drafters runs the model: choose **Run the model** in the sidebar.")
         else:
-            panels.compare_tab(store, model, settings)
+            specs, pressed = panels.compare_controls()
+            key = runs.comparison_key(model, settings, specs)
+            if pressed:
+                slot = st.empty()
+                try:
+                    with slot.status("Plain decoding, the baseline…") as box:
+                        state.compare[key] = runs.compare_drafters(
+                            store,
+                            model,
+                            settings,
+                            specs,
+                            state.plain,
+                            on_start=lambda spec: box.update(
+                                label=f"Decoding with the {spec} drafter…"
+                            ),
+                        )
+                except (ValueError, OSError) as err:  # e.g. a drafter's weights that do not fit
+                    st.error(str(err))
+                finally:
+                    slot.empty()
+            if key in state.compare:
+                panels.comparison(state.compare[key])

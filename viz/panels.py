@@ -1,7 +1,8 @@
 """The page's panels, each with its short plain-language explanation beside it.
 
-Every panel draws from a `Run` (its `Story`, rebuilt from the trace) and from numbers measured in
-this session; none reaches into the model.
+Every panel draws from a `Run` (its `Story`, rebuilt from the trace) and from numbers `runs`
+measured in this session; none reaches into the model or measures anything. A panel with a
+button returns whether it was pressed, and the page does the work.
 """
 
 from __future__ import annotations
@@ -10,55 +11,18 @@ import time
 
 import streamlit as st
 
+from minispec.drafters import drafter_words, spec_from_name
 from minispec.trace import Trace
 from viz import charts, look, runs
 from viz.runs import Run
 from viz.story import Story, draft_fate, step_summary, token_label
 
-# How panel 2 introduces the drafter, by the start of its `name` as the trace records it:
-# make_drafter("ngram") is "ngram(3..1)", "early-exit" is "early-exit(L=...)", "int8" is
-# "int8-draft", "model:PATH" is "draft-model(NAME, WEIGHTS)", "mtp" and "mtp:PATH" are "mtp";
-# "A+B" names each part, joined by "+"; no drafter is "none".
-DRAFTER_WORDS = {
-    "ngram": (
-        "The **n-gram drafter** looks for the last few tokens earlier in the text and proposes "
-        "what followed them there. It is not a model and has no probabilities: q = 1 for its guess."
-    ),
-    "early-exit": (
-        "The **early-exit drafter** runs only Gemma's first layers (5 in 6) and a cut-down "
-        "output head that scores only likely candidates (16,384 of Gemma's 262,144 tokens): a "
-        "cheaper, rougher Gemma. It samples its guesses one by one from its own distribution q."
-    ),
-    "int8-draft": (
-        "The **int8 drafter** is a copy of Gemma with 8-bit weights, a quarter of the bytes to "
-        "read. It samples its guesses one by one from its own distribution q."
-    ),
-    "draft-model(": (
-        "The **draft model** is a separate checkpoint with Gemma's vocabulary, loaded from a path "
-        "(`--drafter model:PATH`). It samples its guesses one by one from its own distribution q."
-    ),
-    "mtp": (
-        "The **MTP drafter** (multi-token prediction) is a small trained network, not a copy of "
-        "Gemma. It reads what Gemma has already computed: Gemma's last **hidden state**, the "
-        "vector that predicted the newest token, and Gemma's own **KV cache** of one layer, the "
-        "keys and values of every earlier token, which it attends to with queries only. Because "
-        "that memory is Gemma's, it needs none of its own: nothing to fill from the prompt, "
-        "nothing to roll back when a guess is rejected, and it writes nothing into Gemma's "
-        "cache. Each further guess feeds its own output state back in. Its cheap head scores "
-        "only the few thousand tokens Gemma predicts most often, and it samples its guesses "
-        "from its own distribution q over them."
-    ),
-    "none": "**No drafter**: nothing is guessed, so every step is one plain decoding step.",
-}
 
-
-def drafter_words(name: str) -> str:
-    """What the drafter a trace names is, in plain words."""
-    if "+" in name:  # a fallback: the first part's draft when it has one, else the next's
-        first, _, rest = name.partition("+")
-        return f"{drafter_words(first)} When it has nothing to propose: {drafter_words(rest)}"
-    start = next((start for start in DRAFTER_WORDS if name.startswith(start)), None)
-    return DRAFTER_WORDS[start] if start else f"The drafter {name}."
+def drafter_explanation(trace: Trace) -> str:
+    """What the trace's drafter is, in plain words: from the spec that built it, or for a trace
+    that records none (an older one, or a drafter built by hand), from its kind of name."""
+    spec = trace.drafter_spec or spec_from_name(trace.drafter)
+    return drafter_words(spec) if spec else f"The drafter {trace.drafter}."
 
 
 def learn_more(words: str, lesson: str) -> str:
@@ -120,7 +84,7 @@ def draft_section(trace: Trace, r: dict) -> None:
     section(
         2,
         f"The drafter guesses {n} token{'s' if n != 1 else ''} (k = {trace.k})",
-        drafter_words(trace.drafter) + (" This time it had nothing to propose." if n == 0 else ""),
+        drafter_explanation(trace) + (" This time it had nothing to propose." if n == 0 else ""),
         "05_drafters_and_speedup",
     )
     if n:
@@ -250,7 +214,8 @@ def verdict_line(d: dict, greedy: bool) -> str:
 # ------------------------------------------------------------------------------ the summary
 
 
-def numbers(run: Run, store: runs.Store | None, model: object | None) -> None:
+def numbers(run: Run) -> None:
+    """The run's own numbers, from its trace and the plain speed measured beside it."""
     stats = run.story.stats
     st.caption(
         learn_more(
@@ -324,6 +289,10 @@ def numbers(run: Run, store: runs.Store | None, model: object | None) -> None:
         st.plotly_chart(charts.acceptance_by_position(stats), config=QUIET)
         st.caption("How often each drafted position survived, when it was checked at all.")
 
+
+def forward_time_section(times: runs.ForwardTimes | None, has_model: bool) -> bool:
+    """Why verifying k guesses costs about one token: the forward times against T, once
+    measured; before that, a button to measure them (True when pressed)."""
     st.markdown("#### Why checking k guesses costs about one token")
     st.caption(
         learn_more(
@@ -334,39 +303,41 @@ def numbers(run: Run, store: runs.Store | None, model: object | None) -> None:
             "02_memory_bound",
         )
     )
-    if store is None or model is None:
+    if not has_model:
         st.info("The forward-time chart needs the model: choose **Run the model** in the sidebar.")
-        return
-    times = store.forward_ms.get(model.name)
+        return False
     if times is None:
         slot = st.empty()
-        if slot.button("Measure forward time on this machine (about half a minute)", key="bench"):
-            slot.empty()
-            with st.spinner("Timing forward passes over T = 1 to 256 positions…"):
-                times = runs.measure_forward_times(store, model)
-    if times is not None:
-        st.plotly_chart(charts.forward_time_vs_t(times), config=QUIET)
-        verify = [t for t in times if t <= runs.VERIFY_T_MAX]
-        ratio = times[max(verify)]["median"] / times[min(times)]["median"]
-        longest = max(times)
-        per_position = times[longest]["median"] / longest
-        st.caption(
-            f"One pass over {max(verify)} positions took {ratio:.1f}× the time of a pass over "
-            f"one, not {max(verify)}×. Further right the passes are a prompt's prefill: over "
-            f"{longest} positions a pass costs {per_position:.1f} ms per position against "
-            f"{times[min(times)]['median']:.0f} ms for one token alone, and now the arithmetic, "
-            "not the reading, sets the time: the pass has become compute-bound. The dotted line "
-            "is the least time the multiply-adds alone could take (one per weight per position, "
-            "at the rate this machine's kernel reaches on weights already in its caches): where "
-            "the measured line runs along it, memory no longer matters. (Median of a few runs "
-            "after a 256-token context; the whisker reaches down to the fastest run.)"
+        pressed = slot.button(
+            "Measure forward time on this machine (about half a minute)", key="bench"
         )
+        if pressed:
+            slot.empty()
+        return pressed
+    forward_time_chart(times)
+    return False
+
+
+def forward_time_chart(times: runs.ForwardTimes) -> None:
+    st.plotly_chart(charts.forward_time_vs_t(times.ms), config=QUIET)
+    st.caption(
+        f"One pass over {times.verify_t} positions took {times.verify_ratio:.1f}× the time of a "
+        f"pass over one, not {times.verify_t}×. Further right the passes are a prompt's prefill: "
+        f"over {times.longest} positions a pass costs {times.per_position_ms:.1f} ms per position "
+        f"against {times.one_ms:.0f} ms for one token alone, and now the arithmetic, "
+        "not the reading, sets the time: the pass has become compute-bound. The dotted line "
+        "is the least time the multiply-adds alone could take (one per weight per position, "
+        "at the rate this machine's kernel reaches on weights already in its caches): where "
+        "the measured line runs along it, memory no longer matters. (Median of a few runs "
+        "after a 256-token context; the whisker reaches down to the fastest run.)"
+    )
 
 
 # ------------------------------------------------------------------------------ comparing
 
 
-def comparison(rows: list[dict], plain: float | None) -> None:
+def comparison(c: runs.Comparison) -> None:
+    rows, plain = c.rows, c.plain_tokens_per_s
     table = [
         {
             "drafter": r["drafter"],
@@ -390,8 +361,8 @@ def comparison(rows: list[dict], plain: float | None) -> None:
     )
 
 
-def compare_tab(store: runs.Store, model: object, settings: runs.Settings) -> None:
-    state = st.session_state
+def compare_controls() -> tuple[list[str], bool]:
+    """The drafters to compare, and whether the button to compare them was pressed."""
     st.caption(
         learn_more(
             "Each drafter on the prompt and settings in the sidebar, one after the other, "
@@ -403,36 +374,8 @@ def compare_tab(store: runs.Store, model: object, settings: runs.Settings) -> No
             "05_drafters_and_speedup",
         )
     )
-    specs = st.multiselect("Drafters", list(runs.DRAFTERS), default=list(runs.DRAFTERS), key="cmp")
-    key = (model.name, settings, tuple(specs))
-    if st.button("Compare on this prompt", key="compare_go", disabled=not specs):
-        slot = st.empty()
-        try:
-            with slot.status("Plain decoding, the baseline…") as box:
-                plain_speed(store, model, settings)
-                state.compare[key] = runs.run_each_drafter(
-                    store,
-                    model,
-                    settings,
-                    specs,
-                    on_start=lambda spec: box.update(label=f"Decoding with the {spec} drafter…"),
-                )
-        except (ValueError, OSError) as err:  # e.g. a drafter's weights that do not fit
-            st.error(str(err))
-        finally:
-            slot.empty()
-    rows = state.compare.get(key)
-    if rows:
-        comparison(rows, state.plain.get(runs.plain_key(model, settings)))
-
-
-def plain_speed(store: runs.Store, model: object, settings: runs.Settings) -> float:
-    """Plain decoding tokens/s for these settings, measured once per session."""
-    state = st.session_state
-    key = runs.plain_key(model, settings)
-    if key not in state.plain:
-        state.plain[key] = runs.plain_tokens_per_s(store, model, settings)
-    return state.plain[key]
+    specs = st.multiselect("Drafters", list(runs.OFFERED), default=list(runs.COMPARED), key="cmp")
+    return specs, st.button("Compare on this prompt", key="compare_go", disabled=not specs)
 
 
 # ------------------------------------------------------------------------------ stepping

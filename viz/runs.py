@@ -1,8 +1,9 @@
 """Getting runs for the app: the model (loaded once per server), generations, measurements, uploads.
 
-Uses only minispec's public API: `load_model`, `tiny_model`, `make_drafter`,
-`speculative_generate`, `generate`, `roofline`'s measurements, the tokenizer and the trace.
-Nothing here draws on the page except the loading progress, which the caller passes in.
+Uses only minispec's public API: `load_model`, `tiny_model`, the drafters' specs and
+`make_drafter`, `speculative_generate`, `generate`, `roofline`'s measurements, the tokenizer and
+the trace. Everything the page measures is measured and kept here, as plain data; nothing here
+draws on the page except through the callbacks (loading progress, live text) the caller passes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from minispec.drafters import make_drafter
+from minispec.drafters import DRAFTER_SPECS, make_drafter
 from minispec.generate import generate
 from minispec.loading import load_model
 from minispec.roofline import T_VALUES, fma_rate, fmas_per_token, forward_times
@@ -33,13 +34,11 @@ if TYPE_CHECKING:
 # tokenizer: the tests use it, it runs in milliseconds), or a path to a checkpoint folder/.gguf.
 MODEL_ENV = "MINISPEC_APP_MODEL"
 
-DRAFTERS = {  # spec for make_drafter -> what it is, in plain words
-    "ngram": "copies what followed the same words earlier in the text (no model at all)",
-    "early-exit": "Gemma's own first 5/6 of layers, then a cut-down output head",
-    "int8": "a copy of Gemma with 8-bit weights: a quarter of the bytes to read",
-    "mtp": "a small trained network reading Gemma's last hidden state and its KV cache "
-    "(no memory of its own)",
-}
+# The drafters the page offers: every one the package lists that needs no file named (no
+# "model:PATH") and is a drafter ("none" is plain decoding, the baseline the page measures anyway).
+OFFERED = tuple(spec for spec in DRAFTER_SPECS if spec != "none" and ":" not in spec)
+# The comparison starts with each idea alone; the "A+B" combinations are one click away.
+COMPARED = tuple(spec for spec in OFFERED if "+" not in spec)
 
 
 def model_choice() -> str:
@@ -60,7 +59,7 @@ class Store:
     lock: threading.Lock = field(default_factory=threading.Lock)
     models: dict[str, Model] = field(default_factory=dict)
     drafters: dict[tuple[str, str], object] = field(default_factory=dict)
-    forward_ms: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    timings: dict[str, ForwardTimes] = field(default_factory=dict)  # per model name
 
 
 def get_model(store: Store, choice: str, progress: Callable[[str, int, int], None] | None) -> Model:
@@ -175,6 +174,15 @@ def plain_tokens_per_s(store: Store, model: Model, s: Settings) -> float:
     return g.tokens_per_s
 
 
+def plain_speed(store: Store, model: Model, s: Settings, measured: dict) -> float:
+    """Plain decoding tokens/s for these settings, measured once per `measured` (the caller
+    keeps one per session: {plain_key: tokens/s})."""
+    key = plain_key(model, s)
+    if key not in measured:
+        measured[key] = plain_tokens_per_s(store, model, s)
+    return measured[key]
+
+
 def run_each_drafter(
     store: Store,
     model: Model,
@@ -213,16 +221,79 @@ def run_each_drafter(
     return rows
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """Each drafter on one prompt and its settings (`run_each_drafter`'s rows), and plain
+    decoding's tokens/s on the same, the speed to beat."""
+
+    rows: list[dict[str, object]]
+    plain_tokens_per_s: float
+
+
+def comparison_key(model: Model, s: Settings, specs: list[str]) -> tuple:
+    return (model.name, s, tuple(specs))
+
+
+def compare_drafters(
+    store: Store,
+    model: Model,
+    s: Settings,
+    specs: list[str],
+    measured: dict,
+    on_start: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Plain decoding (once per `measured`, see `plain_speed`), then each drafter in turn."""
+    plain = plain_speed(store, model, s, measured)
+    return Comparison(run_each_drafter(store, model, s, specs, on_start), plain)
+
+
 VERIFY_T_MAX = max(T_VALUES)  # the passes a verification makes (k + 1 positions)
 PREFILL_T = (64, 256)  # passes as long as a prompt's prefill, where compute takes over
 
 
-def measure_forward_times(store: Store, model: Model, repeats: int = 3) -> dict:
-    """Milliseconds per forward pass over T = 1..16 new positions (what verifying costs) and
-    over a prompt's length (what a prefill costs), measured once per model: {T: {min, median,
+@dataclass(frozen=True)
+class ForwardTimes:
+    """Milliseconds per forward pass of one model over T new positions: {T: {min, median,
     arithmetic}}, arithmetic being the least time T tokens' multiply-adds can take at the rate
     this machine's kernel reaches on weights in cache (the roofline's other roof)."""
-    if model.name not in store.forward_ms:
+
+    ms: dict[int, dict[str, float]]
+
+    @property
+    def one_ms(self) -> float:
+        """A pass over one token: a plain decoding step."""
+        return self.ms[min(self.ms)]["median"]
+
+    @property
+    def verify_t(self) -> int:
+        """The longest pass measured that a verification makes."""
+        return max(t for t in self.ms if t <= VERIFY_T_MAX)
+
+    @property
+    def verify_ratio(self) -> float:
+        """How many one-token passes the longest verification pass costs."""
+        return self.ms[self.verify_t]["median"] / self.one_ms
+
+    @property
+    def longest(self) -> int:
+        """The longest pass measured: a prompt's prefill."""
+        return max(self.ms)
+
+    @property
+    def per_position_ms(self) -> float:
+        """The longest pass's time per position."""
+        return self.ms[self.longest]["median"] / self.longest
+
+
+def measured_forward_times(store: Store, model: Model) -> ForwardTimes | None:
+    """This model's forward times if they have been measured on this server, else None."""
+    return store.timings.get(model.name)
+
+
+def measure_forward_times(store: Store, model: Model, repeats: int = 3) -> ForwardTimes:
+    """Forward passes over T = 1..16 new positions (what verifying costs) and over a prompt's
+    length (what a prefill costs), timed once per model and kept in the store."""
+    if model.name not in store.timings:
         with store.lock:
             t_values = T_VALUES + PREFILL_T
             times = forward_times(model, t_values=t_values, repeats=repeats)
@@ -230,8 +301,8 @@ def measure_forward_times(store: Store, model: Model, repeats: int = 3) -> dict:
             fmas = fmas_per_token(model)
             for T in t_values:
                 times[T]["arithmetic"] = 1000 * T * fmas / rates[T]
-            store.forward_ms[model.name] = times
-    return store.forward_ms[model.name]
+            store.timings[model.name] = ForwardTimes(times)
+    return store.timings[model.name]
 
 
 # ------------------------------------------------------------------------------------ replay
