@@ -297,7 +297,7 @@ def measure_forward_times(store: Store, model: Model, repeats: int = 3) -> Forwa
         with store.lock:
             t_values = T_VALUES + PREFILL_T
             times = forward_times(model, t_values=t_values, repeats=repeats)
-            rates = fma_rate(model.weights, t_values, packed=model.kernels)
+            rates = fma_rate(model.weights, t_values, packed=model.fast)
             fmas = fmas_per_token(model)
             for T in t_values:
                 times[T]["arithmetic"] = 1000 * T * fmas / rates[T]

@@ -24,6 +24,7 @@ from minispec.drafters.draft_model import DraftModelDrafter, check_same_vocabula
 from minispec.drafters.early_exit import EarlyExitDrafter, default_exit_layer, default_head_size
 from minispec.drafters.fallback import FallbackDrafter
 from minispec.drafters.ngram import NgramDrafter
+from minispec.errors import InputError
 from minispec.model import Model
 
 
@@ -172,9 +173,9 @@ SPEC_FORMS = "; ".join(
 
 
 def check_drafter_spec(spec: str) -> None:
-    """Raise ValueError unless spec names a drafter (checks the form only, loads nothing)."""
+    """Raise InputError unless spec names a drafter (checks the form only, loads nothing)."""
     if not (spec == "none" or all(PART.fullmatch(part) for part in spec.split("+"))):
-        raise ValueError(
+        raise InputError(
             f"unknown drafter {spec!r}: use one of {', '.join(DRAFTER_SPECS)} ({SPEC_FORMS})"
         )
 
