@@ -171,19 +171,17 @@ def verification_pass(r: dict, newest: str) -> str:
     """The one forward pass: inputs [newest, d_1..d_n] and the n+1 predictions it returns."""
     drafted = r["drafted"]
     n = len(drafted)
-    fates = draft_fate(r)
     cells = []
     inputs = [chip(newest, "target", "newest")]
     inputs += [chip(token_label(d), "draft", f"d{i + 1}") for i, d in enumerate(drafted)]
     outputs = []
     for i, row in enumerate(r["target"]):
         top = row["top_p"][0] if row["top_p"] else None
-        label = "bonus row" if i == n else f"for d{i + 1}"
-        if i < n and fates[i] == "unchecked":
-            label = "not needed"
-        text = token_label(top) if top else "?"
+        unread = i > r["accepted"]  # the rule stopped before this row: the trace leaves it empty
+        label = "not needed" if unread else "bonus row" if i == n else f"for d{i + 1}"
+        text = token_label(top) if top else "—"
         sub = f"{label} · {top['prob']:.2f}" if top else label
-        outputs.append(chip(text, "target", sub, struck=i < n and fates[i] == "unchecked"))
+        outputs.append(chip(text, "target", sub, struck=unread))
     cols = f"grid-template-columns: 6.5rem repeat({n + 1}, minmax(4.2rem, max-content));"
     cells.append('<span class="ms-h">Gemma reads</span>' + "".join(inputs))
     cells.append('<span class="ms-h"></span>' + '<span class="ms-arrow">↓</span>' * (n + 1))
