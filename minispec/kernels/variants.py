@@ -74,13 +74,19 @@ def all_variants() -> dict[tuple, Callable[[], object]]:
     calls["rope_rows", "float32"] = lambda: rope_rows(
         rand(3, 2, 8), rand(3, 4), rand(3, 4)
     )  # as `rope_angles`
-    cases = [(T, N_HEADS, N_KV, d) for d in HEAD_DIMS for T in SIZES]
-    for name, (T, n_heads, n_kv, head_dim) in first_of_each(attention_variant, cases).items():
-        capacity = T + 8
-        kv = rand(capacity, n_kv, head_dim)  # (capacity, n_kv_heads, head_dim)
-        seen = np.stack([np.zeros(T, np.int64), np.arange(capacity - T, capacity) + 1], axis=1)
-        q = rand(T, n_heads, head_dim)
-        calls["attend_each", name] = lambda q=q, kv=kv, seen=seen: attend_each(q, kv, kv, seen)
+    # Every head width, not only the first of each variant: whether the values' panels come out
+    # contiguous (a single panel of 16 dimensions, one key/value head) is NumPy's call, and
+    # Numba compiles a contiguous array and a strided one apart.
+    for d in HEAD_DIMS:
+        cases = [(T, N_HEADS, N_KV, d) for T in SIZES]
+        for name, (T, n_heads, n_kv, head_dim) in first_of_each(attention_variant, cases).items():
+            capacity = T + 8
+            kv = rand(capacity, n_kv, head_dim)  # (capacity, n_kv_heads, head_dim)
+            seen = np.stack([np.zeros(T, np.int64), np.arange(capacity - T, capacity) + 1], 1)
+            q = rand(T, n_heads, head_dim)
+            calls["attend_each", name, head_dim] = lambda q=q, kv=kv, seen=seen: attend_each(
+                q, kv, kv, seen
+            )
     for dtype in (np.float32, np.float64):  # the model's rows; a test's
         logits = rand(VOCAB).astype(dtype)
         for kind, (top_k, top_p, _) in first_of_each(
