@@ -31,6 +31,7 @@ import numpy as np
 
 from minispec.generate import Generation, generate
 from minispec.kv_cache import new_cache
+from minispec.measure import PROMPTS, speedup
 from minispec.model import Model, forward
 from minispec.roofline import (
     T_VALUES,
@@ -46,32 +47,6 @@ from minispec.sampling import GREEDY, SamplingParams
 
 if TYPE_CHECKING:
     from minispec.speculative import SpeculativeGeneration
-
-# Two prompts with opposite characters: the code-editing one repeats a block with changes
-# (prompt lookup finds long matches), the prose one does not.
-PROMPTS = {
-    "code-edit": '''def mean(values):
-    """Return the arithmetic mean of a list of numbers."""
-    if not values:
-        raise ValueError("mean() of an empty list")
-    total = 0.0
-    for value in values:
-        total += value
-    return total / len(values)
-
-
-# The same function, renamed to average and with a docstring that mentions floats:
-def average(values):
-    """Return the arithmetic mean of a list of floats."""
-    if not values:
-        raise ValueError("average() of an empty list")
-''',
-    "prose": (
-        "The lighthouse keeper had lived alone on the island for eleven years. Every evening "
-        "he climbed the spiral stairs, trimmed the wick and watched the ships pass far out at "
-        "sea. One winter night, a small boat appeared"
-    ),
-}
 
 
 def run_bench(
@@ -153,11 +128,13 @@ def drafter_speedups(
     and sampled, and what recording the trace costs.
 
     Each round runs plain decoding greedy and sampled, then every drafter greedy, sampled and
-    sampled with its trace; `runs` rounds, and the median of each figure counts. Greedy keys as
-    before (`speedup`: the ratio of the medians); the sampled ones beside them:
-    `sampled_speedup` (the median of each round's sampled run over that round's plain sampled
-    run), `step_ms` and `sampled_step_ms` (decoding time per draft-verify step) and their ratio,
-    and `trace_cost`, the share of sampled speed lost to recording the trace.
+    sampled with its trace; `runs` rounds, and the median of each figure counts. Every ratio is
+    `measure.speedup`, the median over rounds of a run's speed over its own round's baseline:
+    `speedup` (greedy speculative over plain greedy) and `sampled_speedup` (sampled over plain
+    sampled); tokens_per_s and plain_tokens_per_s are the medians of the runs themselves.
+    `step_ms` and `sampled_step_ms`: decoding time per draft-verify step, and their ratio;
+    `trace_cost`: the share of sampled speed lost to recording the trace, 1 - speedup(traced,
+    sampled).
     """
     from minispec.drafters import make_drafter
     from minispec.speculative import speculative_generate
@@ -186,7 +163,7 @@ def drafter_speedups(
         plain_speed = statistics.median(plain_speeds)
         for spec in specs:
             greedy, sampled, traced = (outs[spec, m] for m in ("greedy", "sampled", "traced"))
-            speeds = [o.stats.tokens_per_s for o in greedy]
+            speeds = [o.tokens_per_s for o in greedy]
             s, z, speed = greedy[-1].stats, sampled[-1].stats, statistics.median(speeds)
             step_ms = statistics.median(step_time_ms(o) for o in greedy)
             sampled_step_ms = statistics.median(step_time_ms(o) for o in sampled)
@@ -197,7 +174,7 @@ def drafter_speedups(
                     "k": k,
                     "tokens_per_s": speed,
                     "plain_tokens_per_s": plain_speed,
-                    "speedup": speed / plain_speed,
+                    "speedup": speedup(greedy, plain["greedy"]),
                     "alpha": s.alpha,
                     "tau": s.tau,
                     "expected_tau": s.expected_tau,
@@ -208,14 +185,14 @@ def drafter_speedups(
                     "sampling": asdict(sampling),
                     "sampled_tokens_per_s": median_speed(sampled),
                     "sampled_plain_tokens_per_s": median_speed(plain["sampled"]),
-                    "sampled_speedup": paired_ratio(sampled, plain["sampled"]),
+                    "sampled_speedup": speedup(sampled, plain["sampled"]),
                     "sampled_alpha": z.alpha,
                     "sampled_tau": z.tau,
                     "step_ms": step_ms,
                     "sampled_step_ms": sampled_step_ms,
                     "sampled_step_ratio": sampled_step_ms / step_ms,
                     "traced_tokens_per_s": median_speed(traced),
-                    "trace_cost": 1 - paired_ratio(traced, sampled),
+                    "trace_cost": 1 - speedup(traced, sampled),
                 }
             )
     return rows
@@ -230,8 +207,9 @@ def plain_sampling_cost(
 ) -> list[dict]:
     """Plain decoding, greedy and sampled in alternation: milliseconds per token, per prompt.
 
-    `ratio` is the median of each round's sampled time per token over its greedy one: what
-    shaping and drawing from 262,144 probabilities adds to a forward pass."""
+    `ratio` is the median of each round's sampled time per token over its greedy one (1 /
+    `measure.speedup(sampled, greedy)`): what shaping and drawing from 262,144 probabilities
+    adds to a forward pass."""
     from minispec.tokenizer import encode
 
     rows = []
@@ -247,7 +225,7 @@ def plain_sampling_cost(
                 "sampling": asdict(sampling),
                 "greedy_ms_per_token": statistics.median(1000 / g.tokens_per_s for g in greedy),
                 "sampled_ms_per_token": statistics.median(1000 / g.tokens_per_s for g in sampled),
-                "ratio": 1 / paired_ratio(sampled, greedy),
+                "ratio": 1 / speedup(sampled, greedy),
                 "runs": runs,
             }
         )
@@ -261,11 +239,3 @@ def step_time_ms(out: SpeculativeGeneration) -> float:
 
 def median_speed(outs: list[Generation]) -> float:
     return statistics.median(o.tokens_per_s for o in outs)
-
-
-def paired_ratio(outs: list[Generation], baselines: list[Generation]) -> float:
-    """The median over rounds of tokens/s of outs[i] over tokens/s of baselines[i]: a drift of
-    the machine's speed between rounds cancels within each pair."""
-    return statistics.median(
-        o.tokens_per_s / b.tokens_per_s for o, b in zip(outs, baselines, strict=True)
-    )

@@ -527,6 +527,7 @@ PUBLIC = {
     },
     "minispec.generate": {"generate"},
     "minispec.loading": {"load_model"},
+    "minispec.measure": {"PROMPTS"},  # the benchmark's prompts: the prose preset
     "minispec.model": {"Model"},  # for type hints only
     "minispec.roofline": {"T_VALUES", "fma_rate", "fmas_per_token", "forward_times"},
     "minispec.sampling": {"SamplingParams"},

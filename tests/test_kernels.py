@@ -148,8 +148,10 @@ def test_dispatch_packed_to_the_kernel_plain_to_blas(monkeypatch: pytest.MonkeyP
     rng = _rng(8)
     w = rng.standard_normal((300, 64), dtype=np.float32)
     calls = []
-    real = kernels._matmul_kernel
-    monkeypatch.setattr(kernels, "_matmul_kernel", lambda *a: calls.append(a[0].shape) or real(*a))
+    real = kernels.matmul._matmul_kernel
+    monkeypatch.setattr(
+        kernels.matmul, "_matmul_kernel", lambda *a: calls.append(a[0].shape) or real(*a)
+    )
     for T in (1, VERIFY_ROWS, 40):
         x = rng.standard_normal((T, 64), dtype=np.float32)
         _assert_close(linear(x, pack(w)), x, w)
@@ -212,7 +214,7 @@ def test_bad_packed_weight_raises() -> None:
 # way the package can (prompt, plain, batched, speculative with each drafter, greedy and sampled)
 # and print, as JSON, each kernel variant the work compiled after the warm-up.
 _AFTER_WARMUP_SCRIPT = """
-import json, sys
+import json, sys, types
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 import minispec as ms
@@ -220,8 +222,10 @@ from minispec import kernels
 from minispec.generate import generate_batch
 from minispec.sampling import GREEDY
 
-def compiled():
-    found = {n: d for n, d in vars(kernels).items() if isinstance(d, Dispatcher)}
+def compiled():  # every kernel of every module of the package
+    modules = [m for m in vars(kernels).values() if isinstance(m, types.ModuleType)]
+    found = {f"{m.__name__}.{n}": d for m in modules for n, d in vars(m).items()
+             if isinstance(d, Dispatcher)}
     return {n: {str(s) for s in d.signatures} for n, d in found.items()}
 
 gemma = sys.argv[1] == "gemma"
@@ -276,6 +280,35 @@ def test_warmup_covers_the_other_tile_width(tmp_path) -> None:
     which is as wide as its own."""
     env, _ = _other_isa_env(tmp_path)
     assert _compiled_after_warmup("tiny", env) == {}
+
+
+def test_warmup_calls_every_variant_the_dispatch_tests_can_choose() -> None:
+    """Whatever shape comes, the variant its dispatch test chooses is one `warmup` compiles:
+    asked over far more shapes than `all_variants` asks, no test answers anything new."""
+    from minispec.kernels import attention, distribution, matmul, pointwise
+    from minispec.kernels.variants import all_variants
+
+    warmed = set(all_variants())
+    warmed_attention = {key[1] for key in warmed if key[0] == "attend_each"}
+    for kind in ("float32", "int8"):
+        for T in range(1, 300):
+            assert ("linear", kind, matmul.matmul_path(T, kind == "int8")) in warmed, (kind, T)
+    for n in range(1, 5 * kernels.SERIAL_SIZE, 7):
+        for step in ("rms_norm_rows", "gelu_gate"):
+            assert (step, pointwise.on_the_pool(n)) in warmed, (step, n)
+    for n_kv in (1, 2, 4):
+        for group in (1, 2, 4, 8):
+            for head_dim in range(4, 300, 4):
+                for T in range(1, 160):
+                    v = attention.attention_variant(T, group * n_kv, n_kv, head_dim)
+                    assert v in warmed_attention, (T, group, n_kv, head_dim)
+    for dtype in ("float32", "float64"):
+        for vocab in (2, 64, 262_144):
+            for top_k in (0, 1, 5, vocab - 1, vocab, vocab + 1):
+                for top_p in (0.01, 0.5, 0.99, 1.0):
+                    kind = distribution.cut_kind(top_k, top_p, vocab)
+                    assert ("distribution_row", dtype, kind) in warmed, (top_k, top_p, vocab)
+        assert ("top_n", dtype) in warmed
 
 
 @pytest.mark.slow
@@ -346,11 +379,11 @@ def test_one_thread_and_the_pool_give_the_same_bits() -> None:
     x = rng.standard_normal((40, 640), dtype=np.float32) * 4
     w = rng.standard_normal(640, dtype=np.float32)
     pool, alone = np.empty_like(x), np.empty_like(x)
-    kernels._rms_norm_kernel(x, w, np.float32(1e-6), pool)
-    kernels._rms_norm_serial(x, w, np.float32(1e-6), alone)
+    kernels.pointwise._rms_norm_kernel(x, w, np.float32(1e-6), pool)
+    kernels.pointwise._rms_norm_serial(x, w, np.float32(1e-6), alone)
     assert np.array_equal(pool, alone)
-    kernels._gelu_gate_kernel(x, x[::-1].copy(), pool)
-    kernels._gelu_gate_serial(x, x[::-1].copy(), alone)
+    kernels.pointwise._gelu_gate_kernel(x, x[::-1].copy(), pool)
+    kernels.pointwise._gelu_gate_serial(x, x[::-1].copy(), alone)
     assert np.array_equal(pool, alone)
     q, keys, values, seen = _attention_case(9, 4, 2, 12)
     bounds = np.array([(s.start, s.stop) for s in seen])
@@ -360,8 +393,8 @@ def test_one_thread_and_the_pool_give_the_same_bits() -> None:
         .transpose(1, 0, 2)
     )
     pool, alone = np.empty_like(q), np.empty_like(q)
-    kernels._attend_kernel(keys, q, vt, bounds, pool)
-    kernels._attend_serial(keys, q, vt, bounds, alone)
+    kernels.attention._attend_kernel(keys, q, vt, bounds, pool)
+    kernels.attention._attend_serial(keys, q, vt, bounds, alone)
     assert np.array_equal(pool, alone)
     assert np.array_equal(pool, kernels.attend_each(q, keys, values, bounds))
 

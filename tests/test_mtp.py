@@ -484,7 +484,7 @@ def test_shipped_weights_record_the_recipe_and_no_command_line():
 
 
 def test_compare_drafters_and_the_curve_plot(target, drafter, tmp_path):
-    from minispec.train.mtp_eval import compare_drafters, curve_png
+    from minispec.measure import compare_drafters, curve_png
 
     path = tmp_path / "tiny-mtp.safetensors"
     save_mtp(path, drafter.params, drafter.cfg, target)
@@ -662,8 +662,8 @@ def test_a_document_goes_where_its_parent_goes(target):
 def test_evaluation_prompts_are_in_no_training_text():
     """The held-out prompts the docs measure on: no sentence of theirs is in any training
     source's text, nor among the own-sample prompts."""
+    from minispec.measure import EVAL_PROMPTS, MORE_PROMPTS
     from minispec.train.mtp_data import code_documents, docstring_documents, prose_documents
-    from minispec.train.mtp_eval import EVAL_PROMPTS, MORE_PROMPTS
 
     corpus = "\n".join(
         text

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `viz` (and `mini
 import streamlit as st  # noqa: E402
 
 from minispec.drafters import drafter_summary  # noqa: E402
+from minispec.measure import PROMPTS  # noqa: E402
 from minispec.trace import trace_json  # noqa: E402
 from viz import look, panels, runs  # noqa: E402
 
@@ -31,10 +32,7 @@ PRESETS = {
         "def average(values):\n"
     ),
     "A list": "The planets of the solar system, in order from the Sun:\n1. Mercury\n2. Venus\n3.",
-    "Prose": (
-        "The lighthouse keeper had lived alone on the island for eleven years. Every evening he "
-        "climbed the spiral stairs and"
-    ),
+    "Prose": PROMPTS["prose"],
     "A repeated passage": (
         "Copy the passage exactly.\n\n"
         "Passage: The river rises in the hills, runs past the old mill and the stone bridge, and "

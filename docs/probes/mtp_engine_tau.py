@@ -13,8 +13,8 @@ import numpy as np
 
 import minispec as ms
 from minispec.drafters import make_drafter
+from minispec.measure import EVAL_PROMPTS, MORE_PROMPTS
 from minispec.speculative import speculative_generate
-from minispec.train.mtp_eval import EVAL_PROMPTS, MORE_PROMPTS
 
 model = ms.load_model()
 prompts = {**EVAL_PROMPTS, **MORE_PROMPTS}

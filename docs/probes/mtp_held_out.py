@@ -1,7 +1,7 @@
 """MTP drafters' agreement with Gemma 3 270M on the greedy continuations of 15 held-out prompts.
 
 `python docs/probes/mtp_held_out.py [WEIGHTS ...]` (default: the shipped weights). The three
-prompts of `minispec.train.mtp_eval.EVAL_PROMPTS` and its twelve `MORE_PROMPTS` (stories,
+prompts of `minispec.measure.EVAL_PROMPTS` and its twelve `MORE_PROMPTS` (stories,
 letters, an article, code), none in any training text, are continued greedily by 64 tokens;
 one teacher-forced pass of each gives what a drafter reads, and each drafter is scored at every
 continuation position as it would draft there: top-1 agreement with the target at draft
@@ -17,8 +17,8 @@ import numpy as np
 import minispec as ms
 from minispec.drafters.mtp import DEFAULT_WEIGHTS, config_for, load_mtp
 from minispec.generate import generate_batch
+from minispec.measure import EVAL_PROMPTS, MORE_PROMPTS
 from minispec.train import mtp, mtp_data
-from minispec.train.mtp_eval import EVAL_PROMPTS, MORE_PROMPTS
 
 model = ms.load_model()
 prompts = [ms.encode(model.tokenizer, t) for t in {**EVAL_PROMPTS, **MORE_PROMPTS}.values()]

@@ -1,8 +1,8 @@
 """The output head with and without the tile's software prefetch, at several distances.
 
-Each setting runs in a fresh process with an empty Numba cache: `kernels.PREFETCH` (steps of k
-ahead) and `kernels.PREFETCH_ROWS` (the fewest rows that prefetch, float32 and int8) are read
-when the tile is compiled, so they are set before the first product.
+Each setting runs in a fresh process with an empty Numba cache: `kernels.matmul.PREFETCH`
+(steps of k ahead) and `kernels.matmul.PREFETCH_ROWS` (the fewest rows that prefetch, float32
+and int8) are read when the tile is compiled, so they are set before the first product.
 """
 
 import os
@@ -15,8 +15,8 @@ import sys
 import numpy as np
 from timing import best_ms
 from minispec import kernels
-kernels.PREFETCH = int(sys.argv[2])
-kernels.PREFETCH_ROWS = {"float32": int(sys.argv[3]), "int8": int(sys.argv[4])}
+kernels.matmul.PREFETCH = int(sys.argv[2])
+kernels.matmul.PREFETCH_ROWS = {"float32": int(sys.argv[3]), "int8": int(sys.argv[4])}
 rng = np.random.default_rng(0)
 w = rng.standard_normal((262144, 640), dtype=np.float32)
 times = []

@@ -9,16 +9,17 @@ import numpy as np
 from numba import njit
 
 from minispec import kernels
+from minispec.kernels import matmul
 
 
 @njit
 def all_tiles(x, panels, out, repeats):
     for _ in range(repeats):
-        for j in range(panels.shape[0] // kernels.TILE_PANELS):
-            for t0 in range(0, x.shape[0], kernels.TILE_ROWS):
-                rows = min(kernels.TILE_ROWS, x.shape[0] - t0)
-                p = kernels.TILE_PANELS * j
-                kernels._tile(x, t0, rows, panels, p, 0, x.shape[1], None, out)  # all of k
+        for j in range(panels.shape[0] // matmul.TILE_PANELS):
+            for t0 in range(0, x.shape[0], matmul.TILE_ROWS):
+                rows = min(matmul.TILE_ROWS, x.shape[0] - t0)
+                p = matmul.TILE_PANELS * j
+                matmul._tile(x, t0, rows, panels, p, 0, x.shape[1], None, out)  # all of k
 
 
 rng = np.random.default_rng(0)

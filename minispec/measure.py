@@ -1,29 +1,61 @@
-"""The trained MTP drafter in the engine, on held-out prompts, beside the other drafters.
+"""Measuring speculative decoding: the prompts it is measured on, what its speedup is, and the
+drafters compared on held-out prompts.
 
-Greedy speculative decoding with each drafter on prompts that are in no training text: the
-acceptance at each draft position, tokens per target forward (tau), the drafter's cost c per
-draft step as a fraction of one target forward (both timed in the same run), and the
-wall-clock speedup over plain decoding (each speculative run against a plain run just before
-it). `curve_png` draws a training run's held-out curve.
+- PROMPTS: the benchmark's two prompts (`minispec bench`, the app's prose preset, lesson 5);
+  EVAL_PROMPTS and MORE_PROMPTS: held-out prompts, in no training text of the MTP drafter.
+- `speedup`: the one definition of a speedup, the median over rounds of paired ratios
+
+      S = median_i ( tokens/s of run i / tokens/s of baseline run i ),
+
+  each run timed right after (or right before) its baseline: the machine's speed can drift by a
+  third within minutes (other guests' memory traffic), and a ratio of medians of runs minutes
+  apart would carry that drift into S; within a pair it cancels.
+- `compare_drafters`: greedy speculative decoding with each drafter: the acceptance at each
+  draft position, tokens per target forward (tau), the drafter's cost c per draft step as a
+  fraction of one target forward (both timed in the same run), and the speedup over plain
+  decoding. `curve_png` draws a training run's held-out curve.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 
 from minispec.drafters import make_drafter
-from minispec.generate import generate
+from minispec.generate import Generation, generate
 from minispec.model import Model
 from minispec.speculative import speculative_generate
 from minispec.tokenizer import encode
 
-# Held out: none of these texts, nor their themes, is among the training documents.
-EVAL_PROMPTS = {
+# Two prompts with opposite characters: the code-editing one repeats a block with changes
+# (prompt lookup finds long matches), the prose one does not.
+PROMPTS = {
+    "code-edit": '''def mean(values):
+    """Return the arithmetic mean of a list of numbers."""
+    if not values:
+        raise ValueError("mean() of an empty list")
+    total = 0.0
+    for value in values:
+        total += value
+    return total / len(values)
+
+
+# The same function, renamed to average and with a docstring that mentions floats:
+def average(values):
+    """Return the arithmetic mean of a list of floats."""
+    if not values:
+        raise ValueError("average() of an empty list")
+''',
     "prose": (
         "The lighthouse keeper had lived alone on the island for eleven years. Every evening "
         "he climbed the spiral stairs, trimmed the wick and watched the ships pass far out at "
         "sea. One winter night, a small boat appeared"
     ),
+}
+
+# Held out: none of these texts, nor their themes, is among the training documents.
+EVAL_PROMPTS = {
+    "prose": PROMPTS["prose"],
     "letter": (
         "Dear Aunt Clara,\n\nI hope this letter finds you well. The summer here has been "
         "long and hot, and the garden you planted with us"
@@ -59,6 +91,23 @@ MORE_PROMPTS = {
 }
 
 
+def speedup(runs: Sequence[Generation], baselines: Sequence[Generation]) -> float:
+    """S = median_i (tokens/s of runs[i] / tokens/s of baselines[i]): the median over rounds of
+    each run's speed over its paired baseline's (see the module's docstring for why paired).
+
+    runs and baselines: one `Generation` (or `SpeculativeGeneration`) per round, in the same
+    order; tokens/s is `Generation.tokens_per_s`, the decode speed with the prefill excluded.
+    """
+    if len(runs) != len(baselines) or not runs:
+        raise ValueError(
+            f"speedup: needs one baseline per run and at least one pair, got {len(runs)} runs "
+            f"and {len(baselines)} baselines"
+        )
+    return statistics.median(
+        r.tokens_per_s / b.tokens_per_s for r, b in zip(runs, baselines, strict=True)
+    )
+
+
 def compare_drafters(
     model: Model,
     specs: list[str],
@@ -69,10 +118,9 @@ def compare_drafters(
 ) -> list[dict]:
     """One row per (prompt, drafter): acceptance by position, tau, c, tokens/s, speedup.
 
-    Each speculative run is paired with a plain run just before it, and the speedup is the
-    median over runs of their ratio: the machine's speed can drift by a third within minutes
-    (other guests' memory traffic), and a plain run minutes away would carry that drift into
-    the ratio. plain_tokens_per_s is the median of the drafter's own plain runs.
+    Each speculative run is paired with a plain run just before it, and `speedup` is
+    `speedup(speculative runs, plain runs)`, the median of their ratios. tokens_per_s and
+    plain_tokens_per_s are the medians of the drafter's own speculative and plain runs.
     """
     drafters = {spec: make_drafter(spec, model) for spec in specs}
     rows = []
@@ -91,7 +139,6 @@ def compare_drafters(
             drafted = max(1, s.drafted)
             # c: one draft step's time over one verify pass's (each verify is one forward)
             cost = (s.draft_s / drafted) / (s.verify_s / max(1, s.steps))
-            paired = list(zip(outs, plain, strict=True))
             rows.append(
                 {
                     "prompt": name,
@@ -101,12 +148,10 @@ def compare_drafters(
                     "alpha": s.alpha,
                     "tau": s.tau,
                     "c": cost,
-                    "tokens_per_s": statistics.median(o.stats.tokens_per_s for o in outs),
+                    "tokens_per_s": statistics.median(o.tokens_per_s for o in outs),
                     "plain_tokens_per_s": statistics.median(g.tokens_per_s for g in plain),
-                    "speedup": statistics.median(
-                        o.stats.tokens_per_s / g.tokens_per_s for o, g in paired
-                    ),
-                    "same_as_plain": all(o.ids == g.ids for o, g in paired),
+                    "speedup": speedup(outs, plain),
+                    "same_as_plain": all(o.ids == g.ids for o, g in zip(outs, plain, strict=True)),
                 }
             )
     return rows
