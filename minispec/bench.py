@@ -71,7 +71,7 @@ def run_bench(
     per_token = bytes_per_token(model)
     bandwidth = memory_bandwidth_gb_s(per_token, weights=model.weights)
     bound = bandwidth * 1e9 / per_token
-    rates = fma_rate(model.weights, tuple(fwd), packed=model.kernels)
+    rates = fma_rate(model.weights, tuple(fwd), packed=model.fast)
     fmas = fmas_per_token(model)
     return {
         "model": model.name,

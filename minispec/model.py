@@ -77,11 +77,6 @@ class Model:
     weights: str = "float32"  # "float32" or "int8"
     fast: bool = True  # the Numba kernels (packed weights); False: plain NumPy, `reference`
 
-    @property
-    def kernels(self) -> bool:
-        """`fast` under the name of `load_model`'s keyword (`load_model(kernels=False)`)."""
-        return self.fast
-
 
 # ----------------------------------------------------------------------------- the equations
 

@@ -96,8 +96,8 @@ TILE_COLS = TILE_PANELS * PANEL  # output columns per tile: 32 or 16
 WIDE_PANELS = 8 if LANES == 16 else 4
 # A few float32 rows (verifying k <= 2 drafts) on AVX2 go through 2 panels at a time: 3 rows
 # x 2 panels x 2 vectors = 12 accumulators, where TILE_PANELS = 1 keeps only 2 per row busy
-# (faster for float32, not for int8: docs/benchmarks.md, fourth session). AVX-512's tile has
-# 2 panels already: FEW_ROWS = 0 turns this off there.
+# (faster for float32, not for int8: docs/benchmarks.md, "A few float32 rows through two
+# panels"). AVX-512's tile has 2 panels already: FEW_ROWS = 0 turns this off there.
 FEW_PANELS, FEW_ROWS = 2, (0 if LANES == 16 else 3)
 PREFETCH = 64  # the tile asks for each panel's weights 64 steps of k ahead (4 KB in float32)
 # ... when it has this many rows or more (float32, one row: the hardware keeps up alone)
