@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from minispec.config import GemmaConfig
+from minispec.config import GemmaConfig, _default_layer_types
 from minispec.exercises.judging import (
     Case,
     judge,
@@ -24,9 +24,7 @@ def config_cases() -> list[tuple[str, GemmaConfig]]:
         hidden_size=1152,
         intermediate_size=6912,
         num_hidden_layers=26,
-        layer_types=[
-            "full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(26)
-        ],
+        layer_types=_default_layer_types(26),
     )
     other = GemmaConfig(
         vocab_size=32_000,
@@ -131,13 +129,7 @@ def grade_bytes_per_token(fn: Callable) -> str:
         slack = weight_parts(c)["norms"]  # forgetting the norm vectors is fine
         no_window = replace(c, sliding_window=10**9)
         all_windowed = replace(c, layer_types=["sliding_attention"] * c.num_hidden_layers)
-        gemma_pattern = replace(
-            c,
-            layer_types=[
-                "full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
-                for i in range(c.num_hidden_layers)
-            ],
-        )
+        gemma_pattern = replace(c, layer_types=_default_layer_types(c.num_hidden_layers))
         for context in (100, 1000, 20_000):
             kv = kv_bytes_read(c, context)
             mistakes = {
