@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from minispec.drafters import DRAFTER_SPECS, SPEC_FORMS, check_drafter_spec, make_drafter
+from minispec.errors import InputError
 from minispec.generate import check_max_new_tokens, generate
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward, reference
@@ -27,10 +28,6 @@ from minispec.speculative import SpeculativeGeneration, check_k, speculative_gen
 from minispec.tokenizer import encode, token_strings
 from minispec.trace import save_trace
 from minispec.train.recipe import Recipe
-
-
-class CliError(Exception):
-    """A problem with what the user asked for: printed as one line, exit status 2."""
 
 
 def load(args: argparse.Namespace) -> Model:
@@ -48,13 +45,13 @@ def load(args: argparse.Namespace) -> Model:
 
 def check_prompt_text(prompt: str) -> None:
     if not prompt.strip():
-        raise CliError("the prompt is empty: pass some text with --prompt")
+        raise InputError("the prompt is empty: pass some text with --prompt")
 
 
 def prompt_ids(model: Model, prompt: str) -> list[int]:
     check_prompt_text(prompt)
     if model.tokenizer is None:
-        raise CliError(f"{model.name} has no tokenizer.json: cannot encode a text prompt")
+        raise InputError(f"{model.name} has no tokenizer.json: cannot encode a text prompt")
     return encode(model.tokenizer, prompt)
 
 
@@ -139,7 +136,7 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
 
 def cmd_predict(args: argparse.Namespace) -> dict | None:
     if args.top < 1:
-        raise CliError(f"--top must be >= 1, got {args.top}")
+        raise InputError(f"--top must be >= 1, got {args.top}")
     model = load(args)
     ids = prompt_ids(model, args.prompt)
     logits = forward(model, ids, new_cache(model.config, len(ids)), last_only=True)[-1]
@@ -167,7 +164,7 @@ def cmd_bench(args: argparse.Namespace) -> dict | None:
     from minispec import bench
 
     if args.context < 1 or args.repeats < 1 or args.runs < 1:
-        raise CliError("--context, --repeats and --runs must be >= 1")
+        raise InputError("--context, --repeats and --runs must be >= 1")
     if args.drafter:
         check_k(args.k)
         for spec in args.drafter:
@@ -275,7 +272,7 @@ def cmd_train_mtp(args: argparse.Namespace) -> dict | None:
     from minispec.train import mtp, mtp_data
 
     if min(args.positions, args.steps, args.batch, args.length - args.unroll - 1) < 1:
-        raise CliError("--positions, --steps and --batch must be >= 1, --length > --unroll + 1")
+        raise InputError("--positions, --steps and --batch must be >= 1, --length > --unroll + 1")
     recipe = recipe_from_args(args)
     model = load(args)
     say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
@@ -451,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "prompt"):
             check_prompt_text(args.prompt)  # before the seconds of loading the model
         result = args.run(args)
-    except (CliError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # InputError and WeightsError are ValueErrors
         print(f"minispec: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
