@@ -372,6 +372,27 @@ def test_rope_rows_equals_rope_bit_for_bit() -> None:
         kernels.rope_rows(x, cos[:, :5], sin[:, :5])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("squared", [False, True])
+def test_ordered_sum_adds_in_the_order_it_names(dtype, squared: bool) -> None:
+    """`ordered_sum`'s order is its own, not the compiler's: 16 running sums, then those in turn,
+    then the tail. Terms of very different sizes make any other order give other bits."""
+    from minispec.kernels.pointwise import SUM_LANES, ordered_sum
+
+    rng = _rng(8)
+    for n in (1, 15, 16, 17, 47, 640, 1000):
+        a = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4, n)).astype(dtype)
+        terms = a * a if squared else a
+        whole = n - n % SUM_LANES
+        lanes = np.zeros(SUM_LANES, dtype)
+        for i in range(0, whole, SUM_LANES):
+            lanes += terms[i : i + SUM_LANES]  # lane by lane: each lane's own running sum
+        total = lanes[0]
+        for v in [*lanes[1:], *terms[whole:]]:
+            total = dtype(total + v)
+        assert ordered_sum(a, squared) == total, n
+
+
 def test_one_thread_and_the_pool_give_the_same_bits() -> None:
     """Decoding's few rows stay on the calling thread (`SERIAL_SIZE`, one attention chunk); a
     prompt's go to the pool. Both run the same row loops, so a row's bits must not change."""

@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from minispec.kernels.matmul import TILE_COLS, TILE_PANELS, TILE_ROWS, _tile
 from minispec.kernels.packing import PANEL
-from minispec.kernels.pointwise import _FASTMATH, _exp_row
+from minispec.kernels.pointwise import _exp_row, ordered_sum
 
 N_ATTENTION_CHUNKS = 16  # contiguous ranges of attention's column blocks, handed to the threads
 
@@ -103,7 +103,7 @@ def as_panels(a: np.ndarray) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(a, shape, strides)
 
 
-@njit(fastmath=_FASTMATH, cache=True)
+@njit(cache=True)
 def _attend_plan(keys, seen, out):
     """`attend_each`'s work, cut into units and the units into chunks for the threads.
 
@@ -149,7 +149,7 @@ def _attend_serial(keys, q, vt, seen, out):
         _attend_units(keys, q, vt, seen, out, lo, hi, first[chunk], first[chunk + 1])
 
 
-@njit(fastmath=_FASTMATH, cache=True)
+@njit(cache=True)
 def _attend_units(keys, q, vt, seen, out, lo, hi, u0, u1):
     """`attend_each`'s three steps for the units u0 <= u < u1 (`_attend_plan`).
 
@@ -194,9 +194,7 @@ def _attend_units(keys, q, vt, seen, out, lo, hi, u0, u1):
             for s in range(a, z):  # shifted by the max so that exp never overflows
                 p[j, s] = p[j, s] - top
             _exp_row(p[j, a:z], bits[: z - a])
-            total[j] = 0.0
-            for s in range(a, z):
-                total[j] += p[j, s]
+            total[j] = ordered_sum(p[j, a:z])
         for e in range(vt.shape[1] // TILE_PANELS):  # o = p @ v, TILE_COLS dimensions at a time
             v_e = vt[g, TILE_PANELS * e : TILE_PANELS * (e + 1), s0 : s0 + n]
             o_e = o[:, e * TILE_COLS : (e + 1) * TILE_COLS]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from minispec.kernels.pointwise import _FASTMATH
+from minispec.kernels.pointwise import ordered_sum
 
 BUCKETS = 2048  # the histogram's bins: the one that holds the edge has few tokens to sort
 N_ROW_CHUNKS = 8  # a row's fixed ranges for the threads
@@ -99,7 +99,7 @@ def _exp_chunk(logits, hi, temperature, scale, out, mass, count, bins):
         _shift_and_scale(logits[b0:b1], hi, 1.0 / temperature, block)
         _exp64_block(block, scratch)
         if not cut_on:
-            mass[0] += _sum(block)
+            mass[0] += ordered_sum(block)
             continue
         _bin_block(logits[b0:b1], hi, scale, bins[b0:b1])
         if counting:  # top-k finds its edge by counts
@@ -153,16 +153,6 @@ def _exp64_block(a, bits):
     powers = bits.view(np.float64)
     for i in range(n):
         a[i] = a[i] * powers[0, i] * powers[1, i]
-
-
-@njit(fastmath=_FASTMATH, cache=True)
-def _sum(a):
-    """sum(a), vectorized: the order is fixed by the compiled code, so the same a gives the
-    same bits every time."""
-    total = 0.0
-    for i in range(a.shape[0]):
-        total += a[i]
-    return total
 
 
 @njit(cache=True)
@@ -296,7 +286,7 @@ def _sample_kernel(probs, u):
     step = -(-n // N_ROW_CHUNKS)
     sums = np.zeros(N_ROW_CHUNKS)
     for c in range(N_ROW_CHUNKS):
-        sums[c] = _sum(probs[c * step : min(n, (c + 1) * step)])
+        sums[c] = ordered_sum(probs[c * step : min(n, (c + 1) * step)])
     target, before, last = u * sums.sum(), 0.0, -1
     for c in range(N_ROW_CHUNKS):
         if before + sums[c] <= target:  # the draw lies past this chunk

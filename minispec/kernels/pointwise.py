@@ -5,6 +5,13 @@ the MLP's GeGLU (`gelu_gate`), the rotary embedding (`rope_rows`), and the vecto
 Each row is one fixed loop, so a row's result does not depend on the others: batch invariant.
 A few rows (decoding) stay on the calling thread (`on_the_pool`): waking the pool would cost
 more than the work.
+
+No fastmath, on purpose. With reassociation allowed, LLVM picks a sum's order when it vectorizes
+the loop, and it may pick another in another compiled variant (the pool's or the calling
+thread's, compiled fresh or loaded from the cache): the same row then gets other bits, and a
+verify pass disagrees with plain decoding in the last place. So every operation here is one
+IEEE operation in the order written, and the sums that want vectors say their order themselves
+(`ordered_sum`). The compiler still vectorizes the elementwise loops: that needs no licence.
 """
 
 from __future__ import annotations
@@ -13,10 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 SERIAL_SIZE = 16384  # the norms and GeGLU of at most this many elements stay on one thread
-
-# Reassociation lets LLVM vectorize the sums and dot products; contraction lets it use fused
-# multiply-add. No "nnan"/"ninf": a NaN must still come out as NaN.
-_FASTMATH = {"reassoc", "contract", "nsz"}
+SUM_LANES = 16  # `ordered_sum` keeps this many running sums: one AVX-512 register, two AVX2
 
 
 def on_the_pool(n_elements: int) -> bool:
@@ -41,12 +45,35 @@ def rms_norm_rows(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-@njit(fastmath=_FASTMATH, cache=True)
+@njit(cache=True)
+def ordered_sum(a, squared=False):
+    """sum(a), or sum(a * a) with squared, in one fixed order: SUM_LANES running sums (sum l
+    takes a[l], a[l + 16], a[l + 32], ...), then those 16 in turn, then the last len(a) % 16.
+
+    Why not a plain loop: one running sum waits 4 cycles for each addition. Why not fastmath:
+    it would let LLVM choose the order, and choose differently in each place the loop is
+    compiled into. Here the 16 sums are independent, so LLVM may put them in one vector without
+    changing a bit.
+    """
+    n = a.shape[0]
+    whole = n - n % SUM_LANES
+    lanes = np.zeros(SUM_LANES, a.dtype)  # float32 or float64, as a is
+    for i in range(0, whole, SUM_LANES):
+        for lane in range(SUM_LANES):
+            v = a[i + lane]
+            lanes[lane] += v * v if squared else v
+    total = lanes[0]
+    for lane in range(1, SUM_LANES):
+        total += lanes[lane]
+    for i in range(whole, n):
+        total += a[i] * a[i] if squared else a[i]
+    return total
+
+
+@njit(cache=True)
 def _rms_norm_row(x, w, eps, out):
     d = x.shape[0]
-    squares = np.float32(0.0)
-    for j in range(d):
-        squares += x[j] * x[j]
+    squares = ordered_sum(x, True)
     scale = np.float32(1.0) / np.sqrt(squares / np.float32(d) + eps)
     for j in range(d):
         out[j] = x[j] * scale * (np.float32(1.0) + w[j])
@@ -78,7 +105,7 @@ def gelu_gate(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(fastmath=_FASTMATH, cache=True)
+@njit(cache=True)
 def _gelu_gate_row(gate, up, out, bits):
     minus_two_c = np.float32(-2.0 * np.sqrt(2.0 / np.pi))
     d = gate.shape[0]
@@ -130,7 +157,7 @@ def _rope_kernel(x, cos, sin, out):
                 out[t, h, half + i] = x2 * cos[t, i] + x1 * sin[t, i]
 
 
-@njit(fastmath=_FASTMATH, cache=True)
+@njit(cache=True)
 def _exp_row(a, bits):
     """a[:] = exp(a[:]) in place, in float32, within about 1 ulp; bits: int32 scratch, len(a).
 
