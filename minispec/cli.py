@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "prompt"):
             check_prompt_text(args.prompt)  # before the seconds of loading the model
         result = args.run(args)
-    except (ValueError, FileNotFoundError) as e:  # InputError and WeightsError are ValueErrors
+    except (InputError, FileNotFoundError) as e:  # bad input; any other error is a bug: traceback
         print(f"minispec: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

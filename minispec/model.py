@@ -33,6 +33,7 @@ import numpy as np
 from minispec import kernels
 from minispec.checkpoint import layer_shapes, layer_tensor
 from minispec.config import GemmaConfig
+from minispec.errors import InputError
 from minispec.kernels import PackedWeight, linear, pack, quantize_int8, take_rows
 from minispec.kv_cache import KVCache
 
@@ -406,7 +407,7 @@ def params_from_state_dict(
     weights="float32" packs each matrix as it is; "int8" quantizes it (one scale per row).
     """
     if weights not in ("float32", "int8"):
-        raise ValueError(f"weights must be 'float32' or 'int8', not {weights!r}")
+        raise InputError(f"weights must be 'float32' or 'int8', not {weights!r}")
 
     def get(name: str) -> Weight:
         # A copy in ordinary memory (packing makes one), not a view of the memory-mapped

@@ -32,6 +32,24 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     assert len(err) == 1 and err[0].startswith("minispec: error: ") and message in err[0], err
 
 
+def test_a_bug_keeps_its_traceback_and_is_not_called_bad_input(monkeypatch, capsys):
+    """Only InputError (and a missing file) is the user's mistake; a ValueError from inside the
+    package is a bug in minispec and must not be reported as "bad input", exit 2."""
+    import minispec.cli as cli
+
+    def broken(args):
+        raise ValueError("an internal contract broke")
+
+    monkeypatch.setattr(cli, "check_prompt_text", lambda text: None)
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions[0].choices.values():
+        action.set_defaults(run=broken)
+    with pytest.raises(ValueError, match="internal contract"):
+        main(["generate", "--prompt", "hi"])
+    assert "minispec: error" not in capsys.readouterr().err
+
+
 def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
