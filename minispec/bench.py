@@ -1,15 +1,16 @@
 """`minispec bench`: why verifying k+1 tokens costs about as much as decoding one, in numbers.
 
 The measurements themselves are in `roofline` (forward_times, memory_bandwidth_gb_s,
-bytes_per_token, decode_tokens_per_s); this module puts them together as the command prints them:
+weight_bytes, decode_tokens_per_s); this module puts them together as the command prints them:
 
 - forward_ms[T]: one forward pass of T new tokens after a context of 256, min and median;
 - tokens_per_s: plain greedy decoding speed;
 - prefill_tokens_per_s[n]: prompt tokens per second of a prefill of n tokens;
 - bandwidth_gb_s: how fast the kernel streams one token's worth of weight bytes (a one-row
-  product with a packed matrix of bytes_per_token bytes, `roofline.memory_bandwidth_gb_s`);
-- bytes_per_token: the weight bytes one forward pass reads;
-- bound_tokens_per_s = bandwidth / bytes_per_token: the memory-bound ceiling of decoding;
+  product with a packed matrix of weight_bytes bytes, `roofline.memory_bandwidth_gb_s`);
+- weight_bytes: the weight bytes one forward pass reads (`roofline.weight_bytes`; also under
+  its first name, bytes_per_token, which counts the same bytes: weights only, no KV cache);
+- bound_tokens_per_s = bandwidth / weight_bytes: the memory-bound ceiling of decoding;
 - fma_per_s[T], compute_bound_ms[T]: the other roof, the arithmetic: the kernel's multiply-adds
   per second with T rows on a weight in cache, and the least time T tokens' fmas_per_token
   multiply-adds each can take at that rate (`roofline.fma_rate`).
@@ -35,13 +36,13 @@ from minispec.measure import PROMPTS, speedup
 from minispec.model import Model, forward
 from minispec.roofline import (
     T_VALUES,
-    bytes_per_token,
     decode_tokens_per_s,
     fma_rate,
     fmas_per_token,
     forward_times,
     memory_bandwidth_gb_s,
     prefill_tokens_per_s,
+    weight_bytes,
 )
 from minispec.sampling import GREEDY, SamplingParams
 
@@ -68,7 +69,7 @@ def run_bench(
     tps_runs = [decode_tokens_per_s(model, prompt_ids, decode_tokens) for _ in range(decode_runs)]
     tps = statistics.median(tps_runs)
     prefill = prefill_tokens_per_s(model, repeats=max(1, repeats // 2))
-    per_token = bytes_per_token(model)
+    per_token = weight_bytes(model)
     bandwidth = memory_bandwidth_gb_s(per_token, weights=model.weights)
     bound = bandwidth * 1e9 / per_token
     rates = fma_rate(model.weights, tuple(fwd), packed=model.fast)
@@ -84,6 +85,7 @@ def run_bench(
         "prefill_tokens_per_s": {str(n): v for n, v in prefill.items()},
         "bandwidth_gb_s": bandwidth,
         "bytes_per_token": per_token,
+        "weight_bytes": per_token,
         "bound_tokens_per_s": bound,
         "fraction_of_bound": tps / bound,
         "fmas_per_token": fmas,

@@ -226,7 +226,7 @@ def print_bench(r: dict) -> None:
     numpy_prefill = f"; NumPy only: {prefill(numpy)}" if numpy else ""
     print(f"prefill: {prefill(r)} prompt tokens/s{numpy_prefill}")
     print(
-        f"memory bandwidth {r['bandwidth_gb_s']:.1f} GB/s, {r['bytes_per_token'] / 1e6:.0f} MB of "
+        f"memory bandwidth {r['bandwidth_gb_s']:.1f} GB/s, {r['weight_bytes'] / 1e6:.0f} MB of "
         f"weights per token -> bound {r['bound_tokens_per_s']:.1f} tokens/s "
         f"(decode reaches {r['fraction_of_bound']:.0%})"
     )

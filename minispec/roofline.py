@@ -3,7 +3,7 @@
 Decoding one token reads every weight once: about 1 GB in float32 for Gemma 3 270M. On a CPU
 that takes far longer than the arithmetic (a memory-bound step), so
 
-    bound_tokens_per_s = bandwidth / bytes_per_token
+    bound_tokens_per_s = bandwidth / weight_bytes
 
 is the ceiling of plain decoding, and a forward pass over T = 1..16 positions should cost about
 what T = 1 costs: the weights are read once either way, and only the arithmetic grows with T,
@@ -98,12 +98,12 @@ def memory_bandwidth_gb_s(
     """How fast decoding's own read streams n_bytes: the best of `repeats` one-row products
     (`kernels.linear`, T = 1) with a packed weight of n_bytes, in GB/s (10^9 bytes/s).
 
-    Why this probe: "share of the bound" = tokens/s / (bandwidth / bytes_per_token) must not
+    Why this probe: "share of the bound" = tokens/s / (bandwidth / weight_bytes) must not
     exceed 100 %, so the probe must read at least as fast as a decoding step can. A plain
     parallel sum over a 1 GiB array read slower than the kernel streams the output head (it
     walks one stream per thread without software prefetch; the tile walks two panels with
     prefetch), so decoding measured above "its bound". Here the reader is the kernel itself.
-    Why this size: pass `bytes_per_token(model)` (what `minispec bench` does) and the probe's
+    Why this size: pass `weight_bytes(model)` (what `minispec bench` does) and the probe's
     working set is exactly one step's: where a cache holds that many bytes (a guest that
     reports a 480 MiB L3 would hold an int8 model's 268 MB) decoding is served from it too,
     and the probe sees the same speed, not a DRAM figure that decoding beats. One product
@@ -213,8 +213,11 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def bytes_per_token(model: Model) -> int:
+def weight_bytes(model: Model) -> int:
     """Weight bytes one decoding step reads: every matrix once, the tied head included.
+
+    Weights only: the step also reads its KV cache (lesson 2's `my_bytes_per_token` adds it),
+    a few MB at a few hundred positions against about 1 GB of float32 weights.
 
     The embedding lookup reads only a row, so the (vocab, d_model) matrix counts once, as the head.
     """

@@ -76,7 +76,7 @@ def test_bench_measures_on_a_tiny_model():
 
     n_floats = floats(params.embed) + floats(params.final_norm)
     n_floats += sum(floats(w) for layer in params.layers for w in vars(layer).values())
-    assert r["bytes_per_token"] == 4 * n_floats
+    assert r["bytes_per_token"] == r["weight_bytes"] == 4 * n_floats
     assert r["bound_tokens_per_s"] == pytest.approx(r["bandwidth_gb_s"] * 1e9 / (4 * n_floats))
     # the arithmetic roof: one multiply-add per weight (the true shapes, not the padding)
     n_weights = params.embed.shape[0] * params.embed.shape[1]

@@ -200,13 +200,13 @@ def test_weight_bytes_with_the_norms_is_right_too(capsys: pytest.CaptureFixture)
     assert verdict(ex.check_weight_bytes, with_norms, capsys).startswith("right: ")
 
 
-def test_weight_bytes_answer_key_is_roofline_bytes_per_token() -> None:
-    """The check's answer and `roofline.bytes_per_token` (which sums a model's arrays) agree."""
+def test_weight_bytes_answer_key_is_roofline_weight_bytes() -> None:
+    """The check's answer and `roofline.weight_bytes` (which sums a model's arrays) agree."""
     import minispec as ms
     from minispec import roofline
 
     model = ms.reference(ms.tiny_model())  # plain matrices: packed ones carry padding
-    assert sum(ex.weight_parts(model.config).values()) == roofline.bytes_per_token(model)
+    assert sum(ex.weight_parts(model.config).values()) == roofline.weight_bytes(model)
 
 
 def kv_part(c, context: int, heads: int, window: int | None, windowed: Callable[[int], bool]):
