@@ -219,8 +219,10 @@ def test_the_defaults_show_a_plain_and_a_speculative_speed(app_url: str) -> None
         assert all(v > 0 for v in speeds.values()), speeds
         speedup = metrics.filter(has_text="Speedup").inner_text()
         ratio = float(re.search(r"([\d.]+)×", speedup).group(1))  # from the unrounded speeds
-        assert ratio == pytest.approx(
-            speeds["Speculative decoding"] / speeds["Plain decoding"], rel=0.01
-        )
+        spec, plain = speeds["Speculative decoding"], speeds["Plain decoding"]
+        # The page rounds each speed to 0.05 and the ratio to 0.005: on a busy machine (a few
+        # tokens/s) that rounding alone moves the ratio by a few per cent.
+        rounding = spec / plain * (0.05 / spec + 0.05 / plain) + 0.005
+        assert ratio == pytest.approx(spec / plain, abs=rounding * 1.01)
         assert page.locator("[data-testid='stException']").count() == 0
         browser.close()
