@@ -87,7 +87,12 @@ def is_norm(hf_name: str) -> bool:
 
 
 def default_progress(what: str, done: int, total: int) -> None:
-    """Progress on one terminal line: `tensors converted from x.gguf: 120/236`."""
+    """Progress on one terminal line: `tensors converted from x.gguf: 120/236`. Into a file or a
+    pipe (a log), only the finished line: a log has no line to redraw."""
+    if not sys.stderr.isatty():
+        if done == total:
+            print(f"{what}: {done}/{total}", file=sys.stderr, flush=True)
+        return
     end = "\n" if done == total else ""
     print(f"\r{what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
 

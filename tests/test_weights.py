@@ -175,11 +175,20 @@ def test_progress_counts_every_tensor(tiny_gguf: Path, tmp_path: Path) -> None:
     assert calls[0] == (what, 1, n) and calls[-1] == (what, n, n)
 
 
-def test_default_progress_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    gguf_file.default_progress("tensors converted from x.gguf", 1, 2)
-    gguf_file.default_progress("tensors converted from x.gguf", 2, 2)
-    err = capsys.readouterr().err
-    assert err == ("\rtensors converted from x.gguf: 1/2\rtensors converted from x.gguf: 2/2\n")
+def test_default_progress_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal one line redrawn in place; into a log only the finished line."""
+    import sys
+
+    for tty, want in [
+        (True, "\rtensors converted from x.gguf: 1/2\rtensors converted from x.gguf: 2/2\n"),
+        (False, "tensors converted from x.gguf: 2/2\n"),
+    ]:
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
+        gguf_file.default_progress("tensors converted from x.gguf", 1, 2)
+        gguf_file.default_progress("tensors converted from x.gguf", 2, 2)
+        assert capsys.readouterr().err == want
 
 
 # --- broken GGUF files ----------------------------------------------------------------------------
