@@ -529,6 +529,7 @@ PUBLIC = {
     "minispec.loading": {"load_model"},
     "minispec.measure": {"PROMPTS"},  # the benchmark's prompts: the prose preset
     "minispec.model": {"Model"},  # for type hints only
+    "minispec.palette": {"COLOURS", "NAMES", "SECTIONS", "TINTS", "VERDICTS"},
     "minispec.roofline": {"T_VALUES", "fma_rate", "fmas_per_token", "forward_times"},
     "minispec.sampling": {"SamplingParams"},
     "minispec.speculative": {"speculative_generate"},

@@ -1,4 +1,7 @@
-"""The plotly figures, each built from trace records or measured numbers (colours from look.py)."""
+"""The plotly figures, each built from trace records or measured numbers.
+
+Their colours are `minispec.palette`'s, the same as the rest of the page.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,9 @@ from html import unescape
 
 import plotly.graph_objects as go
 
+from minispec.palette import COLOURS, TINTS
 from minispec.stats import Stats, expected_tokens_per_forward
-from viz.look import COLOURS, TINTS, visible
+from viz.look import visible
 from viz.story import token_label
 
 FONT = dict(family="Inter, system-ui, sans-serif", size=13, color="#1f2937")

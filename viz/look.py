@@ -1,47 +1,16 @@
 """Colours, CSS and the small HTML pieces: token chips, the token strip, the cache diagram.
 
-One palette for the whole page, so a colour always means the same thing:
-green = a draft the target accepted, red = the draft it rejected, grey = drafts never checked,
-blue = the target's correction, purple = the target's bonus token, amber = the drafter (q),
-slate = the target (p).
+One palette for the whole page, so a colour always means the same thing: `minispec.palette`
+holds it (and the words for each colour), shared with the web page `minispec replay --html`
+writes.
 """
 
 from __future__ import annotations
 
 from html import escape
 
+from minispec.palette import COLOURS, NAMES, TINTS
 from viz.story import Story, Token, draft_fate, token_label
-
-COLOURS = {
-    "accepted": "#16a34a",
-    "rejected": "#dc2626",
-    "unchecked": "#9ca3af",
-    "corrected": "#2563eb",
-    "bonus": "#9333ea",
-    "first": "#64748b",
-    "draft": "#d97706",  # q, and drafted tokens before the verdict
-    "target": "#334155",  # p
-}
-TINTS = {  # light backgrounds for chips
-    "accepted": "#dcfce7",
-    "rejected": "#fee2e2",
-    "unchecked": "#f3f4f6",
-    "corrected": "#dbeafe",
-    "bonus": "#f3e8ff",
-    "first": "#e2e8f0",
-    "draft": "#fef3c7",
-    "target": "#e2e8f0",
-}
-NAMES = {
-    "accepted": "accepted draft",
-    "rejected": "rejected draft",
-    "unchecked": "never checked",
-    "corrected": "target's correction",
-    "bonus": "bonus token",
-    "first": "from the prompt's pass",
-    "draft": "q: the drafter",
-    "target": "p: the target",
-}
 
 CSS = """
 <style>

@@ -12,6 +12,7 @@ import time
 import streamlit as st
 
 from minispec.drafters import drafter_words, spec_from_name
+from minispec.palette import SECTIONS, VERDICTS
 from minispec.trace import Trace
 from viz import charts, look, runs
 from viz.runs import Run
@@ -70,7 +71,7 @@ def step_panel(story: Story, i: int) -> None:
 def context_section(story: Story, i: int) -> None:
     section(
         1,
-        "The context so far",
+        SECTIONS["context"],
         f"What the model has read: {story.steps[i]['context_length']} tokens. Gemma keeps all "
         "but the newest one in its KV cache, its memory of earlier positions; the newest token, "
         "at the end, is read in this step.",
@@ -83,7 +84,7 @@ def draft_section(trace: Trace, r: dict) -> None:
     n = len(r["drafted"])
     section(
         2,
-        f"The drafter guesses {n} token{'s' if n != 1 else ''} (k = {trace.k})",
+        f"{SECTIONS['draft']} {n} token{'s' if n != 1 else ''} (k = {trace.k})",
         drafter_explanation(trace) + (" This time it had nothing to propose." if n == 0 else ""),
         "05_drafters_and_speedup",
     )
@@ -95,7 +96,7 @@ def verification_section(r: dict, newest: str) -> None:
     n = len(r["drafted"])
     section(
         3,
-        f"One verification pass over {n + 1} position{'s' if n else ''}",
+        f"{SECTIONS['verify']} over {n + 1} position{'s' if n else ''}",
         f"Gemma reads the newest token and the {n} guesses together, in one forward pass "
         f"({1000 * r['verify_s']:.0f} ms here). Each position sees only the tokens before it, so "
         f"the pass returns {n + 1} next-token distributions p: one to check each guess, and one "
@@ -119,7 +120,7 @@ def decision_section(r: dict, i: int, greedy: bool) -> None:
             "The first rejection ends the step; the guesses after it were built on a wrong "
             "token, so they are dropped unchecked."
         )
-    section(4, "Accept or reject, guess by guess", rule, rule_lesson(greedy))
+    section(4, SECTIONS["decide"], rule, rule_lesson(greedy))
     keys = [
         look.swatch("target") + "p: Gemma's probabilities",
         look.swatch("draft") + "q: the drafter's",
@@ -154,10 +155,10 @@ def next_token_section(r: dict, i: int, greedy: bool) -> None:
             if n
             else "With no guesses the pass is a plain decoding step: its one row p gives the token."
         )
-        title = "The bonus token"
+        title = SECTIONS["bonus"]
     elif greedy:
         words = f"Guess d{j + 1} was not Gemma's top choice, so Gemma's top choice replaces it."
-        title = "The target's correction"
+        title = SECTIONS["corrected"]
     else:
         words = (
             f"Guess d{j + 1} was rejected, so Gemma supplies this token instead. It is drawn "
@@ -165,7 +166,7 @@ def next_token_section(r: dict, i: int, greedy: bool) -> None:
             "rescaled to sum to 1. With the acceptances, that makes every token come out exactly "
             "as if Gemma had sampled it alone."
         )
-        title = "The target's correction"
+        title = SECTIONS["corrected"]
     section(5, title, words, rule_lesson(greedy))
     chip = look.chip(token_label(nxt), kind, f"{kind} · prob {nxt['prob']:.2f}")
     st.html(f'<div class="ms-chips">{chip}</div>')
@@ -184,7 +185,7 @@ def rollback_section(r: dict, newest: str) -> None:
     before, after = r["kv_length_before"], r["kv_length_after"]
     section(
         6,
-        "Roll back the KV cache",
+        SECTIONS["rollback"],
         f"The pass wrote {n + 1} positions into the cache. Those after the first rejection "
         "hold keys and values computed from discarded guesses, so the cache is cut back. "
         f"The new {kind} token is not in it yet: it is the newest token the next step reads.",
@@ -198,7 +199,7 @@ def rollback_section(r: dict, newest: str) -> None:
 
 
 def verdict_line(d: dict, greedy: bool) -> str:
-    ok = ":green[**kept**]" if d["accepted"] else ":red[**rejected**]"
+    ok = f":{'green' if d['accepted'] else 'red'}[**{VERDICTS[bool(d['accepted'])]}**]"
     if greedy:
         top = "it" if d["accepted"] else "another token"
         return f"p = {d['p']:.3f}, q = {d['q']:.3f}; the top of p is {top} → {ok}"
@@ -405,7 +406,7 @@ def stepper(story: Story) -> None:
             state.played_at = now
         state.step = min(max(state.step, 0), max(n - 1, 0))
 
-        st.markdown("#### The whole output")
+        st.markdown(f"#### {SECTIONS['output']}")
         st.caption(
             learn_more(
                 "Every new token, coloured by where it came from; hover a token for its step "
