@@ -3,6 +3,7 @@
     minispec generate --prompt "def fib(n):" --max-new-tokens 40
     minispec generate --prompt "def fib(n):" --drafter ngram --k 4 --trace run.json --json
     minispec predict --prompt "The capital of France is" --top 5 --json
+    minispec replay run.json --html run.html
 
 Every `--json` output is one object whose keys are a public contract: keys may be added, never
 renamed or removed.
@@ -264,6 +265,18 @@ def print_bench(r: dict) -> None:
         )
 
 
+def cmd_replay(args: argparse.Namespace) -> dict | None:
+    """A recorded trace as one self-contained web page; no model is loaded."""
+    from minispec.replay_html import write_replay_html
+
+    size = write_replay_html(args.trace, args.html)
+    result = {"html": str(args.html), "bytes": size}
+    if args.json:
+        return result
+    print(f"wrote {args.html} ({size / 1e3:.0f} kB): open it in any browser", file=sys.stderr)
+    return None
+
+
 def cmd_train_mtp(args: argparse.Namespace) -> dict | None:
     """Make the teacher-forced data (or read it back), train the MTP drafter, save it."""
     from pathlib import Path
@@ -403,6 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(b)
     b.set_defaults(run=cmd_bench)
+
+    rp = sub.add_parser(
+        "replay",
+        help="write a recorded trace as one web page that steps through it, offline",
+        description="Write a trace (from generate --trace, or the app's download) as one "
+        "self-contained HTML file: open it in any browser, without Python, a server or the "
+        "network, and step through every draft, verification and acceptance decision.",
+    )
+    rp.add_argument("trace", metavar="TRACE.json", help="the trace to show")
+    rp.add_argument("--html", required=True, metavar="OUT.html", help="the web page to write")
+    rp.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    rp.set_defaults(run=cmd_replay)
 
     t = sub.add_parser(
         "train-mtp",
