@@ -530,6 +530,7 @@ PUBLIC = {
     "minispec.measure": {"PROMPTS"},  # the benchmark's prompts: the prose preset
     "minispec.model": {"Model"},  # for type hints only
     "minispec.palette": {"COLOURS", "NAMES", "SECTIONS", "TINTS", "VERDICTS"},
+    "minispec.replay_html": {"replay_html"},
     "minispec.roofline": {"T_VALUES", "fma_rate", "fmas_per_token", "forward_times"},
     "minispec.sampling": {"SamplingParams"},
     "minispec.speculative": {"speculative_generate"},

@@ -16,6 +16,7 @@ import streamlit as st  # noqa: E402
 
 from minispec.drafters import drafter_summary  # noqa: E402
 from minispec.measure import PROMPTS  # noqa: E402
+from minispec.replay_html import replay_html  # noqa: E402
 from minispec.trace import trace_json  # noqa: E402
 from viz import look, panels, runs  # noqa: E402
 
@@ -140,7 +141,8 @@ GUIDE = (
     "show each part of a step in the order it happens.\n"
     "4. **Numbers** shows what this saved, measured live on this machine; **Compare "
     "drafters** runs each drafter on your prompt.\n"
-    "5. **Download the trace** to replay this run later, anywhere, without the model."
+    "5. **Download the trace** to replay this run later, anywhere, without the model, or "
+    "**Download as a web page** to share it as one file that opens in any browser."
 )
 guide = st.empty()  # filled once we know whether there is a run to show
 
@@ -224,6 +226,14 @@ download.download_button(
     mime="application/json",
     on_click="ignore",
     key="download",
+)
+download.download_button(
+    "Download as a web page",
+    lambda: replay_html(story.trace),  # made when clicked: opens offline, no Python needed
+    file_name="minispec-replay.html",
+    mime="text/html",
+    on_click="ignore",
+    key="download_html",
 )
 
 # The tabs keep their selection across reruns (key) and only the open one runs (on_change).
