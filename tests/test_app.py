@@ -359,6 +359,18 @@ def test_downloaded_trace_loads_back(app: AppTest) -> None:
     assert again.story.steps == run.story.steps
 
 
+def test_the_run_downloads_as_a_trace_and_as_a_web_page(app: AppTest) -> None:
+    """Both downloads sit side by side; the web page is `replay_html` of the run's trace."""
+    from minispec.replay_html import replay_html
+
+    run_model(app, n_new=10)
+    no_errors(app)
+    labels = [b.label for b in app.download_button]
+    assert labels == ["Download the trace", "Download as a web page"]
+    page = replay_html(app.session_state.run.story.trace)
+    assert page.startswith("<!DOCTYPE html>") and "minispec-data" in page
+
+
 DRAFTER_KINDS = [  # each kind of drafter a trace can name, and how panel 2 must introduce it
     ("ngram", "The **n-gram drafter**"),
     ("early-exit", "The **early-exit drafter**"),

@@ -51,16 +51,22 @@ def tiny_mtp(target, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run(target, drafter, sampling: SamplingParams, n: int = 16, k: int = 3) -> dict:
+def run(target, drafter, sampling: SamplingParams, n: int = 16, k: int = 3, **opts) -> dict:
     ids = encode(target.tokenizer, PROMPT)
-    g = speculative_generate(target, ids, drafter, k=k, max_new_tokens=n, sampling=sampling, seed=1)
+    g = speculative_generate(
+        target, ids, drafter, k=k, max_new_tokens=n, sampling=sampling, seed=1, **opts
+    )
     return g.trace.to_dict()
 
 
 @pytest.fixture(scope="module")
 def long_run(target) -> dict:
     """64 new tokens, sampled, from a separate draft model: rejections, corrections, bonuses."""
-    return run(target, DraftModelDrafter(tiny_model(seed=1)), SAMPLED, n=64, k=4)
+    trace = run(
+        target, DraftModelDrafter(tiny_model(seed=1)), SAMPLED, n=64, k=4, stop_at_eos=False
+    )
+    assert len(trace["ids"]) == 64
+    return trace
 
 
 def external_references(html: str) -> list[str]:
