@@ -191,6 +191,7 @@ def page_view(trace: Trace) -> dict:
         "alpha": stats.alpha,
         "tau": stats.tau,
         "expected_tau": stats.expected_tau,
+        "expected_tau_as_drafted": stats.expected_tau_as_drafted,
         "drafter_html": drafter_html(trace),
         "colours": COLOURS,
         "tints": TINTS,
@@ -370,6 +371,10 @@ function header() {
     `<span>τ = (1 − α<sup>k+1</sup>) / (1 − α), k = ${k}` +
     `<b>${num(VIEW.expected_tau, 2)}</b></span>` +
     `<span>New tokens<b>${VIEW.tokens.length} in ${plural(N, "step")}</b></span>`;
+  if (VIEW.expected_tau_as_drafted < VIEW.expected_tau - 0.005) {  // the drafter proposed < k
+    $("numbers").innerHTML += `<span class="words">Over the draft lengths actually proposed ` +
+      `(fewer than k at times), the formula gives ${num(VIEW.expected_tau_as_drafted, 2)}.</span>`;
+  }
   $("legend").innerHTML = Object.keys(VIEW.names)
     .map((kind) => `<span>${dot(kind)}${esc(VIEW.names[kind])}</span>`).join("");
   $("output-title").textContent = VIEW.sections.output;
@@ -441,10 +446,14 @@ function verifyPart(r, newest) {  // inputs [newest, d1..dn] and the n+1 rows of
       unread);
   });
   const cols = `grid-template-columns: 8rem repeat(${n + 1}, minmax(4.2rem, max-content))`;
+  const words = n === 0
+    ? "With no guesses the target reads the newest token alone: one distribution p, as in " +
+      "plain decoding."
+    : `The target reads the newest token and the ${n} guess${n === 1 ? "" : "es"} in one ` +
+      `forward pass; it returns ${n + 1} next-token distributions p: one to check each guess, ` +
+      "one more after the last.";
   return heading(3, `${VIEW.sections.verify} over ${plural(n + 1, "position")}`) +
-    `<p class="words">The target reads the newest token and the ${n} ` +
-    `guess${n === 1 ? "" : "es"} in one forward pass; it returns ${n + 1} next-token ` +
-    `distributions p: one to check each guess, one more after the last.</p>` +
+    `<p class="words">${words}</p>` +
     `<div class="pass" style="${cols}"><span class="h">reads</span>${inputs.join("")}` +
     `<span class="h">top choice (p)</span>${outputs.join("")}</div>`;
 }
@@ -508,7 +517,8 @@ function nextPart(r) {  // the correction or bonus, and the distribution it was 
   }).join("");
   return heading(5, VIEW.sections[kind]) +
     `<div class="chips">${chip(label(nxt), kind, kind + " · prob " + num(nxt.prob, 2))}</div>` +
-    `<p class="words">Drawn from ${esc(from)}:</p><table class="dist card">${rows}</table>`;
+    `<p class="words">${GREEDY ? "Greedy: the top token of" : "Drawn from"} ${esc(from)}:</p>` +
+    `<table class="dist card">${rows}</table>`;
 }
 
 function cachePart(r, newest) {  // what the verify pass wrote, and what the rollback kept
@@ -522,8 +532,10 @@ function cachePart(r, newest) {  // what the verify pass wrote, and what the rol
       `title="position ${before + 1 + i}">${visible(label(d))}</span>`;
   });
   return heading(6, VIEW.sections.rollback) +
-    `<p class="words">The pass wrote ${n + 1} positions; those after the first rejection hold ` +
-    `keys and values of discarded guesses and are cut off.</p><div class="cache">${cells}</div>` +
+    `<p class="words">The pass wrote ${plural(n + 1, "position")} into the cache; those after ` +
+    "the first rejection hold keys and values of discarded guesses and are cut off. The new " +
+    `${r.next_token.kind} token is not in it yet: the next step reads it.</p>` +
+    `<div class="cache">${cells}</div>` +
     `<p>KV cache length: <b>${before}</b> before → <b>${before + n + 1}</b> after verifying → ` +
     `<b>${r.kv_length_after}</b> after the rollback</p>`;
 }

@@ -131,6 +131,29 @@ def test_token_text_cannot_close_the_script(long_run: dict) -> None:
     assert "alert(1)" in html  # still there, as data
 
 
+def test_a_trace_without_token_texts_shows_token_ids(long_run: dict) -> None:
+    """A trace recorded without a tokenizer has null texts: the page shows ⟨id⟩ instead."""
+
+    def strip_texts(node: object) -> None:
+        if isinstance(node, dict):
+            for key in node:
+                if key in ("text", "prompt_text", "emitted_text"):
+                    node[key] = None
+                else:
+                    strip_texts(node[key])
+        elif isinstance(node, list):
+            for item in node:
+                strip_texts(item)
+
+    trace = json.loads(json.dumps(long_run))
+    strip_texts(trace)
+    html = replay_html(trace)
+    data = re.search(r'id="minispec-data">(.*?)</script>', html).group(1)
+    view = json.loads(data)["view"]
+    assert view["prompt"].startswith(f"⟨{trace['prompt_ids'][0]}⟩")
+    assert [t["text"] for t in view["tokens"]] == [f"⟨{i}⟩" for i in trace["ids"]]
+
+
 @pytest.mark.parametrize(
     "mangle, field",
     [
