@@ -29,6 +29,7 @@ CHECKS = {
     "residual": (ex.check_residual, S4.my_residual),
     "accept_or_reject": (ex.check_accept_or_reject, S4.my_accept_or_reject),
     "shape_both": (ex.check_shape_both, S4.my_shape_both),
+    "query_only_attention": (ex.check_query_only_attention, S5.my_query_only_attention),
     "expected_tau": (ex.check_expected_tau, S5.my_expected_tau),
     "best_k": (ex.check_best_k, S5.my_best_k),
 }
@@ -408,6 +409,93 @@ def test_shape_both_top_p_on_p_only_is_wrong(capsys: pytest.CaptureFixture) -> N
 
 
 # ------------------------------------------------------------------------------- lesson 5
+
+
+def window_start(t: int, window: int | None) -> int:
+    return 0 if window is None else max(0, t - window + 1)
+
+
+def attention_by(
+    start: Callable = window_start,
+    stop: Callable = lambda t, n, capacity: min(t + 1, n),
+    kv_head: Callable = lambda h, n_heads, n_kv: h // (n_heads // n_kv),
+    scaled: bool = True,
+    axis: int = -1,
+    zero_hidden: bool = False,
+) -> Callable:
+    """The drafter's attention as a learner writes it, with one mistake chosen by the options."""
+
+    def attention(q, keys, values, position, cached, window, scale):
+        n_heads, n_kv = q.shape[0], keys.shape[1]
+        s0, s1 = start(position, window), stop(position, cached, len(keys))
+        rows = np.arange(len(keys)) if zero_hidden else np.arange(s0, s1)
+        heads = [kv_head(h, n_heads, n_kv) for h in range(n_heads)]
+        k, v = keys[rows][:, heads], values[rows][:, heads]  # (S, n_heads, head_dim)
+        scores = np.einsum("hd,shd->hs", q * (scale if scaled else 1.0), k)
+        if zero_hidden:
+            scores[:, (rows < s0) | (rows >= s1)] = 0.0
+        w = np.exp(scores - scores.max(axis, keepdims=True))
+        return np.einsum("hs,shd->hd", w / w.sum(axis, keepdims=True), v)
+
+    return attention
+
+
+ATTENTION_MISTAKES = {
+    "scale the scores": attention_by(scaled=False),
+    "only rows 0..cached-1 of the buffer": attention_by(stop=lambda t, n, capacity: t + 1),
+    "attend only to the keys the query may see": attention_by(
+        start=lambda t, w: 0, stop=lambda t, n, capacity: capacity
+    ),
+    "sees keys 0..t only (causal)": attention_by(stop=lambda t, n, capacity: n),
+    "the query sees its own position too": attention_by(stop=lambda t, n, capacity: min(t, n)),
+    "on a sliding layer the query sees only": attention_by(start=lambda t, w: 0),
+    "t itself included": attention_by(start=lambda t, w: 0 if w is None else max(0, t - w)),
+    "heads share key/value heads in blocks": attention_by(
+        kv_head=lambda h, n_heads, n_kv: h % n_kv
+    ),
+    "the softmax runs over the keys": attention_by(axis=0),
+    "not a score of 0": attention_by(zero_hidden=True),
+}
+
+
+@pytest.mark.parametrize("hint", ATTENTION_MISTAKES)
+def test_query_only_attention_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_query_only_attention, ATTENTION_MISTAKES[hint], capsys)
+
+
+def test_query_only_attention_with_a_mask_and_repeated_heads_is_right(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """Written another way: float32, q scaled in place, a -inf mask, np.repeat for the groups."""
+
+    def masked(q, keys, values, position, cached, window, scale):
+        q *= np.float32(scale)
+        group = q.shape[0] // keys.shape[1]
+        k, v = np.repeat(keys, group, axis=1), np.repeat(values, group, axis=1)
+        s = np.arange(len(keys))
+        seen = (s <= position) & (s < cached) & (window is None or s > position - (window or 0))
+        scores = np.where(seen[None, :], np.einsum("hd,shd->hs", q, k), -np.inf)
+        w = np.exp(scores - scores.max(-1, keepdims=True))
+        return np.einsum("hs,shd->hd", w / w.sum(-1, keepdims=True), v)
+
+    assert verdict(ex.check_query_only_attention, masked, capsys).startswith("right: ")
+
+
+def test_query_only_attention_cases_agree_with_the_drafter() -> None:
+    """The check's answer is the target's attention, and through W_o the drafter's own."""
+    inputs = ex.attention_inputs()
+    assert sum(i.drafted is not None for i in inputs) >= 2
+    for i in inputs:
+        want = ex.target_attention(i)
+        if i.drafted is not None:
+            assert ex.close(want.reshape(1, -1) @ i.o_proj.T, i.drafted)
+        distinct = [h for h, m in ex.attention_mistakes(i).items() if not ex.close(m, want)]
+        assert distinct, i.name  # each case shows at least one mistake
+
+
+def test_best_k_is_the_answer_key() -> None:
+    for _, alpha, draft_ms, forward_ms in ex.best_k_inputs():
+        assert ex.best_k(alpha, draft_ms, forward_ms) == S5.my_best_k(alpha, draft_ms, forward_ms)
 
 
 def tau_without_the_bonus(alpha, k):
