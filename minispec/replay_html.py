@@ -10,26 +10,28 @@ distribution it was drawn from, the KV cache before and after the rollback, and 
 and tau beside the formula tau = (1 - alpha^(k+1)) / (1 - alpha).
 
 How it is built: `check_trace` reads every field the page will show and names the first one
-that is missing or wrong (an `InputError`, before anything is written). `page_view` works out
-what the page needs beyond the trace itself (each new token's origin, the context before each
-step, the statistics, the drafter's description). `replay_html` embeds the trace and that view
-as JSON in a `<script type="application/json">` element, beside a short hand-written script that
-draws a step from them, and the stylesheet. Colours, legend words and section titles come from
-`minispec.palette`, the drafter's description from the drafter registry, as in the app; nothing
-here loads or runs a model.
+that is missing or wrong (an `InputError`, before anything is written). `page_view` adds what
+the page needs beyond the trace itself: each new token's origin, the context before each step
+and the statistics (from `minispec.story`, as the app has them), and the drafter's description.
+`replay_html` embeds the trace and that view as JSON in a `<script type="application/json">`
+element, beside a short hand-written script that draws a step from them, and the stylesheet.
+Colours, legend words and section titles come from `minispec.palette`, the drafter's
+description from the drafter registry, as in the app; nothing here loads or runs a model.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from html import escape
 from pathlib import Path
 
 from minispec.drafters import drafter_words, spec_from_name
 from minispec.errors import InputError
 from minispec.palette import COLOURS, NAMES, SECTIONS, TINTS, VERDICTS
-from minispec.trace import FORMAT, STEP_FIELDS, VERSION, Trace, replay, stats_from_trace
+from minispec.story import story_from_trace
+from minispec.trace import FORMAT, STEP_FIELDS, VERSION, Trace, replay
 
 NUMBER = (int, float)
 NUMBER_OR_NULL = (int, float, type(None))
@@ -134,36 +136,6 @@ def check_trace(d: object) -> Trace:
 # ------------------------------------------------------------------------- what the page needs
 
 
-def label(entry: dict) -> str:
-    """A token's text; its id when the trace was recorded without a tokenizer."""
-    text = entry.get("text")
-    return text if isinstance(text, str) else f"⟨{entry['token']}⟩"
-
-
-def new_tokens(trace: Trace) -> tuple[list[dict], list[int]]:
-    """Every new token with its origin and step, and how many came before each step.
-
-    An origin is a key of `minispec.palette.COLOURS`: first (the prefill's), accepted, corrected
-    or bonus. A step can end early at an end-of-sequence token, so this walks its `emitted`.
-    """
-    tokens, contexts = [], []
-    first = trace.first_token
-    if first is not None:
-        p = next((e["prob"] for e in first["top_p"] if e["token"] == first["token"]), None)
-        tokens.append({"text": label(first), "source": "first", "step": None, "p": p, "q": None})
-    for s in replay(trace):
-        r, nxt = s.record, s.record["next_token"]
-        contexts.append(len(tokens))
-        for i in range(len(s.emitted)):
-            if i < len(s.kept):
-                d = r["decisions"][i]
-                entry = {"text": label(d), "source": "accepted", "p": d["p"], "q": d["q"]}
-            else:
-                entry = {"text": label(nxt), "source": nxt["kind"], "p": nxt["prob"], "q": None}
-            tokens.append({**entry, "step": r["step"]})
-    return tokens, contexts
-
-
 def markdown_html(words: str) -> str:
     """The registry's descriptions use **bold** and `code` only: those, as HTML."""
     html = escape(words)
@@ -178,16 +150,14 @@ def drafter_html(trace: Trace) -> str:
 
 
 def page_view(trace: Trace) -> dict:
-    """What the script needs beside the trace: tokens by origin, statistics, words, colours."""
-    tokens, contexts = new_tokens(trace)
-    stats = stats_from_trace(trace)
-    prompt = trace.prompt_text
-    if not isinstance(prompt, str):
-        prompt = " ".join(f"⟨{t}⟩" for t in trace.prompt_ids)
+    """What the script needs beside the trace: tokens by origin (`story_from_trace`, as the app
+    has them), statistics, words, colours."""
+    story = story_from_trace(trace)
+    stats = story.stats
     return {
-        "prompt": prompt,
-        "tokens": tokens,
-        "contexts": contexts,
+        "prompt": story.prompt_text,
+        "tokens": [asdict(t) for t in story.new],
+        "contexts": story.contexts,
         "alpha": stats.alpha,
         "tau": stats.tau,
         "expected_tau": stats.expected_tau,

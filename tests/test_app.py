@@ -547,6 +547,14 @@ PUBLIC = {
     "minispec.sampling": {"SamplingParams"},
     "minispec.speculative": {"speculative_generate"},
     "minispec.stats": {"Stats", "expected_tokens_per_forward"},
+    "minispec.story": {  # a trace read as the page shows it (also the replay page's)
+        "Story",
+        "Token",
+        "draft_fate",
+        "step_summary",
+        "story_from_trace",
+        "token_label",
+    },
     "minispec.tiny": {"tiny_model"},
     "minispec.tokenizer": {"encode", "decode"},
     "minispec.trace": {

@@ -11,8 +11,8 @@ import plotly.graph_objects as go
 
 from minispec.palette import COLOURS, TINTS
 from minispec.stats import Stats, expected_tokens_per_forward
+from minispec.story import token_label
 from viz.look import visible
-from viz.story import token_label
 
 FONT = dict(family="Inter, system-ui, sans-serif", size=13, color="#1f2937")
 

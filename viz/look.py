@@ -10,7 +10,7 @@ from __future__ import annotations
 from html import escape
 
 from minispec.palette import COLOURS, NAMES, TINTS
-from viz.story import Story, Token, draft_fate, token_label
+from minispec.story import Story, Token, draft_fate, token_label
 
 CSS = """
 <style>

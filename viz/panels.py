@@ -13,10 +13,10 @@ import streamlit as st
 
 from minispec.drafters import drafter_words, spec_from_name
 from minispec.palette import SECTIONS, VERDICTS
+from minispec.story import Story, draft_fate, step_summary, token_label
 from minispec.trace import Trace
 from viz import charts, look, runs
 from viz.runs import Run
-from viz.story import Story, draft_fate, step_summary, token_label
 
 
 def drafter_explanation(trace: Trace) -> str:

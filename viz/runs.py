@@ -22,10 +22,10 @@ from minispec.loading import load_model
 from minispec.roofline import T_VALUES, fma_rate, fmas_per_token, forward_times
 from minispec.sampling import SamplingParams
 from minispec.speculative import speculative_generate
+from minispec.story import Story, story_from_trace
 from minispec.tiny import tiny_model
 from minispec.tokenizer import decode, encode
 from minispec.trace import Trace
-from viz.story import Story, story_from_trace
 
 if TYPE_CHECKING:
     from minispec.model import Model

@@ -1,7 +1,8 @@
 """From a recorded trace to what the page shows: every token with where it came from, per step.
 
 Reads only the trace (a step record's fields are `minispec.trace.STEP_FIELDS`), so a recorded run
-replays on a laptop that has no model. Nothing here imports Streamlit.
+replays on a laptop that has no model. The app (viz/) and the replay web page
+(`minispec.replay_html`) both read it.
 
 Where a token comes from (its "source"), the colours the whole page uses for it:
 
