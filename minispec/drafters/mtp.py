@@ -227,10 +227,21 @@ def query_only_attention(
     """
     op = ops(fast)
     T, H, hd = z.shape[0], cfg.n_heads, cfg.head_dim
-    q = op.linear(rms_norm(z, p.attn_norm, cfg.eps), p.q_proj).reshape(T, H, hd)
-    q = rope(rms_norm(q, p.q_norm, cfg.eps), positions, cfg.rope_base) * cfg.query_scale
+    q = queries(p, cfg, z, positions, fast) * cfg.query_scale
     out = op.attend(q, keys, values, bounds)  # (T, H, head_dim): grouped-query attention
     return op.linear(out.reshape(T, H * hd), p.o_proj)  # (T, d)
+
+
+def queries(
+    p: MTPParams, cfg: MTPConfig, z: np.ndarray, positions: np.ndarray, fast: bool = False
+) -> np.ndarray:
+    """q = rope(norm_q(W_q norm_a(z)), positions), before the scale: (T, n_heads, head_dim)."""
+    q = ops(fast).linear(rms_norm(z, p.attn_norm, cfg.eps), p.q_proj)
+    return rope(
+        rms_norm(q.reshape(len(z), cfg.n_heads, cfg.head_dim), p.q_norm, cfg.eps),
+        positions,
+        cfg.rope_base,
+    )
 
 
 def gated_mlp(p: MTPParams, cfg: MTPConfig, z: np.ndarray, fast: bool = False) -> np.ndarray:

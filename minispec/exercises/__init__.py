@@ -93,7 +93,6 @@ from minispec.exercises.lesson5 import (
     grade_best_k,
     grade_expected_tau,
     grade_query_only_attention,
-    mtp_query,
     step_speed,
     target_attention,
 )
@@ -149,7 +148,6 @@ __all__ = [
     "judge",
     "kv_bytes_read",
     "largest_difference",
-    "mtp_query",
     "name_mistake",
     "name_of",
     "number",

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from minispec.drafters.mtp import (
-    MTPConfig,
-    MTPParams,
     config_for,
     init_params,
+    queries,
     query_only_attention,
     visible,
 )
@@ -33,7 +32,7 @@ from minispec.exercises.judging import (
     same_value,
 )
 from minispec.kv_cache import new_cache
-from minispec.model import attend_rows, forward, rms_norm, rope
+from minispec.model import attend_rows, forward
 from minispec.stats import expected_tokens_per_forward
 from minispec.tiny import tiny_model
 
@@ -48,15 +47,6 @@ def check_query_only_attention(fn: Callable) -> None:
     (else 0); g(h) = h // (n_heads / n_kv_heads), the key/value head of query head h's group.
     """
     report(fn, grade_query_only_attention)
-
-
-def mtp_query(p: MTPParams, cfg: MTPConfig, z: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """q = rope(norm_q(W_q norm_a(z)), positions), not yet scaled: (T, n_heads, head_dim).
-
-    The lines before the attention in `drafters.mtp.query_only_attention` (NumPy's path).
-    """
-    q = (rms_norm(z, p.attn_norm, cfg.eps) @ p.q_proj.T).reshape(len(z), cfg.n_heads, -1)
-    return rope(rms_norm(q, p.q_norm, cfg.eps), positions, cfg.rope_base)
 
 
 @dataclass
@@ -116,7 +106,7 @@ def attention_inputs() -> list[AttentionInput]:
         keys, values = cache.keys[layer], cache.values[layer]
         case = AttentionInput(
             name,
-            mtp_query(p, cfg, z, pos)[0],
+            queries(p, cfg, z, pos)[0],
             keys,
             values,
             position,
