@@ -183,19 +183,42 @@ def attend(q: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def attend_rows(
-    q: np.ndarray, keys: np.ndarray, values: np.ndarray, bounds: np.ndarray
+    q: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    bounds: np.ndarray,
+    base: int | None = None,
+    visible: np.ndarray | None = None,
 ) -> np.ndarray:
     """`attend` for each query t over its keys bounds[t, 0] <= j < bounds[t, 1] (`key_bounds`).
 
     q: (T, n_heads, head_dim), scaled; keys, values: (S, n_kv_heads, head_dim). (T, n_heads,
     head_dim). The readable twin of `kernels.attend_each`, which takes the same arguments.
+    A token tree (`TreeMask`): from key `base` on, query t sees key j only if visible[t, j - base].
     """
-    return np.stack(
-        [
-            attend(q[t], keys[start:stop], values[start:stop])
-            for t, (start, stop) in enumerate(bounds)
-        ]
-    )
+    out = []
+    for t, (start, stop) in enumerate(bounds):
+        seen = np.arange(start, stop)  # (S_t,) the keys query t reads, in order
+        if visible is not None:
+            seen = seen[(seen < base) | visible[t, np.maximum(seen - base, 0)]]
+        out.append(attend(q[t], keys[seen], values[seen]))
+    return np.stack(out)
+
+
+@dataclass
+class TreeMask:
+    """The tree attention mask of a pass over token-tree nodes (SpecInfer, Miao et al. 2024).
+
+    The tree's nodes sit in the cache from row `base` on, in the order they were written, not
+    in positions: node i of depth d stands at position base + d of its own path (its RoPE
+    angle) wherever it is stored. Each new query t sees the prefix (rows before base, within
+    its sliding window) and, among the tree's rows, only visible[t, r] ones: its ancestors and
+    itself. A chain is the tree whose mask is lower triangular.
+    """
+
+    base: int  # the cache row of the tree's first node (the prefix's length)
+    visible: np.ndarray  # (T, R) bool: new query t sees cache row base + r
+    positions: np.ndarray  # (T,) int: each new query's position, base + its depth
 
 
 def rope_kernel(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
@@ -225,7 +248,8 @@ class Ops:
     rms_norm: Callable[[np.ndarray, np.ndarray, float], np.ndarray]
     rope: Callable[[np.ndarray, np.ndarray, float], np.ndarray]
     gelu_gate: Callable[[np.ndarray, np.ndarray], np.ndarray]  # gelu(gate) * up
-    attend: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # bounds
+    # (q, keys, values, bounds[, base, visible]): `attend_rows`' arguments
+    attend: Callable[..., np.ndarray]
 
 
 FAST = Ops(
@@ -256,7 +280,13 @@ def segments(cache: Caches, T: int) -> list[tuple[KVCache, slice]]:
 
 
 def attention(
-    x: np.ndarray, layer: Layer, cache: Caches, i: int, config: GemmaConfig, fast: bool = True
+    x: np.ndarray,
+    layer: Layer,
+    cache: Caches,
+    i: int,
+    config: GemmaConfig,
+    fast: bool = True,
+    tree: TreeMask | None = None,
 ) -> np.ndarray:
     """Self-attention of layer i for T new positions; their keys and values join the cache.
 
@@ -264,10 +294,13 @@ def attention(
     each row's keys and values go into, and its query reads, its own sequence's cache only.
     fast: `ops(fast)`, the Numba kernels (`attend`'s, `rms_norm`'s and `rope`'s arithmetic);
     False: `attend` itself, query by query, and NumPy's `rms_norm` and `rope`.
+    tree: the rows are token-tree nodes (one cache): their positions and mask (`TreeMask`).
     """
     T, parts = x.shape[0], segments(cache, x.shape[0])
     n_heads, n_kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     positions = np.concatenate([np.arange(c.length, c.length + r.stop - r.start) for c, r in parts])
+    if tree is not None:  # a node's angle is its place in its own path, not its cache row
+        positions = tree.positions
     sliding = config.is_sliding(i)
     base = config.rope_local_base_freq if sliding else config.rope_theta
 
@@ -284,7 +317,7 @@ def attention(
     window = config.sliding_window if sliding else None
     out = np.empty_like(q)  # (T, n_heads, head_dim)
     for c, r in parts:
-        out[r] = attend_cached(q[r], k[r], v[r], c, i, positions[r], window, fast)
+        out[r] = attend_cached(q[r], k[r], v[r], c, i, positions[r], window, fast, tree)
     return linear(out.reshape(T, n_heads * hd), layer.o_proj)  # (T, d_model)
 
 
@@ -297,6 +330,7 @@ def attend_cached(
     positions: np.ndarray,
     window: int | None,
     fast: bool = True,
+    tree: TreeMask | None = None,
 ) -> np.ndarray:
     """Write the new keys and values into layer i's cache, then attend each query over it."""
     start = cache.length
@@ -306,7 +340,12 @@ def attend_cached(
     # an exact no-op): a position's result is then the same computation whether it is decoded
     # alone, verified with k others or prefilled with its prompt.
     bounds = key_bounds(positions, window)  # (T, 2)
-    return ops(fast).attend(q, cache.keys[i], cache.values[i], bounds)  # (T, n_heads, head_dim)
+    if tree is None:
+        return ops(fast).attend(q, cache.keys[i], cache.values[i], bounds)  # (T, n_heads, hd)
+    # A tree node reads the prefix (rows before base, its window cut at its path's position)
+    # and, of the rows from base on, those its mask shows: up to its own row, start + t.
+    bounds[:, 1] = start + np.arange(len(q)) + 1
+    return ops(fast).attend(q, cache.keys[i], cache.values[i], bounds, tree.base, tree.visible)
 
 
 def mlp(x: np.ndarray, layer: Layer, fast: bool = True) -> np.ndarray:
@@ -320,12 +359,18 @@ def mlp(x: np.ndarray, layer: Layer, fast: bool = True) -> np.ndarray:
 
 
 def block(
-    x: np.ndarray, layer: Layer, cache: Caches, i: int, config: GemmaConfig, fast: bool = True
+    x: np.ndarray,
+    layer: Layer,
+    cache: Caches,
+    i: int,
+    config: GemmaConfig,
+    fast: bool = True,
+    tree: TreeMask | None = None,
 ) -> np.ndarray:
     """One transformer block with Gemma's four norms: pre- and post-norm around each sublayer."""
     eps = config.rms_norm_eps
     norm = ops(fast).rms_norm
-    h = attention(norm(x, layer.input_layernorm, eps), layer, cache, i, config, fast)
+    h = attention(norm(x, layer.input_layernorm, eps), layer, cache, i, config, fast, tree)
     x = x + norm(h, layer.post_attention_layernorm, eps)
     h = mlp(norm(x, layer.pre_feedforward_layernorm, eps), layer, fast)
     return x + norm(h, layer.post_feedforward_layernorm, eps)
@@ -350,12 +395,15 @@ def forward_hidden(
     n_layers: int | None = None,
     last_only: bool = False,
     head: bool = True,
+    tree: TreeMask | None = None,
 ) -> ForwardOutput:
     """`forward`, also returning the hidden state; `n_layers` stops early (self-speculation).
 
     With n_layers < all, only those layers' caches are written; the caller rolls the cache back.
     head=False skips the output head (logits None): an early exit scores its own tokens.
     cache: a list of caches, one per token, decodes several sequences at once (`forward_each`).
+    tree: the tokens are nodes of a token tree (`TreeMask`; one cache): each attends to the
+    prefix and its own ancestors, at its own path's position.
     """
     tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if tokens.size == 0:
@@ -367,8 +415,10 @@ def forward_hidden(
     for c, r in parts:
         c.reserve(r.stop - r.start)
     x = embed(tokens, params.embed, config.hidden_size)  # (T, d_model)
+    if tree is not None and (len(parts) != 1 or tree.visible.shape[0] != tokens.size):
+        raise ValueError("forward: a tree mask needs one cache and one mask row per token")
     for i, layer in enumerate(params.layers[:n_layers]):
-        x = block(x, layer, cache, i, config, model.fast)
+        x = block(x, layer, cache, i, config, model.fast, tree)
     for c, r in parts:
         c.length += r.stop - r.start
     if not head:

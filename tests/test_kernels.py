@@ -414,8 +414,9 @@ def test_one_thread_and_the_pool_give_the_same_bits() -> None:
         .transpose(1, 0, 2)
     )
     pool, alone = np.empty_like(q), np.empty_like(q)
-    kernels.attention._attend_kernel(keys, q, vt, bounds, pool)
-    kernels.attention._attend_serial(keys, q, vt, bounds, alone)
+    no_tree = np.int64(keys.shape[0]), np.ones((9, 1), np.bool_)  # `attend_each` without a tree
+    kernels.attention._attend_kernel(keys, q, vt, bounds, *no_tree, pool)
+    kernels.attention._attend_serial(keys, q, vt, bounds, *no_tree, alone)
     assert np.array_equal(pool, alone)
     assert np.array_equal(pool, kernels.attend_each(q, keys, values, bounds))
 

@@ -48,9 +48,18 @@ def attention_variant(T: int, n_heads: int, n_kv: int, head_dim: int) -> str:
 
 
 def attend_each(
-    q: np.ndarray, keys: np.ndarray, values: np.ndarray, seen: np.ndarray
+    q: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    seen: np.ndarray,
+    base: int | None = None,
+    visible: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each query t: softmax(q_t K^T) V over the cache rows seen[t, 0] <= s < seen[t, 1].
+
+    A token tree (`model.TreeMask`) hides some rows of that range: from row `base` on, query t
+    sees row s only where visible[t, s - base] (its ancestors and itself); rows before `base`
+    (the prefix) as `seen` says. base None: no tree, every row of the range.
 
     The arithmetic of `model.attend` (grouped-query attention), for the queries of decoding,
     verification and prompts alike. q (T, n_heads, head_dim), scaled; keys and values
@@ -85,8 +94,13 @@ def attend_each(
     vt = as_panels(values.transpose(1, 0, 2))  # (n_kv, d/16, capacity, 16), no copy
     if copies_values(T, group):
         vt = np.ascontiguousarray(vt[:, :, : int(seen[:, 1].max())])  # steps of k 64 B apart
+    if visible is None:  # no tree: every row of the range (one dummy cell, never read)
+        base, visible = keys.shape[0], np.ones((T, 1), np.bool_)
+    elif visible.shape[0] != T or base + visible.shape[1] < seen[:, 1].max():
+        raise ValueError(f"attend_each: a tree mask {visible.shape} from row {base} misses rows")
     kernel = _attend_serial if one_unit(T, group, n_kv) else _attend_kernel
-    kernel(keys, np.ascontiguousarray(q), vt, seen.astype(np.int64), out)
+    args = seen.astype(np.int64), np.int64(base), np.ascontiguousarray(visible, np.bool_)
+    kernel(keys, np.ascontiguousarray(q), vt, *args, out)
     return out
 
 
@@ -133,30 +147,33 @@ def _attend_plan(keys, seen, out):
 
 
 @njit(parallel=True, cache=True)
-def _attend_kernel(keys, q, vt, seen, out):
+def _attend_kernel(keys, q, vt, seen, base, visible, out):
     """`attend_each`'s units, chunk by chunk on the threads (`_attend_plan`, `_attend_units`)."""
     lo, hi, first = _attend_plan(keys, seen, out)
     for chunk in prange(first.shape[0] - 1):
-        _attend_units(keys, q, vt, seen, out, lo, hi, first[chunk], first[chunk + 1])
+        u0, u1 = first[chunk], first[chunk + 1]
+        _attend_units(keys, q, vt, seen, base, visible, out, lo, hi, u0, u1)
 
 
 @njit(cache=True)
-def _attend_serial(keys, q, vt, seen, out):
+def _attend_serial(keys, q, vt, seen, base, visible, out):
     """`_attend_kernel` on the calling thread: for one chunk (decoding), waking the pool costs
     more than it saves. The same units, so the same bits."""
     lo, hi, first = _attend_plan(keys, seen, out)
     for chunk in range(first.shape[0] - 1):
-        _attend_units(keys, q, vt, seen, out, lo, hi, first[chunk], first[chunk + 1])
+        u0, u1 = first[chunk], first[chunk + 1]
+        _attend_units(keys, q, vt, seen, base, visible, out, lo, hi, u0, u1)
 
 
 @njit(cache=True)
-def _attend_units(keys, q, vt, seen, out, lo, hi, u0, u1):
+def _attend_units(keys, q, vt, seen, base, visible, out, lo, hi, u0, u1):
     """`attend_each`'s three steps for the units u0 <= u < u1 (`_attend_plan`).
 
     keys (capacity, n_kv, d); q (T, n_heads, d); vt (n_kv, d_padded / 16, capacity, 16): the
-    values' panels; out (T, n_heads, d). Each block's queries are first copied into panels of
-    16 columns, k-major, like a packed weight: qb[j // 16, d, j % 16] = q[t, h, d] for column j
-    of the block, (t, h) = divmod(c, group) with c = TILE_COLS b + j.
+    values' panels; base and visible: the tree mask (`attend_each`); out (T, n_heads, d). Each
+    block's queries are first copied into panels of 16 columns, k-major, like a packed weight:
+    qb[j // 16, d, j % 16] = q[t, h, d] for column j of the block, (t, h) = divmod(c, group)
+    with c = TILE_COLS b + j.
     """
     T, n_heads, head_dim = out.shape
     n_kv = keys.shape[1]
@@ -168,6 +185,7 @@ def _attend_units(keys, q, vt, seen, out, lo, hi, u0, u1):
     p = np.empty((TILE_COLS, longest), np.float32)  # (columns, keys)
     o = np.empty((TILE_COLS, vt.shape[1] * PANEL), np.float32)  # (columns, d_padded)
     total = np.empty(TILE_COLS, np.float32)  # each column's sum of probabilities
+    row = np.empty(longest, np.float32)  # one column's visible scores, side by side
     bits = np.empty(longest, np.int32)  # `_exp_row`'s scratch
     q_b = np.zeros((TILE_PANELS, head_dim, PANEL), np.float32)  # the block's query panels
     for u in range(u0, u1):
@@ -186,15 +204,24 @@ def _attend_units(keys, q, vt, seen, out, lo, hi, u0, u1):
         for j in range(cols):  # softmax over the keys column j sees, 0 for the others
             t = (b * TILE_COLS + j) // group
             a, z = seen[t, 0] - s0, seen[t, 1] - s0
-            p[j, :n] = 0.0
+            m = 0  # the visible keys, gathered into a row where exp vectorizes: a tree's
+            for s in range(a, z):  # query then sums exactly the numbers its path's decoding did
+                if s + s0 < base or visible[t, s + s0 - base]:
+                    row[m] = scores[s, j]
+                    m += 1
             top = np.float32(-np.inf)
-            for s in range(a, z):  # the column into a row, where exp vectorizes
-                p[j, s] = scores[s, j]
-                top = max(top, p[j, s])
-            for s in range(a, z):  # shifted by the max so that exp never overflows
-                p[j, s] = p[j, s] - top
-            _exp_row(p[j, a:z], bits[: z - a])
-            total[j] = ordered_sum(p[j, a:z])
+            for s in range(m):
+                top = max(top, row[s])
+            for s in range(m):  # shifted by the max so that exp never overflows
+                row[s] = row[s] - top
+            _exp_row(row[:m], bits[:m])
+            total[j] = ordered_sum(row[:m])
+            p[j, :n] = 0.0
+            m = 0
+            for s in range(a, z):  # back in the keys' order; a hidden key's 0 is a no-op below
+                if s + s0 < base or visible[t, s + s0 - base]:
+                    p[j, s] = row[m]
+                    m += 1
         for e in range(vt.shape[1] // TILE_PANELS):  # o = p @ v, TILE_COLS dimensions at a time
             v_e = vt[g, TILE_PANELS * e : TILE_PANELS * (e + 1), s0 : s0 + n]
             o_e = o[:, e * TILE_COLS : (e + 1) * TILE_COLS]
