@@ -57,9 +57,9 @@ def test_a_malformed_tree_is_refused(tokens, parents, proposal, problem):
         TokenTree(tokens, parents, proposal)
 
 
-def tree_tokens(rng, n=len(PARENTS)):
+def tree_tokens(rng):
     """Distinct siblings: a tree never proposes one token twice under one parent."""
-    return rng.choice(np.arange(4, 260), size=n, replace=False).tolist()
+    return rng.choice(np.arange(4, 260), size=len(PARENTS), replace=False).tolist()
 
 
 def verify_tree(model, context, tokens, parents):
