@@ -3,7 +3,8 @@
 The measurements themselves are in `roofline` (forward_times, memory_bandwidth_gb_s,
 weight_bytes, decode_tokens_per_s); this module puts them together as the command prints them:
 
-- forward_ms[T]: one forward pass of T new tokens after a context of 256, min and median;
+- forward_ms[T]: one forward pass of T new tokens after a context of 256, min and median
+  (T in `roofline.T_VALUES`, or 1..17 with token trees: `TREE_T_VALUES`);
 - tokens_per_s: plain greedy decoding speed;
 - prefill_tokens_per_s[n]: prompt tokens per second of a prefill of n tokens;
 - bandwidth_gb_s: how fast the kernel streams one token's worth of weight bytes (a one-row
@@ -17,8 +18,9 @@ weight_bytes, decode_tokens_per_s); this module puts them together as the comman
 
 and, with drafters, speculative decoding against plain decoding on the same prompts, greedy and
 sampled, with what the trace costs (`drafter_speedups`), plain sampled decoding against plain
-greedy (`plain_sampling_cost`), and how much int8 weights change the logits
-(`quantization_error`).
+greedy (`plain_sampling_cost`), how much int8 weights change the logits
+(`quantization_error`), and chains of k = 1..4 against token trees of 4 to 16 nodes
+(`tree_sweep`), beside forward times for T = 1..17 (a tree's pass is 1 + its nodes rows).
 Timing claims live here, never in tests.
 """
 
@@ -32,7 +34,7 @@ import numpy as np
 
 from minispec.generate import Generation, generate
 from minispec.kv_cache import new_cache
-from minispec.measure import PROMPTS, speedup
+from minispec.measure import PROMPTS, paired_ratios, speedup
 from minispec.model import Model, forward
 from minispec.roofline import (
     T_VALUES,
@@ -57,6 +59,7 @@ def run_bench(
     decode_tokens: int = 48,
     prompt_ids: list[int] | None = None,
     decode_runs: int = 3,
+    t_values: tuple[int, ...] = T_VALUES,
 ) -> dict:
     """The table `minispec bench` prints, as one JSON-ready dict.
 
@@ -65,7 +68,7 @@ def run_bench(
     """
     if prompt_ids is None:
         prompt_ids = np.random.default_rng(1).integers(4, model.config.vocab_size, context).tolist()
-    fwd = forward_times(model, context, T_VALUES, repeats)
+    fwd = forward_times(model, context, t_values, repeats)
     tps_runs = [decode_tokens_per_s(model, prompt_ids, decode_tokens) for _ in range(decode_runs)]
     tps = statistics.median(tps_runs)
     prefill = prefill_tokens_per_s(model, repeats=max(1, repeats // 2))
@@ -169,6 +172,10 @@ def drafter_speedups(
             s, z, speed = greedy[-1].stats, sampled[-1].stats, statistics.median(speeds)
             step_ms = statistics.median(step_time_ms(o) for o in greedy)
             sampled_step_ms = statistics.median(step_time_ms(o) for o in sampled)
+            # Each round's own ratios, paired as `speedup` pairs its runs (`paired_ratios`).
+            pairs = list(zip(greedy, sampled, strict=True))
+            step_ratios = [step_time_ms(b) / step_time_ms(a) for a, b in pairs]
+            trace_costs = [1 - r for r in paired_ratios(traced, sampled)]
             rows.append(
                 {
                     "prompt": prompt_name,
@@ -195,6 +202,11 @@ def drafter_speedups(
                     "sampled_step_ratio": sampled_step_ms / step_ms,
                     "traced_tokens_per_s": median_speed(traced),
                     "trace_cost": 1 - speedup(traced, sampled),
+                    "sampled_step_ratio_runs": step_ratios,
+                    "sampled_step_ratio_paired": statistics.median(step_ratios),
+                    "trace_cost_runs": trace_costs,
+                    "speedup_runs": paired_ratios(greedy, plain["greedy"]),
+                    "sampled_speedup_runs": paired_ratios(sampled, plain["sampled"]),
                 }
             )
     return rows
@@ -231,6 +243,78 @@ def plain_sampling_cost(
                 "runs": runs,
             }
         )
+    return rows
+
+
+TREE_T_VALUES = tuple(range(1, 18))  # a tree of up to 16 nodes is a pass of up to 17 rows
+TREE_CHAINS = (1, 2, 3, 4)  # chain settings k the tree sweep compares
+TREE_SIZES = (4, 8, 12, 16)  # tree settings: nodes drafted per step
+
+
+def tree_sweep(
+    model: Model,
+    specs: list[str],
+    chains: tuple[int, ...] = TREE_CHAINS,
+    trees: tuple[int, ...] = TREE_SIZES,
+    new_tokens: int = 64,
+    prompts: dict[str, str] | None = None,
+    runs: int = 3,
+    sampling: SamplingParams = GREEDY,
+) -> list[dict]:
+    """Chains against token trees, per drafter and prompt: tokens per target forward and speed.
+
+    One row per setting: a chain of k (`"shape": "chain"`, `"size": k`) or a tree of N nodes
+    (`"shape": "tree"`, `"size": N`). Each round times plain decoding, then every setting of
+    every drafter; `speedup` is `measure.speedup` over that round's plain run, tau and the
+    per-step draft and verify times are the last round's (tau does not change between rounds
+    when greedy). `acceptance_by_depth`: of the steps that reached depth d of their draft, the
+    share whose target kept a token there.
+    """
+    from minispec.drafters import make_drafter
+    from minispec.speculative import speculative_generate
+    from minispec.tokenizer import encode
+
+    drafters = {spec: make_drafter(spec, model) for spec in specs}
+    settings = [("chain", k) for k in chains] + [("tree", n) for n in trees]
+    rows = []
+    for prompt_name, text in (prompts or PROMPTS).items():
+        ids = encode(model.tokenizer, text)
+        plain: list[Generation] = []
+        outs: dict[tuple[str, str, int], list] = {}
+        for _ in range(runs):
+            plain.append(generate(model, ids, new_tokens, sampling, stop_at_eos=False))
+            for spec, drafter in drafters.items():
+                for shape, size in settings:
+                    k, tree = (size, None) if shape == "chain" else (max(chains), size)
+                    out = speculative_generate(
+                        model, ids, drafter, k, new_tokens, sampling,
+                        stop_at_eos=False, trace=False, tree=tree,
+                    )  # fmt: skip
+                    outs.setdefault((spec, shape, size), []).append(out)
+        for spec in specs:
+            for shape, size in settings:
+                runs_ = outs[spec, shape, size]
+                s = runs_[-1].stats
+                rows.append(
+                    {
+                        "prompt": prompt_name,
+                        "drafter": spec,
+                        "shape": shape,
+                        "size": size,
+                        "sampling": asdict(sampling),
+                        "tau": s.tau,
+                        "tokens_per_s": median_speed(runs_),
+                        "plain_tokens_per_s": median_speed(plain),
+                        "speedup": speedup(runs_, plain),
+                        "speedup_runs": paired_ratios(runs_, plain),
+                        "same_as_plain": runs_[-1].ids == plain[-1].ids,
+                        "draft_ms_per_step": 1000 * s.draft_s / max(1, s.steps),
+                        "verify_ms_per_step": 1000 * s.verify_s / max(1, s.steps),
+                        "drafted_per_step": s.drafted / max(1, s.steps),
+                        "acceptance_by_depth": s.acceptance_by_position,
+                        "runs": runs,
+                    }
+                )
     return rows
 
 

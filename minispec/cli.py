@@ -170,11 +170,14 @@ def cmd_bench(args: argparse.Namespace) -> dict | None:
         check_k(args.k)
         for spec in args.drafter:
             check_drafter_spec(spec)
+    if args.trees and not args.drafter:
+        raise InputError("--trees compares drafters: name them with --drafter (e.g. --drafter mtp)")
     model = load(args)
     say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     say(f"timing forward passes after a {args.context}-token context, then decoding ...")
     timing = dict(repeats=args.repeats, decode_tokens=args.decode_tokens, decode_runs=args.runs)
-    result = bench.run_bench(model, args.context, **timing)
+    t_values = bench.TREE_T_VALUES if args.trees else bench.T_VALUES
+    result = bench.run_bench(model, args.context, t_values=t_values, **timing)
     if args.numpy and model.weights == "float32":
         say("the same without the Numba kernels (NumPy's BLAS for every T) ...")
         result["numpy"] = bench.run_bench(reference(model), args.context, **timing)
@@ -196,6 +199,12 @@ def cmd_bench(args: argparse.Namespace) -> dict | None:
             sampled.setdefault(d["drafter"], {})[d["prompt"]] = d["sampled_speedup"]
         say("plain decoding, greedy against sampled ...")
         result["plain_sampled"] = bench.plain_sampling_cost(model, args.new_tokens, runs=args.runs)
+    if args.trees:
+        sizes = ", ".join(map(str, bench.TREE_SIZES))
+        say(f"chains of k = 1..4 against trees of {sizes} nodes, greedy ...")
+        result["trees"] = bench.tree_sweep(
+            model, args.drafter, new_tokens=args.new_tokens, runs=args.runs
+        )
     if args.json:
         return result
     print_bench(result)
@@ -256,6 +265,13 @@ def print_bench(r: dict) -> None:
             f"{d['sampled_alpha']:.2f}, tau {d['sampled_tau']:.2f}; a step {d['step_ms']:.1f} ms "
             f"greedy, {d['sampled_step_ms']:.1f} sampled ({d['sampled_step_ratio']:.2f}x); "
             f"the trace costs {d['trace_cost']:.1%}"
+        )
+    for t in r.get("trees", []):
+        print(
+            f"{t['prompt']:>10} {t['drafter']:>12} {t['shape']:>5} {t['size']:>2}: tau "
+            f"{t['tau']:.2f}, {t['tokens_per_s']:6.1f} tokens/s = {t['speedup']:.2f}x plain; "
+            f"a step drafts {t['drafted_per_step']:.1f} in {t['draft_ms_per_step']:.1f} ms, "
+            f"verifies in {t['verify_ms_per_step']:.1f} ms; same output: {t['same_as_plain']}"
         )
     for p in r.get("plain_sampled", []):
         print(
@@ -407,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--k", type=int, default=4, help="tokens drafted per step (default 4)")
     b.add_argument("--new-tokens", type=int, default=64, help="tokens per drafter run (64)")
+    b.add_argument(
+        "--trees",
+        action="store_true",
+        help="also compare each drafter's chains (k = 1..4) with token trees of 4, 8, 12 and "
+        "16 nodes (greedy), and time forward passes for T = 1..17",
+    )
     b.add_argument(
         "--runs",
         type=int,

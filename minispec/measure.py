@@ -103,9 +103,13 @@ def speedup(runs: Sequence[Generation], baselines: Sequence[Generation]) -> floa
             f"speedup: needs one baseline per run and at least one pair, got {len(runs)} runs "
             f"and {len(baselines)} baselines"
         )
-    return statistics.median(
-        r.tokens_per_s / b.tokens_per_s for r, b in zip(runs, baselines, strict=True)
-    )
+    return statistics.median(paired_ratios(runs, baselines))
+
+
+def paired_ratios(runs: Sequence[Generation], baselines: Sequence[Generation]) -> list[float]:
+    """Each round's speed over its own baseline's: what `speedup` takes the median of, and
+    whose spread says what a difference of a few percent is worth on this machine."""
+    return [r.tokens_per_s / b.tokens_per_s for r, b in zip(runs, baselines, strict=True)]
 
 
 def compare_drafters(

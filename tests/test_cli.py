@@ -1,6 +1,7 @@
 """The command line: its JSON keys are a public contract, and bad input is one clear line."""
 
 import json
+import statistics
 
 import numpy as np
 import pytest
@@ -110,6 +111,12 @@ def test_drafter_speedups_alternates_runs_on_a_tiny_model():
         assert r["sampled_speedup"] > 0 and 0 <= r["sampled_alpha"] <= 1
         assert r["sampled_step_ratio"] == pytest.approx(r["sampled_step_ms"] / r["step_ms"])
         assert r["traced_tokens_per_s"] > 0 and r["trace_cost"] < 1
+        # each round's own ratios, whose median the paired figures are
+        assert r["speedup"] == pytest.approx(statistics.median(r["speedup_runs"]))
+        assert r["sampled_speedup"] == pytest.approx(statistics.median(r["sampled_speedup_runs"]))
+        assert r["trace_cost"] == pytest.approx(statistics.median(r["trace_cost_runs"]))
+        steps = r["sampled_step_ratio_runs"]
+        assert len(steps) == 2 and r["sampled_step_ratio_paired"] == pytest.approx(sum(steps) / 2)
 
 
 def test_plain_sampling_cost_on_a_tiny_model():
