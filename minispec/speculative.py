@@ -22,6 +22,11 @@ Each step emits between 1 and n+1 tokens for one target forward, and the tokens 
 exactly the target's distribution (Leviathan et al., Theorem 1; greedy: exactly its argmaxes).
 For that, temperature, top-k and top-p must shape p and q identically: both go through
 `sampling.distribution`.
+
+With `speculative_generate(..., tree=N)` a step drafts a token tree of up to N nodes instead
+(`minispec.tree`: several candidates per position): `verify_tree` reads every node in one
+forward, the rule walks from the root trying siblings in turn (`tree.accept_tree_greedy`,
+`tree.accept_tree_sampled`), and `tree.compact` keeps the accepted path's keys and values.
 """
 
 from __future__ import annotations

@@ -670,44 +670,39 @@ def test_a_trace_without_the_tree_keys_still_loads_and_replays(target, plain):
 @pytest.mark.slow
 def test_real_model_first_token_of_a_sampled_tree_has_the_targets_law(real_checkpoint):
     """Depth-1 trees of 3 siblings drawn without replacement from an honest q (the target's own
-    distribution at a higher temperature), 20,000 steps after one prompt: the first emitted
-    token passes a chi-square test against p; the wrong rule's fails (false failure 1e-4)."""
+    distribution at temperature 0.5, as sure of itself as a good drafter), 20,000 steps after
+    one prompt: the first emitted token passes a chi-square test against p; the wrong rule's
+    fails (false failure rate 1e-4, as in test_acceptance_rule)."""
     from minispec.loading import load_model
     from minispec.tokenizer import encode
 
     model = load_model(real_checkpoint)
     ids = encode(model.tokenizer, "The weather tomorrow will be")
-    target_sampling = SamplingParams(temperature=1.0, top_k=12)
-    draft_sampling = SamplingParams(temperature=2.0, top_k=12)
-    cache = new_cache(model.config)
-    forward(model, ids[:-1], cache)  # the prefix; the root is the newest token, ids[-1]
-    draft_logits = forward(model, ids, new_cache(model.config), last_only=True)[-1]
-    q = distribution(draft_logits, draft_sampling)
-    # one pass over the root and every token q can propose gives every row a tree reads
-    support = np.flatnonzero(q).tolist()
-    star = TokenTree([ids[-1], *support], [-1] + [0] * len(support))
-    rows = RowsOnDemand(verify_tree(model, cache, star).logits, target_sampling)
-    p = rows[0]
-    row_of = {token: i + 1 for i, token in enumerate(support)}
+    logits = forward(model, ids, new_cache(model.config), last_only=True)[-1]
+    p_full = distribution(logits, SamplingParams(temperature=1.0, top_k=12))
+    q_full = distribution(logits, SamplingParams(temperature=0.5, top_k=12))
+    # The rule sees the rows restricted to the tokens either side can emit: zeros elsewhere,
+    # so the law is the same, and 40,000 steps take seconds instead of minutes.
+    tokens = np.union1d(np.flatnonzero(p_full), np.flatnonzero(q_full))
+    p, q = p_full[tokens], q_full[tokens]
 
     def first_tokens(rule, n: int, seed: int) -> dict:
         rng, counts = np.random.default_rng(seed), {}
         for _ in range(n):
             kids = draw_siblings(q, 3, rng)
-            tree = TokenTree([ids[-1], *kids], [-1, 0, 0, 0], SAMPLED, q={0: q})
-            p_rows = [p] + [rows[row_of[t]] for t in kids]  # only the accepted one is read
-            verdict = rule(tree, p_rows, rng)
+            tree = TokenTree([0, *kids], [-1, 0, 0, 0], SAMPLED, q={0: q})
+            # rows 1..3 feed only the bonus, the second token, which this test does not count
+            verdict = rule(tree, [p] * 4, rng)
             first = tree.tokens[verdict.path[1]] if verdict.n_accepted else verdict.next_token
             counts[(first,)] = counts.get((first,), 0) + 1
         return counts
-
-    joint = {(int(x),): float(p[x]) for x in np.flatnonzero(p)}
-    n = 20_000
-    assert chi_square_p_value(first_tokens(accept_tree_sampled, n, 0), joint, n) > FALSE_FAILURE
 
     def wrong_rule(tree, p_rows, rng):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(tree_module, "sibling_rule", wrong_sibling_rule)
             return accept_tree_sampled(tree, p_rows, rng)
 
+    joint = {(i,): float(p[i]) for i in np.flatnonzero(p)}
+    n = 20_000
+    assert chi_square_p_value(first_tokens(accept_tree_sampled, n, 0), joint, n) > FALSE_FAILURE
     assert chi_square_p_value(first_tokens(wrong_rule, n, 1), joint, n) < FALSE_FAILURE
