@@ -2,6 +2,7 @@
 
     minispec generate --prompt "def fib(n):" --max-new-tokens 40
     minispec generate --prompt "def fib(n):" --drafter ngram --k 4 --trace run.json --json
+    minispec generate --prompt "def fib(n):" --drafter int8 --tree 8 --temperature 0.8
     minispec predict --prompt "The capital of France is" --top 5 --json
     minispec replay run.json --html run.html
 
@@ -25,7 +26,12 @@ from minispec.generate import check_max_new_tokens, generate
 from minispec.kv_cache import new_cache
 from minispec.model import Model, forward, reference
 from minispec.sampling import SOFTMAX, SamplingParams, check_sampling, distribution
-from minispec.speculative import SpeculativeGeneration, check_k, speculative_generate
+from minispec.speculative import (
+    SpeculativeGeneration,
+    check_k,
+    check_tree_budget,
+    speculative_generate,
+)
 from minispec.tokenizer import encode, token_strings
 from minispec.trace import save_trace
 from minispec.train.recipe import Recipe
@@ -76,6 +82,8 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p)
     check_max_new_tokens(args.max_new_tokens)
     check_k(args.k)
+    if args.tree is not None:
+        check_tree_budget(args.tree)
     check_drafter_spec(args.drafter)  # before the seconds of loading the model
     model = load(args)
     ids = prompt_ids(model, args.prompt)
@@ -83,7 +91,7 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
     on_token = None if args.json else streamer(model)
     if on_token:
         sys.stdout.write(args.prompt)
-    if drafter is None and args.trace is None:
+    if drafter is None and args.trace is None and args.tree is None:
         result = generate(model, ids, args.max_new_tokens, sampling, args.seed, on_token=on_token)
     else:
         result = speculative_generate(
@@ -96,6 +104,7 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
             args.seed,
             on_token=on_token,
             trace=args.trace is not None,
+            tree=args.tree,
         )
         if args.trace is not None:
             save_trace(result.trace, args.trace)
@@ -108,8 +117,9 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
             file=sys.stderr,
         )
         if stats is not None and drafter is not None:
+            shape = f"k={args.k}" if args.tree is None else f"trees of {args.tree} nodes"
             print(
-                f"[{drafter.name}, k={args.k}: accepted {stats.accepted} of {stats.drafted} "
+                f"[{drafter.name}, {shape}: accepted {stats.accepted} of {stats.drafted} "
                 f"drafted (alpha {stats.alpha:.2f}), {stats.tau:.2f} tokens per target forward "
                 f"(expected {stats.expected_tau:.2f}), {stats.target_forwards} target forwards]",
                 file=sys.stderr,
@@ -129,6 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
     if stats is not None:
         out["drafter"] = drafter.name if drafter is not None else "none"
         out["k"] = args.k
+        out["tree"] = args.tree
         out["stats"] = stats.to_dict()
     if args.trace is not None:
         out["trace"] = str(args.trace)
@@ -387,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"speculative decoding with this drafter (default none: plain decoding); {SPEC_FORMS}",
     )
     g.add_argument("--k", type=int, default=4, help="tokens drafted per step, 1..16 (default 4)")
+    g.add_argument(
+        "--tree",
+        type=int,
+        metavar="N",
+        help="draft a token tree of up to N nodes per step (1..64) instead of a chain of k: "
+        "several guesses per position, verified in one forward; the drafter must propose trees",
+    )
     g.add_argument("--trace", metavar="FILE", help="write the step-by-step trace (JSON) here")
     add_model_args(g)
     g.set_defaults(run=cmd_generate)

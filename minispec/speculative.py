@@ -22,6 +22,11 @@ Each step emits between 1 and n+1 tokens for one target forward, and the tokens 
 exactly the target's distribution (Leviathan et al., Theorem 1; greedy: exactly its argmaxes).
 For that, temperature, top-k and top-p must shape p and q identically: both go through
 `sampling.distribution`.
+
+With `speculative_generate(..., tree=N)` a step drafts a token tree of up to N nodes instead
+(`minispec.tree`: several candidates per position): `verify_tree` reads every node in one
+forward, the rule walks from the root trying siblings in turn (`tree.accept_tree_greedy`,
+`tree.accept_tree_sampled`), and `tree.compact` keeps the accepted path's keys and values.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minispec.acceptance import acceptance_probability, residual_distribution
 from minispec.drafters.base import Draft, DraftContext, Drafter, one_hot
 from minispec.errors import InputError
 from minispec.generate import (
@@ -47,32 +53,30 @@ from minispec.model import ForwardOutput, Model, forward_hidden
 from minispec.sampling import GREEDY, SamplingParams, distribution, sample, shown
 from minispec.stats import Stats
 from minispec.trace import Trace
+from minispec.tree import (
+    SAMPLED,
+    TokenTree,
+    TreeVerdict,
+    Trial,
+    accept_tree_greedy,
+    accept_tree_sampled,
+    ancestor_mask,
+    chain,
+    check_tree,
+    compact,
+    depths,
+    tree_mask,
+)
 
 # The most tokens drafted per step. Acceptance decays geometrically with k while the verify pass
 # grows with its rows (`minispec bench` times T = 1..16): a larger k does not pay on a CPU.
 MAX_K = 16
+# The most nodes a token tree drafts per step: one verify pass reads them all, and past a few
+# dozen rows the pass costs more than the extra accepted tokens save.
+MAX_TREE_NODES = 64
 
 
 # ----------------------------------------------------------------------------- the rule
-
-
-def acceptance_probability(p: np.ndarray, q: np.ndarray, x: int) -> float:
-    """min(1, p(x) / q(x)): Leviathan et al. 2023, Algorithm 1 (Chen et al. write q/p)."""
-    if q[x] <= 0.0:
-        raise ValueError(f"the draft proposed token {x} but its q gives it probability 0")
-    return min(1.0, float(p[x] / q[x]))
-
-
-def residual_distribution(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """p'(x) = norm(max(0, p(x) - q(x))): where to sample after a rejection (Leviathan, sec. 2.3).
-
-    It is p's mass that q under-covers. Together with the acceptances it gives exactly p:
-    P(emit x) = q(x) min(1, p(x)/q(x)) + (1 - sum_y min(p(y), q(y))) p'(x) = p(x).
-    """
-    residual = np.maximum(p - q, 0.0)  # (vocab,)
-    total = residual.sum()
-    # A rejection implies p(x) < q(x) somewhere, so total > 0; rounding can leave it ~0.
-    return residual / total if total > 0 else p
 
 
 @dataclass
@@ -304,6 +308,128 @@ def check_drafter(drafter: Drafter | None, model: Model) -> None:
     drafter.reset(model)
 
 
+# --------------------------------------------------------------------- a step over a tree
+
+
+@dataclass
+class TreeStepResult:
+    """Everything one tree step did; `tree_step_record` turns it into a trace record."""
+
+    context_length: int  # len(tokens) before the step
+    tree: TokenTree  # the drafted tree; node 0 = the newest token
+    logits: np.ndarray  # (n+1, vocab): the target's row at every node
+    p: RowsOnDemand | None  # (n+1, vocab) sampled; None greedy
+    verdict: TreeVerdict
+    emitted: list[int]  # the accepted path's tokens, then the corrected/bonus token
+    kv_before: int
+    kv_after: int
+    draft_s: float
+    verify_s: float
+
+
+def verify_tree(model: Model, cache: KVCache, tree: TokenTree) -> ForwardOutput:
+    """One target forward over every node of the tree: row i = the target after root -> i.
+
+    The nodes go into the cache from row cache.length on, each attending to the prefix and its
+    own ancestors (`tree.tree_mask`); the cache grows n+1 rows, which `tree.compact` cuts back
+    to the accepted path.
+    """
+    return forward_hidden(model, tree.tokens, cache, tree=tree_mask(tree.parents, cache.length))
+
+
+def tree_step(
+    model: Model,
+    state: DecodeState,
+    drafter: Drafter | None,
+    n_nodes: int,
+    sampling: SamplingParams,
+    rng: np.random.Generator,
+) -> TreeStepResult:
+    """Draft a tree of up to n_nodes, verify it in one forward, keep the accepted path.
+
+    The speculative step with a tree for a chain (SpecInfer, Miao et al. 2024): the rule walks
+    from the root (`accept_tree_greedy`, `accept_tree_sampled`), the accepted path's keys and
+    values move next to the prefix (`compact`), the rest is forgotten. Mutates state.
+    """
+    n_before, context_length = state.cache.length, len(state.tokens)
+
+    t0 = time.perf_counter()
+    tree = chain([state.tokens[-1]])  # the root alone: a plain decoding step
+    if drafter is not None and n_nodes > 0:
+        ctx = DraftContext(state.tokens, model, state.cache, state.hidden)
+        tree = drafter.propose_tree(ctx, n_nodes, sampling, rng)
+        check_token_tree(tree, n_nodes, model.config.vocab_size, state, n_before, sampling)
+    t1 = time.perf_counter()
+
+    out = verify_tree(model, state.cache, tree)
+    if sampling.greedy:
+        p = None
+        verdict = accept_tree_greedy(tree, np.argmax(out.logits, axis=-1))
+    else:
+        p = RowsOnDemand(out.logits, sampling)
+        verdict = accept_tree_sampled(tree, p, rng)
+
+    # Keep the newest token and the accepted path, next to the prefix; forget the rest.
+    compact(state.cache, n_before, verdict.path)
+    if drafter is not None:
+        drafter.rollback(context_length + verdict.n_accepted)
+    emitted = [tree.tokens[node] for node in verdict.path[1:]] + [verdict.next_token]
+    state.tokens.extend(emitted)
+    state.hidden = out.hidden[verdict.path[-1]]
+    t2 = time.perf_counter()
+    return TreeStepResult(
+        context_length=context_length,
+        tree=tree,
+        logits=out.logits,
+        p=p,
+        verdict=verdict,
+        emitted=emitted,
+        kv_before=n_before,
+        kv_after=state.cache.length,
+        draft_s=t1 - t0,
+        verify_s=t2 - t1,
+    )
+
+
+def check_token_tree(
+    tree: TokenTree,
+    n_nodes: int,
+    vocab: int,
+    state: DecodeState,
+    length: int,
+    sampling: SamplingParams,
+) -> None:
+    """A drafter's tree that breaks the protocol would silently corrupt the output: stop it."""
+    check_tree(tree.tokens, tree.parents, tree.proposal)
+    if tree.n_drafted > n_nodes:
+        raise ValueError(f"the drafter proposed {tree.n_drafted} nodes, more than {n_nodes}")
+    if tree.tokens[0] != state.tokens[-1]:
+        raise ValueError("a token tree's root must be the newest token, ctx.tokens[-1]")
+    if any(not 0 <= t < vocab for t in tree.tokens):
+        raise ValueError(f"the drafter proposed a token outside the vocabulary [0, {vocab})")
+    if tree.proposal == SAMPLED and not sampling.greedy:
+        for node in set(tree.parents[1:]):
+            if node not in tree.q or tree.q[node].shape != (vocab,):
+                raise ValueError(f"sampled siblings of node {node} need their q, shape ({vocab},)")
+    if state.cache.length != length:
+        raise ValueError("the drafter changed the target cache's length and did not restore it")
+
+
+def check_tree_budget(n_nodes: int) -> None:
+    if not 1 <= n_nodes <= MAX_TREE_NODES:
+        raise InputError(
+            f"tree (nodes drafted per step) must be in 1..{MAX_TREE_NODES}, got {n_nodes}"
+        )
+
+
+def check_tree_drafter(drafter: Drafter | None) -> None:
+    if drafter is not None and not callable(getattr(drafter, "propose_tree", None)):
+        raise InputError(
+            f"the drafter {drafter.name} cannot draft token trees (it has no propose_tree): "
+            "draft a chain (no tree), or pick a drafter that proposes trees"
+        )
+
+
 # ----------------------------------------------------------------- the trace's records
 
 
@@ -410,6 +536,168 @@ def step_record(
     }
 
 
+def tree_q_row(tree: TokenTree, node: int, sampling: SamplingParams) -> np.ndarray | None:
+    """The drafter's distribution over node's children as the trace shows it; None: one-hot.
+
+    Sampled: the q the siblings were drawn from (TOP siblings have none: the rule takes each
+    one-hot). Greedy: softmax of the drafter's scores, when it gave them, for display.
+    """
+    if node in tree.q:
+        return tree.q[node]
+    if sampling.greedy and node in tree.logit_rows:
+        return distribution(tree.logit_rows[node], shown(sampling))
+    return None
+
+
+def tree_step_record(
+    index: int, step: TreeStepResult, tokenizer: object | None, top: int, sampling: SamplingParams
+) -> dict:
+    """A tree step's record: the chain's fields (`STEP_FIELDS`) along the accepted path, and the
+    whole tree under "tree" (`trace.TREE_FIELDS`)."""
+    tree, v = step.tree, step.verdict
+    path, j = v.path, v.n_accepted
+    p = step.p if step.p is not None else RowsOnDemand(step.logits, shown(sampling))
+    q_rows = {node: tree_q_row(tree, node, sampling) for node in set(tree.parents[1:])}
+    node_depth = depths(tree.parents)
+    children = {node: tree.children(node) for node in q_rows}
+
+    def p_of(node: int) -> float:  # the target's probability of node at its parent's row
+        return float(p[tree.parents[node]][tree.tokens[node]])
+
+    def q_of(node: int) -> float | None:  # the node's q under its parent (None: none)
+        row = q_rows[tree.parents[node]]
+        return None if row is None else float(row[tree.tokens[node]])
+
+    # The chain's view: the accepted path, then the first sibling rejected at its end.
+    tried = [(path[d], v.siblings[path[d]].trials[-1]) for d in range(j)]  # (parent, trial)
+    drafted = path[1:]  # nodes
+    if v.kind == "corrected":
+        tried.append((path[j], v.siblings[path[j]].trials[0]))
+        drafted = [*drafted, children[path[j]][0]]
+
+    def q_or_one_hot(node: int) -> float:
+        q_x = q_of(node)
+        return 1.0 if q_x is None else q_x
+
+    def decision(i: int) -> dict:
+        parent, trial = tried[i]
+        node = drafted[i]
+        p_x = trial.p if trial.p is not None else p_of(node)
+        q_x = trial.q if trial.q is not None else q_or_one_hot(node)
+        return {
+            "position": i,
+            "token": trial.token,
+            "text": token_text(tokenizer, trial.token),
+            "p": p_x,
+            "q": q_x,
+            "ratio": p_x / q_x if q_x > 0 else None,
+            "u": trial.u,
+            "accept_probability": trial.accept_probability,
+            "target_argmax": int(np.argmax(step.logits[parent])),
+            "accepted": bool(trial.accepted),
+        }
+
+    next_dist = v.residual if v.residual is not None else p[path[-1]]
+    record = {
+        "step": index,
+        "context_length": step.context_length,
+        "kv_length_before": step.kv_before,
+        "drafted": [
+            {
+                "position": i,
+                "token": tree.tokens[node],
+                "text": token_text(tokenizer, tree.tokens[node]),
+                "q": q_or_one_hot(node),
+                "top_q": top_entries(q_rows[tree.parents[node]], tokenizer, top)
+                if q_rows[tree.parents[node]] is not None
+                else [],
+            }
+            for i, node in enumerate(drafted)
+        ],
+        "target": [
+            {"position": i, "top_p": top_entries(p[path[i]], tokenizer, top) if i <= j else []}
+            for i in range(len(drafted) + 1)
+        ],
+        "decisions": [decision(i) for i in range(len(tried))],
+        "accepted": j,
+        "next_token": {
+            "token": int(v.next_token),
+            "text": token_text(tokenizer, v.next_token),
+            "kind": v.kind,
+            "prob": float(next_dist[v.next_token]),
+        },
+        "residual_top": top_entries(v.residual, tokenizer, top) if v.residual is not None else None,
+        "emitted": [int(t) for t in step.emitted],
+        "emitted_text": tokenizer.decode(step.emitted, skip_special_tokens=False)
+        if tokenizer is not None
+        else None,
+        "kv_length_after": step.kv_after,
+        "verify_forwards": 1,
+        "draft_s": step.draft_s,
+        "verify_s": step.verify_s,
+    }
+
+    def verdict_of(node: int) -> str:
+        if node in path:
+            return "accepted"
+        parent = tree.parents[node]
+        n_tried = len(v.siblings[parent].trials) if parent in v.siblings else 0
+        return "rejected" if children[parent].index(node) < n_tried else "untried"
+
+    def trial_record(node: int, trial: Trial) -> dict:
+        shown_residual = trial.residual is not None and not trial.accepted
+        return {
+            "node": node,
+            "token": trial.token,
+            "p": trial.p if trial.p is not None else p_of(node),
+            "q": trial.q if trial.q is not None else q_of(node),
+            "accept_probability": trial.accept_probability,
+            "u": trial.u,
+            "accepted": bool(trial.accepted),
+            "residual_top": top_entries(trial.residual, tokenizer, top) if shown_residual else None,
+        }
+
+    record["tree"] = {
+        "proposal": tree.proposal,
+        "nodes": [
+            {
+                "node": node,
+                "token": int(token),
+                "text": token_text(tokenizer, token),
+                "parent": tree.parents[node],
+                "depth": int(node_depth[node]),
+                "q": q_of(node) if node > 0 else None,
+                "p": p_of(node) if node > 0 else None,
+                "verdict": verdict_of(node),
+            }
+            for node, token in enumerate(tree.tokens)
+        ],
+        "mask": ancestor_mask(tree.parents).astype(int).tolist(),
+        "path": list(path),
+        "siblings": [
+            {
+                "node": parent,
+                "trials": [
+                    trial_record(children[parent][i], trial)
+                    for i, trial in enumerate(verdict.trials)
+                ],
+            }
+            for parent, verdict in v.siblings.items()
+        ],
+        "kv": {
+            "before": step.kv_before,
+            "written": len(tree.tokens),
+            "after": step.kv_after,
+            "moved": [
+                [step.kv_before + node, step.kv_before + d]
+                for d, node in enumerate(path)
+                if node != d
+            ],
+        },
+    }
+    return record
+
+
 @dataclass(kw_only=True)
 class SpeculativeGeneration(Generation):
     """A `Generation` (ids, text, timings) plus the numbers and the step-by-step trace."""
@@ -431,6 +719,7 @@ def speculative_generate(
     stop_at_eos: bool = True,
     trace: bool = True,
     trace_top: int = 5,
+    tree: int | None = None,
 ) -> SpeculativeGeneration:
     """Decode like `generate`, up to k drafted tokens per target forward.
 
@@ -441,18 +730,26 @@ def speculative_generate(
     on_token is called with each new token as it is accepted; stop_at_eos stops after <eos>.
     trace=False skips the per-step records (they cost a softmax over the vocabulary per row);
     trace_top is how many alternatives the records list for each distribution.
+    tree: None drafts a chain of up to k tokens per step; N (1..64) asks the drafter for a token
+    tree of up to N nodes instead (its `propose_tree`), verified in one forward and walked by
+    `tree.accept_tree_greedy` / `tree.accept_tree_sampled` (k is then unused): the same output
+    law, more tokens accepted per forward when the drafter's first guess is often wrong.
     """
     check_prompt(prompt_ids, model.config.vocab_size)
     check_max_new_tokens(max_new_tokens)
     check_k(k)
+    if tree is not None:
+        check_tree_budget(tree)
+        check_tree_drafter(drafter)
     check_drafter(drafter, model)
     rng = np.random.default_rng(seed)
     eos = model.config.eos_token_id if stop_at_eos else None
-    stats = Stats(k=k)
-    record = Trace.begin(model, drafter, k, sampling, seed, prompt_ids) if trace else None
+    width = k if tree is None else tree  # the most tokens one step drafts
+    stats = Stats(k=width)
+    record = Trace.begin(model, drafter, width, sampling, seed, prompt_ids, tree) if trace else None
 
     t0 = time.perf_counter()
-    capacity = len(prompt_ids) + max_new_tokens + k + 1
+    capacity = len(prompt_ids) + max_new_tokens + width + 1  # a step writes up to width + 1 rows
     state, logits = prefill(model, prompt_ids, sampling, rng, capacity)
     stats.prefill_s = time.perf_counter() - t0
     first = state.tokens[-1]
@@ -465,17 +762,25 @@ def speculative_generate(
     t0 = time.perf_counter()
     while first != eos and len(state.new_ids) < max_new_tokens:
         room = max_new_tokens - len(state.new_ids)  # a step emits up to n + 1 tokens
-        step = speculative_step(model, state, drafter, min(k, room - 1), sampling, rng)
+        if tree is None:
+            step = speculative_step(model, state, drafter, min(k, room - 1), sampling, rng)
+            decisions = [d.accepted for d in step.verdict.decisions]
+            n_drafted, depth = len(step.draft.tokens), None
+            write_record = step_record
+        else:  # a path of n nodes emits n + 1 tokens: at most room - 1 nodes, so never more
+            step = tree_step(model, state, drafter, min(tree, room - 1), sampling, rng)
+            decisions, n_drafted = step.verdict.decisions, step.tree.n_drafted
+            depth = int(depths(step.tree.parents).max())
+            write_record = tree_step_record
         if eos in step.emitted:  # stop at the first end-of-sequence token
             cut = step.emitted.index(eos) + 1
             del state.tokens[len(state.tokens) - len(step.emitted) + cut :]
             step.emitted = step.emitted[:cut]
-        accepted = [d.accepted for d in step.verdict.decisions]
-        n_drafted, n_emitted = len(step.draft.tokens), len(step.emitted)
-        stats.add_step(n_drafted, accepted, n_emitted, step.draft_s, step.verify_s)
+        n_emitted = len(step.emitted)
+        stats.add_step(n_drafted, decisions, n_emitted, step.draft_s, step.verify_s, depth)
         if record is not None:
             record.steps.append(
-                step_record(stats.steps - 1, step, model.tokenizer, trace_top, sampling)
+                write_record(stats.steps - 1, step, model.tokenizer, trace_top, sampling)
             )
         if on_token is not None:
             for t in step.emitted:

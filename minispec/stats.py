@@ -6,11 +6,19 @@ Notation: p = target, q = draft; k = tokens drafted per step; one step = one tar
   alpha = sum_x min(p(x), q(x)) = 1 - TV(p, q) (Leviathan et al., Corollary 3.6). Measured as
   accepted / verified, where "verified" counts the drafted positions the rule actually tested
   (those after the first rejection in a step are never looked at).
+  For a token tree (`speculative_generate(..., tree=N)`), the positions are the nodes of the
+  accepted path that had children, and a position is accepted when the rule accepts one of its
+  children (one of the siblings): alpha is the probability that a tree step goes one token
+  deeper, which is the chain's alpha when every node has one child. `drafted` counts every
+  node of the trees, so draft_acceptance (accepted / drafted) shows how much of a wide tree
+  was used.
 - tau: tokens emitted per target forward, counting the corrected or bonus token each step adds.
   Plain decoding has tau = 1.
 - expected tau: if each draft is accepted independently with probability alpha, the tokens per
   step follow a capped geometric law with mean (1 - alpha^(k+1)) / (1 - alpha) (eq. 1). That is
   tokens per target call, not a speedup: wall-clock divides by (k c + 1), c = draft cost / target.
+  For a tree, k is its node budget and the draft length of a step its depth (the longest
+  drafted path): the formula then assumes every node down to that depth had children.
 """
 
 from __future__ import annotations
@@ -22,15 +30,17 @@ from dataclasses import asdict, dataclass, field
 class Stats:
     k: int
     steps: int = 0  # draft-verify steps, each one target forward that verifies
-    drafted: int = 0  # tokens the drafter proposed
+    drafted: int = 0  # tokens the drafter proposed (a tree: its nodes)
     verified: int = 0  # drafted positions the acceptance rule tested
     accepted: int = 0  # drafted tokens the target accepted
     emitted: int = 0  # tokens the steps emitted: accepted drafts + corrected/bonus tokens
     new_tokens: int = 0  # all new tokens, the one from the prefill included
     drafted_at: list[int] = field(default_factory=list)  # [i]: steps that drafted position i
+    # (a tree: a node at depth i + 1)
     verified_at: list[int] = field(default_factory=list)  # [i]: steps that tested position i
     accepted_at: list[int] = field(default_factory=list)  # [i]: steps that accepted position i
-    draft_lengths: list[int] = field(default_factory=list)  # tokens drafted, per step
+    draft_lengths: list[int] = field(default_factory=list)  # tokens drafted, per step (a tree:
+    # its depth, the longest drafted path)
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0
@@ -47,16 +57,22 @@ class Stats:
         n_emitted: int,
         draft_s: float,
         verify_s: float,
+        depth: int | None = None,
     ) -> None:
-        """Count one draft-verify step: decisions[i] says whether position i was accepted."""
+        """Count one draft-verify step: decisions[i] says whether position i was accepted.
+
+        depth: the longest drafted path, for a token tree of n_drafted nodes (a chain's is
+        n_drafted, the default).
+        """
+        depth = n_drafted if depth is None else depth
         n_accepted = sum(decisions)  # decisions stop at the first rejection
         self.steps += 1
         self.drafted += n_drafted
         self.verified += len(decisions)
         self.accepted += n_accepted
         self.emitted += n_emitted
-        self.draft_lengths.append(n_drafted)
-        for i in range(n_drafted):
+        self.draft_lengths.append(depth)
+        for i in range(depth):
             self.drafted_at[i] += 1
         for i, ok in enumerate(decisions):
             self.verified_at[i] += 1

@@ -7,6 +7,7 @@ writes it as JSON text, `save_trace` into a file, `load_trace` reads it back. In
      "notation": "p = target distribution, q = draft distribution (Leviathan et al. 2023)",
      "model", "drafter", "k", "sampling": {"temperature", "top_k", "top_p", "greedy"}, "seed",
      "prompt_ids", "prompt_text", "drafter_spec",          # make_drafter's spec, or null
+     "tree",                                               # the node budget N, null: chains
      "first_token": {"token", "text", "top_p": [...]},     # from the prefill, no speculation
      "steps": [step record, ...],
      "ids", "text", "stopped_by", "stats": {...}}         # the result, as `Stats.to_dict()`
@@ -17,6 +18,14 @@ loading and replay: nothing here needs the model.
 
 Greedy runs: p and q in the records are softmax(logits) at temperature 1, for display; the rule
 itself only compares the draft with argmax p (`target_argmax`).
+
+A run with token trees (`speculative_generate(..., tree=N)`, "tree": N in the header, and "k"
+is N, the most tokens a step drafts) writes the same fields for each step, read along the
+accepted path: "drafted" holds the path's nodes, then the first sibling the rule tried and
+rejected at its end (if it had children), "decisions" the rule's trial of each, so a replay
+that knows only chains replays it. The whole tree is under the step's "tree" key
+(`TREE_FIELDS`); chain steps have no "tree" key. Traces written before trees existed have
+neither key, and load and replay as before.
 """
 
 from __future__ import annotations
@@ -61,6 +70,25 @@ STEP_FIELDS = {  # a step record's fields -> what each holds (n drafts, j of the
     "kept because scripts read it",
     "draft_s": "seconds spent drafting",
     "verify_s": "seconds spent verifying",
+    "tree": "token-tree steps only (absent on chain steps): the whole tree, see TREE_FIELDS",
+}
+
+TREE_FIELDS = {  # a tree step's "tree" -> what each holds (node 0 = the root, the newest token)
+    "proposal": '"top" (siblings = the drafter\'s top tokens, judged one-hot) or "sampled" '
+    "(drawn from q without replacement, in the order tried)",
+    "nodes": "[{node, token, text, parent, depth, q, p, verdict}]: q = the node's q under its "
+    "parent (null for the root, and for siblings without a q: top); p = the target's "
+    "probability of the token at its parent's row (the shown distribution: softmax when "
+    'greedy); verdict "accepted" (on the path, the root too) | "rejected" | "untried"',
+    "mask": "the ancestor mask, (n+1) x (n+1) of 0/1: row i marks the nodes node i attends to",
+    "path": "the accepted nodes, root first",
+    "siblings": "[{node, trials: [{node, token, p, q, accept_probability, u, accepted, "
+    "residual_top}]}]: per node of the path with children, the siblings tried in order; p and "
+    "q are the stage's (the target after earlier rejections, and the q the sibling was drawn "
+    "from; greedy: as in nodes), residual_top the top few of the target after a sampled "
+    "rejection (else null)",
+    "kv": "{before, written, after, moved: [[from_row, to_row], ...]}: cache rows before the "
+    "verify pass, rows it wrote (n+1), rows kept, and the path's rows moved next to the prefix",
 }
 
 
@@ -74,6 +102,7 @@ class Trace:
     prompt_ids: list[int]
     prompt_text: str | None = None
     drafter_spec: str | None = None  # what `make_drafter` built it from (None: built otherwise)
+    tree: int | None = None  # the node budget of a token-tree run; None: chains
     first_token: dict | None = None
     steps: list[dict] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)
@@ -90,6 +119,7 @@ class Trace:
         sampling: SamplingParams,
         seed: int,
         prompt_ids: list[int],
+        tree: int | None = None,
     ) -> Trace:
         """The header of a run's trace; the loop appends step records, then calls `finish`."""
         tok = model.tokenizer
@@ -107,6 +137,7 @@ class Trace:
             prompt_ids=[int(t) for t in prompt_ids],
             prompt_text=tok.decode(list(prompt_ids), skip_special_tokens=False) if tok else None,
             drafter_spec=getattr(drafter, "spec", None) if drafter is not None else "none",
+            tree=tree,
         )
 
     def finish(self, ids: list[int], text: str, stopped_by: str, stats: Stats) -> None:
@@ -186,9 +217,12 @@ def stats_from_trace(trace: Trace) -> Stats:
     stats = Stats(k=trace.k)
     for record in trace.steps:
         decisions = [d["accepted"] for d in record["decisions"]]
-        n_drafted, n_emitted = len(record["drafted"]), len(record["emitted"])
+        n_drafted, n_emitted, depth = len(record["drafted"]), len(record["emitted"]), None
+        if "tree" in record:  # every node counts as drafted; the positions are depths
+            nodes = record["tree"]["nodes"]
+            n_drafted, depth = len(nodes) - 1, max(node["depth"] for node in nodes)
         times = record["draft_s"], record["verify_s"]
-        stats.add_step(n_drafted, decisions, n_emitted, *times)
+        stats.add_step(n_drafted, decisions, n_emitted, *times, depth)
     stats.new_tokens = len(replayed_ids(trace))
     recorded = Stats.from_dict(trace.stats) if trace.stats else None
     if recorded is not None:

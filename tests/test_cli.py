@@ -20,6 +20,8 @@ from minispec.tiny import tiny_model
         (["generate", "--prompt", "hi", "--top-p", "1.5"], "top-p must be in (0, 1]"),
         (["generate", "--prompt", "hi", "--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
         (["generate", "--prompt", "hi", "--k", "17", "--drafter", "ngram"], "k (tokens drafted"),
+        (["generate", "--prompt", "hi", "--tree", "0"], "tree (nodes drafted per step) must be"),
+        (["generate", "--prompt", "hi", "--tree", "65"], "must be in 1..64"),
         (["generate", "--prompt", "hi", "--model", "/no/such/model"], "no such model"),
         (["predict", "--prompt", ""], "prompt is empty"),
         (["predict", "--prompt", "hi", "--top", "0"], "--top must be >= 1"),
@@ -49,6 +51,39 @@ def test_a_bug_keeps_its_traceback_and_is_not_called_bad_input(monkeypatch, caps
     with pytest.raises(ValueError, match="internal contract"):
         main(["generate", "--prompt", "hi"])
     assert "minispec: error" not in capsys.readouterr().err
+
+
+def test_generate_tree_json_on_a_tiny_model(monkeypatch, capsys):
+    """--tree N runs the loop with token trees of N nodes; --json gains the key "tree"."""
+    import minispec.cli as cli
+    from minispec.generate import generate
+    from minispec.tree import TOP, TokenTree
+
+    model = tiny_model()
+
+    class Siblings:  # two guesses per step, the second one the target's argmax
+        name, vocab_size = "siblings", None
+
+        def reset(self, target):
+            pass
+
+        def rollback(self, n_tokens):
+            pass
+
+        def propose_tree(self, ctx, n_nodes, sampling, rng):
+            best = int(np.argmax(cli.forward(model, ctx.tokens, cli.new_cache(model.config))[-1]))
+            guesses = [(best + 1) % 260, best][:n_nodes]
+            return TokenTree([ctx.tokens[-1], *guesses], [-1] + [0] * len(guesses), TOP)
+
+    monkeypatch.setattr(cli, "load", lambda args: model)
+    monkeypatch.setattr(cli, "make_drafter", lambda spec, target: Siblings())
+    argv = ["generate", "--prompt", "a tree", "--max-new-tokens", "9", "--tree", "2", "--json"]
+    assert main([*argv, "--drafter", "ngram"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ids = model.tokenizer.encode("a tree").ids
+    assert out["tree"] == 2 and out["drafter"] == "siblings"
+    assert out["ids"] == generate(model, ids, 9).ids  # greedy: plain decoding's tokens
+    assert out["stats"]["accepted"] > 0 and out["stats"]["drafted"] > out["stats"]["steps"]
 
 
 def test_help_lists_every_command(capsys):

@@ -356,6 +356,24 @@ def test_real_greedy_with_scripted_drafts(real, k):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("n_nodes", [8])
+def test_real_greedy_with_scripted_trees(real, n_nodes):
+    """Token trees with the right path in them, or not: plain greedy's tokens, and the cache
+    compaction keeps the accepted path only (the next steps read it)."""
+    from test_tree_rule import SCRIPTS as TREE_SCRIPTS
+    from test_tree_rule import ScriptedTreeDrafter
+
+    model, plain = real
+    for name, (ids, expected) in plain.items():
+        for script, right in TREE_SCRIPTS.items():
+            d = ScriptedTreeDrafter(len(ids), expected, right, name=script)
+            got = speculative_generate(
+                model, ids, d, 4, REAL_NEW, stop_at_eos=False, trace=False, tree=n_nodes
+            )
+            assert got.ids == expected, f"{script}, tree={n_nodes}, {name}"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 4, 8])
 @pytest.mark.parametrize("spec", ["ngram", "int8", "early-exit:3", "early-exit:15:16384"])
 def test_real_greedy_with_every_drafter(real, spec, k):
