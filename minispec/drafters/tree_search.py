@@ -44,7 +44,7 @@ import numpy as np
 
 from minispec.drafters.base import Draft, draft_q
 from minispec.errors import InputError
-from minispec.sampling import SamplingParams, shown
+from minispec.sampling import SamplingParams
 from minispec.tree import SAMPLED, TOP, TokenTree, path_to
 
 
@@ -99,7 +99,8 @@ def grow_tree(
     """A tree of at most n_nodes drafted tokens under `root`, grown as the module doc says.
 
     score_frontier: the drafter, one batched pass per depth. scored: the tokens a cheap head
-    scores, in increasing order (`draft_q`). shape: None is `default_shape(n_nodes)`.
+    scores, in increasing order (`draft_q`, sampled mode). shape: None is
+    `default_shape(n_nodes)`.
     """
     if n_nodes < 0:
         raise InputError(f"a draft tree needs n_nodes >= 0, got {n_nodes}")
@@ -114,15 +115,16 @@ def grow_tree(
         logits = score_frontier(c, frontier)  # (T, vocab)
         born = []
         for node, row in zip(frontier, logits, strict=True):
-            # greedy: q only ranks the children (the model's own softmax); sampled: drawn from
-            q = draft_q(row, shown(sampling), scored)  # (vocab,)
-            if sampling.greedy:
+            if sampling.greedy:  # the j-th child is the j-th most likely: q of the child itself
                 children = most_likely(row, shape.width)
+                ranked = softmax_at(row, children)
             else:
+                q = draft_q(row, sampling, scored)  # (vocab,) what the children are drawn from
                 children = draw_without_replacement(q, shape.width, rng)
+                ranked = largest(q, len(children))
                 qs[node] = q
             rows[node] = row
-            for token, qj in zip(children, largest(q, len(children)), strict=True):
+            for token, qj in zip(children, ranked, strict=True):
                 c.tokens.append(token)
                 c.parents.append(node)
                 c.depths.append(c.depths[node] + 1)
@@ -180,6 +182,17 @@ def most_likely(logits: np.ndarray, k: int) -> list[int]:
     kth = np.partition(scores, ids.size - k)[ids.size - k]  # the k-th largest score
     top = ids[scores >= kth]  # (>= k,) with its ties
     return top[np.lexsort((top, -logits[top]))][:k].tolist()  # by score, then by id
+
+
+def softmax_at(logits: np.ndarray, tokens: list[int]) -> np.ndarray:
+    """softmax(logits) over the scored tokens (not -inf), at `tokens` only: (len(tokens),).
+
+    The drafter's own probabilities (temperature 1), which rank a greedy tree's nodes; one
+    pass of exp in NumPy, where the full row of `draft_q` would cost a kernel call per node.
+    """
+    scored = logits[logits > -np.inf].astype(np.float64)  # (n,)
+    top = scored.max()
+    return np.exp(logits[tokens].astype(np.float64) - top) / np.sum(np.exp(scored - top))
 
 
 def draw_without_replacement(q: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
