@@ -97,7 +97,8 @@ def path_rows(drafter, ctx, path_tokens):
             e = take_rows(ctx.target.params.embed, np.array([token])) * d.embed_scale
             bounds = visible(pos, n, cfg.window)
             h = mtp_step(d.step_params, cfg, e, h, keys, values, pos, bounds, d.fast)
-            rows.append(d.full_logits(head_logits(h, d.final_norm, d.head_rows, cfg.eps, d.fast)[0]))
+            scores = head_logits(h, d.final_norm, d.head_rows, cfg.eps, d.fast)  # (1, |S|)
+            rows.append(d.full_logits(scores[0]))
         return rows
     if isinstance(drafter, EarlyExitDrafter):
         cache, start = ctx.target_cache, ctx.target_cache.length

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minispec.drafters.base import Draft, draft_q
+from minispec.drafters.base import draft_q
 from minispec.errors import InputError
 from minispec.sampling import SamplingParams
 from minispec.tree import SAMPLED, TOP, TokenTree, path_to
@@ -99,7 +99,7 @@ def grow_tree(
     """A tree of at most n_nodes drafted tokens under `root`, grown as the module doc says.
 
     score_frontier: the drafter, one batched pass per depth. scored: the tokens a cheap head
-    scores, in increasing order (`draft_q`, sampled mode). shape: None is
+    scores, in increasing order, when known (`draft_q`). shape: None is
     `default_shape(n_nodes)`.
     """
     if n_nodes < 0:
@@ -116,8 +116,8 @@ def grow_tree(
         born = []
         for node, row in zip(frontier, logits, strict=True):
             if sampling.greedy:  # the j-th child is the j-th most likely: q of the child itself
-                children = most_likely(row, shape.width)
-                ranked = softmax_at(row, children)
+                children = most_likely(row, shape.width, scored)
+                ranked = softmax_at(row, children, scored)
             else:
                 q = draft_q(row, sampling, scored)  # (vocab,) what the children are drawn from
                 children = draw_without_replacement(q, shape.width, rng)
@@ -157,7 +157,8 @@ def kept_tree(
     rows: dict[int, np.ndarray],
     qs: dict[int, np.ndarray],
 ) -> TokenTree:
-    """The root and the kept nodes (increasing ids: parents first, siblings in order), renumbered."""
+    """The root and the kept nodes, renumbered in increasing order (parents first, siblings
+    in the order drafted)."""
     new = {0: 0} | {old: i + 1 for i, old in enumerate(keep)}
     nodes = [0, *keep]
     return TokenTree(
@@ -169,12 +170,14 @@ def kept_tree(
     )
 
 
-def most_likely(logits: np.ndarray, k: int) -> list[int]:
+def most_likely(logits: np.ndarray, k: int, scored: np.ndarray | None = None) -> list[int]:
     """The k highest-scored tokens, highest first; ties: the lower id (so the first is
-    np.argmax, the chain's greedy pick). Unscored tokens (-inf) are never proposed."""
-    ids = np.flatnonzero(logits > -np.inf)  # (n,) the scored tokens
-    # (Selecting among these alone also spares np.partition a quarter of a million equal
-    # -inf, its slow case: 60 ms a row instead of well under one.)
+    np.argmax, the chain's greedy pick). Unscored tokens (-inf) are never proposed.
+
+    scored: the tokens a cheap head scores, when known (else found here). Looking among them
+    alone also spares np.partition a quarter of a million equal -inf, its slow case.
+    """
+    ids = np.flatnonzero(logits > -np.inf) if scored is None else scored  # (n,)
     scores = logits[ids]
     k = min(k, ids.size)
     if k == 0:
@@ -184,15 +187,18 @@ def most_likely(logits: np.ndarray, k: int) -> list[int]:
     return top[np.lexsort((top, -logits[top]))][:k].tolist()  # by score, then by id
 
 
-def softmax_at(logits: np.ndarray, tokens: list[int]) -> np.ndarray:
-    """softmax(logits) over the scored tokens (not -inf), at `tokens` only: (len(tokens),).
+def softmax_at(
+    logits: np.ndarray, tokens: list[int], scored: np.ndarray | None = None
+) -> np.ndarray:
+    """softmax(logits) over the scored tokens, at `tokens` only: (len(tokens),) float64.
 
-    The drafter's own probabilities (temperature 1), which rank a greedy tree's nodes; one
-    pass of exp in NumPy, where the full row of `draft_q` would cost a kernel call per node.
+    The drafter's own probabilities (temperature 1), which rank a greedy tree's nodes: one
+    NumPy pass of exp, where a full row of `draft_q` would cost a kernel call per node.
     """
-    scored = logits[logits > -np.inf].astype(np.float64)  # (n,)
-    top = scored.max()
-    return np.exp(logits[tokens].astype(np.float64) - top) / np.sum(np.exp(scored - top))
+    row = logits[logits > -np.inf] if scored is None else logits[scored]  # (n,)
+    row = row.astype(np.float64)
+    top = row.max()
+    return np.exp(logits[tokens].astype(np.float64) - top) / np.sum(np.exp(row - top))
 
 
 def draw_without_replacement(q: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
@@ -213,15 +219,6 @@ def largest(q: np.ndarray, k: int) -> np.ndarray:
     m = min(k, support.size)
     top = -np.sort(-np.partition(support, support.size - m)[support.size - m :]) if m else []
     return np.concatenate([top, np.zeros(k - m)])
-
-
-def chain_tree(root: int, draft: Draft) -> TokenTree:
-    """A chain draft as a tree: node i + 1 is d_{i+1}, drawn from q row i (when it has one)."""
-    tokens = [root, *draft.tokens]
-    parents = list(range(-1, len(tokens) - 1))
-    if draft.q is None:
-        return TokenTree(tokens, parents, TOP)
-    return TokenTree(tokens, parents, SAMPLED, q=dict(enumerate(draft.q)))
 
 
 def ancestors_visible(c: Candidates, frontier: list[int], row: dict[int, int]) -> np.ndarray:
