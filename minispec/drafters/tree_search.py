@@ -11,6 +11,8 @@ the same shape whatever the context. EAGLE-2 lets the drafter's own confidence s
                  score(child j of u) = score(u) * q_u[j]        (q_u[j]: u's j-th largest q)
     beam     the `beam` best-scored children become the next frontier
     rerank   at the end keep the n_nodes best-scored nodes of everything drafted
+    stop     after `depth` passes, or sooner: once the frontier's best scores no more than
+             the n-th best node so far, none of its descendants could be kept
 
 A confident path keeps scores near 1 and grows deep; an unsure node spreads its mass over
 several children, which then all score alike and the tree grows wide there.
