@@ -6,6 +6,7 @@ early_exit.py    the target's own first layers and output head
 draft_model.py   a separate draft model with the target's vocabulary (int8, model:PATH)
 mtp.py           a trained multi-token-prediction drafter on the target's hidden state
 fallback.py      A, and B whenever A proposes nothing ("A+B")
+tree_search.py   how a model drafter grows a tree of guesses (EAGLE-2), one batched pass per depth
 registry.py      every drafter by its spec, what it is in plain words (`DRAFTERS`), and
                  `make_drafter`, which builds one from its spec
 """

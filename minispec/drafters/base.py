@@ -7,6 +7,10 @@ and its last hidden state) and asks for up to k tokens. The drafter answers with
 tokens and, when it has them, the distributions q it drew them from. A drafter without
 distributions (prompt lookup) leaves q as None and the loop treats q as one-hot on its token.
 
+A tree of guesses (`minispec.tree.TokenTree`: several continuations, verified in one pass) is
+asked for with `propose_tree(ctx, n_nodes, ...)`; a chain is the tree with one child per node.
+Model drafters grow theirs with `tree_search.grow_tree`.
+
 After the target has verified the draft, the loop calls `rollback(n)`: only the first n tokens
 the drafter has seen (context plus its own drafts) survived, so it must forget the rest.
 
@@ -26,6 +30,7 @@ import numpy as np
 from minispec.kv_cache import KVCache
 from minispec.model import Model
 from minispec.sampling import SamplingParams, distribution, sample
+from minispec.tree import TokenTree
 
 
 @dataclass
@@ -68,6 +73,11 @@ class Drafter(Protocol):
     ) -> Draft:
         """Up to k tokens that should follow ctx.tokens."""
 
+    def propose_tree(
+        self, ctx: DraftContext, n_nodes: int, sampling: SamplingParams, rng: np.random.Generator
+    ) -> TokenTree:
+        """A tree of at most n_nodes drafted tokens; its root is ctx.tokens[-1]."""
+
     def rollback(self, n_tokens: int) -> None:
         """The first n_tokens of (context + drafts) were accepted: forget what came after."""
 
@@ -84,23 +94,41 @@ def choose(
 ) -> tuple[int, np.ndarray | None]:
     """A model drafter's pick from one row of logits: (token, q). Greedy: (argmax, None).
 
+    q is `draft_q`'s. scored: the tokens a cheap head scores, in increasing order, when the
+    drafter knows them (else found here). out: a row of zeros (`q_rows`) to write q into.
+    """
+    if sampling.greedy:
+        return int(np.argmax(logits)), None
+    if scored is None and logits.min() == -np.inf:
+        scored = np.flatnonzero(logits > -np.inf)  # (n,) the tokens the head scored
+    q = draft_q(logits, sampling, scored, out)
+    if scored is None:  # a full head
+        return sample(q, rng), q
+    # drawn over the scored tokens alone: the same token, without a pass over all 262,144
+    return int(scored[sample(q[scored], rng)]), q
+
+
+def draft_q(
+    logits: np.ndarray,
+    sampling: SamplingParams,
+    scored: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """A model drafter's distribution q over one row of logits, (vocab,) float64.
+
     A cheap head scores a subset of the vocabulary and leaves the rest at -inf, probability 0:
     q is then computed over the scored tokens alone (the same distribution, zero elsewhere),
     since temperature and top-p over all 262,144 took longer than the draft step itself.
     scored: those tokens' ids in increasing order, when the drafter knows them (else found here).
-    out: a row of zeros (`q_rows`) to write q into.
+    out: a row of zeros to write q into. The very q `choose` samples from.
     """
-    if sampling.greedy:
-        return int(np.argmax(logits)), None
     if scored is None and logits.min() > -np.inf:  # a full head
-        q = distribution(logits, sampling, out)
-        return sample(q, rng), q
+        return distribution(logits, sampling, out)
     if scored is None:
         scored = np.flatnonzero(logits > -np.inf)  # (n,) the tokens the head scored
-    q_scored = distribution(logits[scored], sampling)
     q = np.zeros(logits.shape, dtype=np.float64) if out is None else out
-    q[scored] = q_scored
-    return int(scored[sample(q_scored, rng)]), q
+    q[scored] = distribution(logits[scored], sampling)
+    return q
 
 
 def q_rows(k: int, vocab_size: int, sampling: SamplingParams) -> np.ndarray | None:

@@ -16,11 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft, q_rows
+from minispec.drafters.tree_search import Candidates, ancestors_visible, grow_tree
 from minispec.errors import InputError
 from minispec.kernels import quantize_int8
 from minispec.kv_cache import KVCache, new_cache
-from minispec.model import Model, forward, map_matrices
+from minispec.model import Model, TreeMask, forward, forward_hidden, map_matrices
 from minispec.sampling import SamplingParams
+from minispec.tree import TokenTree
 
 
 class DraftModelDrafter:
@@ -30,6 +32,9 @@ class DraftModelDrafter:
         self.name = name or f"draft-model({draft.name or 'model'}, {draft.weights})"
         self.cache: KVCache | None = None
         self.checked: Model | None = None  # the last target whose vocabulary matched
+        # Where the latest tree's rows begin in the cache (None: no tree since the last
+        # rollback). They are in drafting order, not along a path, so none of them survives.
+        self.tree_base: int | None = None
 
     def reset(self, target: Model) -> None:
         if target is not self.checked:
@@ -55,9 +60,43 @@ class DraftModelDrafter:
                 logits = forward(self.draft, [token], cache)[-1]
         return make_draft(tokens, qs, rows)
 
+    def propose_tree(
+        self, ctx: DraftContext, n_nodes: int, sampling: SamplingParams, rng: np.random.Generator
+    ) -> TokenTree:
+        """A draft tree (`tree_search.grow_tree`), one forward of the draft model per depth.
+
+        The unseen context is fed first, as `propose` does; its last row scores the root's
+        children. Then each depth's frontier goes into the draft's cache after the context,
+        each node seeing the context and its own ancestors (`TreeMask`) at position
+        len(context) - 1 + depth. `rollback` then cuts the cache back to the context: the
+        accepted nodes are fed again next time with the target's correction, in one pass
+        that costs about what one token costs, which is simpler than moving their rows
+        (`tree.compact`) and needs no record of which nodes the rule accepted.
+        """
+        if self.cache is None:
+            self.reset(ctx.target)
+        cache = self.cache
+        row: dict[int, int] = {}  # node -> its row - base (the root is in the context)
+        base = len(ctx.tokens)
+        self.tree_base = base
+
+        def score(c: Candidates, frontier: list[int]) -> np.ndarray:
+            if frontier == [0]:  # the root: the context's last token
+                unseen = ctx.tokens[cache.length :]  # never empty: the root is always unseen
+                return forward(self.draft, unseen, cache, last_only=True)  # (1, vocab)
+            visible = ancestors_visible(c, frontier, row)  # (T, R)
+            positions = base - 1 + np.array([c.depths[i] for i in frontier])
+            tokens = [c.tokens[i] for i in frontier]
+            mask = TreeMask(base, visible, positions)
+            return forward_hidden(self.draft, tokens, cache, tree=mask).logits  # (T, vocab)
+
+        return grow_tree(ctx.tokens[-1], score, n_nodes, sampling, rng)
+
     def rollback(self, n_tokens: int) -> None:
         if self.cache is not None:
-            self.cache.truncate(min(n_tokens, self.cache.length))
+            keep = n_tokens if self.tree_base is None else min(n_tokens, self.tree_base)
+            self.cache.truncate(min(keep, self.cache.length))
+        self.tree_base = None
 
 
 def check_same_vocabulary(target: Model, draft: Model) -> None:

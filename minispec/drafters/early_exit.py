@@ -30,19 +30,28 @@ from __future__ import annotations
 import numpy as np
 
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft, q_rows
+from minispec.drafters.tree_search import Candidates, ancestors_visible, grow_tree
 from minispec.errors import InputError
 from minispec.kernels import linear, select_rows
 from minispec.kv_cache import KVCache
-from minispec.model import Model, Weight, forward_hidden, rms_norm
+from minispec.model import Model, TreeMask, Weight, forward_hidden, rms_norm
 from minispec.sampling import SamplingParams
+from minispec.tree import TokenTree
 
 
-def early_exit_hidden(model: Model, tokens: list[int], cache: KVCache, n_layers: int) -> np.ndarray:
+def early_exit_hidden(
+    model: Model,
+    tokens: list[int],
+    cache: KVCache,
+    n_layers: int,
+    tree: TreeMask | None = None,
+) -> np.ndarray:
     """The first n_layers blocks, then the final norm: the early exit's h, shape (T, d_model).
 
     Writes keys/values of layers [0, n_layers) to the cache and advances its length.
+    tree: the tokens are draft-tree nodes (`TreeMask`), each seeing its own path only.
     """
-    out = forward_hidden(model, tokens, cache, n_layers=n_layers, head=False)
+    out = forward_hidden(model, tokens, cache, n_layers=n_layers, head=False, tree=tree)
     return rms_norm(out.hidden, model.params.final_norm, model.config.rms_norm_eps)
 
 
@@ -85,14 +94,24 @@ class EarlyExitDrafter:
 
     def head(self, h: np.ndarray, extra: tuple[np.ndarray, Weight] | None) -> np.ndarray:
         """Head scores for one normalised hidden state h (1, d_model), full width (vocab,)."""
+        return self.head_rows(h, extra)[0]
+
+    def head_rows(self, h: np.ndarray, extra: tuple[np.ndarray, Weight] | None) -> np.ndarray:
+        """Head scores for normalised hidden states h (T, d_model), full width (T, vocab)."""
         if self.frequent_head is None:
-            return linear(h, self.target.params.embed)[0]  # (vocab,): all 262,144 rows
-        out = np.full(self.vocab_size, -np.inf, dtype=np.float32)  # unscored: probability 0
-        out[self.frequent] = linear(h, self.frequent_head)[0]
+            return linear(h, self.target.params.embed)  # (T, vocab): all 262,144 rows
+        out = np.full((len(h), self.vocab_size), -np.inf, dtype=np.float32)  # unscored: q = 0
+        out[:, self.frequent] = linear(h, self.frequent_head)
         if extra is not None:
             ids, rows = extra
-            out[ids] = linear(h, rows)[0]
+            out[:, ids] = linear(h, rows)
         return out
+
+    def scored_ids(self, extra: tuple[np.ndarray, Weight] | None) -> np.ndarray | None:
+        """The tokens the cut-down head scores, sorted, for `draft_q` (None: the full head)."""
+        if self.frequent_head is None:
+            return None
+        return np.sort(self.frequent if extra is None else np.union1d(self.frequent, extra[0]))
 
     def propose(
         self, ctx: DraftContext, k: int, sampling: SamplingParams, rng: np.random.Generator
@@ -100,11 +119,7 @@ class EarlyExitDrafter:
         cache = ctx.target_cache
         start = cache.length  # = len(ctx.tokens) - 1: the newest token is not in the cache yet
         extra = self.context_rows(ctx.tokens)  # gathered once per proposal
-        scored = None  # the tokens the cut-down head scores, sorted, for `choose`
-        if self.frequent_head is not None and not sampling.greedy:
-            scored = np.sort(
-                self.frequent if extra is None else np.union1d(self.frequent, extra[0])
-            )
+        scored = None if sampling.greedy else self.scored_ids(extra)  # greedy: no q
         tokens, rows, last = [], [], ctx.tokens[-1]
         qs = q_rows(k, ctx.target.config.vocab_size, sampling)
         for i in range(k):
@@ -115,6 +130,35 @@ class EarlyExitDrafter:
             rows.append(logits)
         cache.truncate(start)  # leave the cache as found; verification rewrites these positions
         return make_draft(tokens, qs, rows)
+
+    def propose_tree(
+        self, ctx: DraftContext, n_nodes: int, sampling: SamplingParams, rng: np.random.Generator
+    ) -> TokenTree:
+        """A draft tree (`tree_search.grow_tree`), one pass of the first L layers per depth.
+
+        The frontier's rows go into the target's cache after the rows already drafted (the
+        root's first), each seeing the prefix and its own ancestors (`TreeMask`) at position
+        start + depth, exactly the keys the chain would have written along that path. The
+        cache's length is restored afterwards; verification rewrites those rows.
+        """
+        cache = ctx.target_cache
+        start = cache.length  # the root's row: the newest token is not in the cache yet
+        extra = self.context_rows(ctx.tokens)  # gathered once per proposal
+        row: dict[int, int] = {}  # node -> its row - start
+
+        def score(c: Candidates, frontier: list[int]) -> np.ndarray:
+            visible = ancestors_visible(c, frontier, row)  # (T, R)
+            positions = start + np.array([c.depths[i] for i in frontier])
+            tokens = [c.tokens[i] for i in frontier]
+            mask = TreeMask(start, visible, positions)
+            h = early_exit_hidden(self.target, tokens, cache, self.n_layers, mask)  # (T, D)
+            return self.head_rows(h, extra)  # (T, vocab)
+
+        try:
+            scored = self.scored_ids(extra)
+            return grow_tree(ctx.tokens[-1], score, n_nodes, sampling, rng, scored)
+        finally:
+            cache.truncate(start)  # leave the cache as found
 
     def rollback(self, n_tokens: int) -> None:
         pass  # its only state is the target's cache, which the loop rolls back

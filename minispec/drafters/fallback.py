@@ -4,9 +4,9 @@
 repeats itself (a small base model often does, and so does code being edited), it is right
 for many tokens in a row; when the suffix n-gram has no earlier match it proposes nothing, and
 the MTP drafter, which always has a guess, drafts instead. One step's draft comes wholly from
-one drafter, so in sampled mode q is still exactly the distribution its tokens were drawn
-from (one-hot for prompt lookup, a deterministic copy): the acceptance rule of Leviathan et
-al. 2023 needs nothing more, and the output keeps the target's distribution.
+one drafter (one step's tree too), so in sampled mode q is still exactly the distribution its
+tokens were drawn from (one-hot for prompt lookup, a deterministic copy): the acceptance rule
+of Leviathan et al. 2023 needs nothing more, and the output keeps the target's distribution.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from minispec.drafters.base import Draft, DraftContext, Drafter
 from minispec.errors import InputError
 from minispec.model import Model
 from minispec.sampling import SamplingParams
+from minispec.tree import TokenTree
 
 
 class FallbackDrafter:
@@ -47,6 +48,18 @@ class FallbackDrafter:
                 return draft
         self.last_used = ""
         return Draft([])
+
+    def propose_tree(
+        self, ctx: DraftContext, n_nodes: int, sampling: SamplingParams, rng: np.random.Generator
+    ) -> TokenTree:
+        """The tree of the first drafter that proposes any node (a root alone: none did)."""
+        for d in self.drafters:
+            tree = d.propose_tree(ctx, n_nodes, sampling, rng)
+            if tree.n_drafted:
+                self.last_used = d.name
+                return tree
+        self.last_used = ""
+        return TokenTree([ctx.tokens[-1]], [-1])
 
     def rollback(self, n_tokens: int) -> None:
         # Every drafter forgets the rejected tokens, also those that did not draft them: a

@@ -55,10 +55,12 @@ import numpy as np
 from minispec import kernels
 from minispec.checkpoint import WeightsError
 from minispec.drafters.base import Draft, DraftContext, choose, make_draft, q_rows
+from minispec.drafters.tree_search import Candidates, grow_tree
 from minispec.errors import InputError
 from minispec.kernels import PackedWeight, take_rows
 from minispec.model import Model, gelu_tanh, key_bounds, ops, rms_norm, rope
 from minispec.sampling import SamplingParams
+from minispec.tree import TokenTree
 
 # The shipped drafter for Gemma 3 270M (made by `minispec train-mtp`, see docs/drafters.md).
 DEFAULT_WEIGHTS = Path(__file__).with_name("mtp_gemma3_270m.safetensors")
@@ -344,10 +346,40 @@ class MTPDrafter:
             rows.append(logits)
         return make_draft(tokens, qs, rows)
 
+    def propose_tree(
+        self, ctx: DraftContext, n_nodes: int, sampling: SamplingParams, rng: np.random.Generator
+    ) -> TokenTree:
+        """A draft tree (`tree_search.grow_tree`), all of a depth's frontier in one step.
+
+        Node i of depth d takes the step the chain takes at j = d along i's path: its own
+        token, its parent's h' (the root: the target's hidden state), position n + d. Each
+        query reads only the target's cached prefix, so the nodes need no mask between them:
+        T frontier nodes are T independent rows of one `mtp_step`.
+        """
+        cfg, p, cache = self.cfg, self.step_params, ctx.target_cache
+        n = cache.length
+        keys, values = cache.keys[cfg.kv_layer, :n], cache.values[cfg.kv_layer, :n]  # read only
+        states = {-1: np.asarray(ctx.target_hidden, np.float32)}  # node -> h' after it (D,)
+
+        def score(c: Candidates, frontier: list[int]) -> np.ndarray:
+            tokens = np.array([c.tokens[i] for i in frontier])
+            e = take_rows(self.target.params.embed, tokens) * self.embed_scale  # (T, D)
+            h = np.stack([states[c.parents[i]] for i in frontier])  # (T, D)
+            pos = n + np.array([c.depths[i] for i in frontier])  # (T,)
+            h = mtp_step(p, cfg, e, h, keys, values, pos, visible(pos, n, cfg.window), self.fast)
+            states.update(zip(frontier, h, strict=True))
+            scores = head_logits(h, self.final_norm, self.head_rows, cfg.eps, self.fast)
+            return self.full_logits(scores)  # (T, vocab)
+
+        return grow_tree(ctx.tokens[-1], score, n_nodes, sampling, rng, self.scored)
+
     def full_logits(self, scores: np.ndarray) -> np.ndarray:
-        """Scores over S placed in a full-width row; tokens outside S get -inf (q = 0)."""
-        out = np.full(self.vocab_size, -np.inf, dtype=np.float32)
-        out[self.params.head_ids] = scores
+        """Scores over S placed in full-width rows; tokens outside S get -inf (q = 0).
+
+        scores: (|S|,) or (T, |S|); the rows (vocab,) or (T, vocab).
+        """
+        out = np.full((*scores.shape[:-1], self.vocab_size), -np.inf, dtype=np.float32)
+        out[..., self.params.head_ids] = scores
         return out
 
     def rollback(self, n_tokens: int) -> None:
