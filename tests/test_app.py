@@ -675,7 +675,13 @@ def tree_trace(greedy: bool) -> dict:
     ids = encode(model.tokenizer, "the words of a tree; the words of a tree")
     sampling = SamplingParams(0.0 if greedy else 0.8, 0, 1.0)
     g = speculative_generate(
-        model, ids, make_drafter("int8", model), k=3, max_new_tokens=16, sampling=sampling, seed=1
+        model,
+        ids,
+        make_drafter("early-exit", model),
+        k=3,
+        max_new_tokens=16,
+        sampling=sampling,
+        seed=1,
     )
     d = g.trace.to_dict()
     vocab = model.config.vocab_size
@@ -720,7 +726,12 @@ def check_tree_step(at: AppTest, record: dict) -> None:
     assert mask["data"][0]["y"][0].startswith("0 ")  # rows and columns labelled by tokens
     tried = [trial for group in t["siblings"] for trial in group["trials"]]
     tables = [df.value for df in at.dataframe]
-    assert sum(len(table) for table in tables) == len(tried)
+    assert len(tables) == (1 if tried else 0)  # one table down the path, if anything was tried
+    table = tables[0] if tried else {"verdict": []}
+    assert len(table["verdict"]) == len(tried)
+    assert list(table["verdict"]) == [
+        "kept" if trial["accepted"] else "rejected" for trial in tried
+    ]
     kv = t["kv"]
     assert (
         f"**{kv['before']}** before → **{kv['before'] + kv['written']}** after verifying → "
@@ -739,10 +750,12 @@ def test_a_tree_trace_replays_with_its_tree(app: AppTest, greedy: bool) -> None:
     for i in range(story.n_steps):
         assert step_title(app) == f"Step {i + 1} of {story.n_steps}"
         check_tree_step(app, story.steps[i])
-        if not greedy:  # the draws: one chart per node whose children were tried
-            charts = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
-            lines = [c for c in charts if "line-ns-open" in json.dumps(c["data"])]
-            assert len(lines) == len(story.steps[i]["tree"]["siblings"])
+        charts = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
+        draws = [c for c in charts if "line-ns-open" in json.dumps(c["data"])]
+        assert len(draws) == (0 if greedy else 1)  # every u drawn, in one chart
+        if draws:
+            tried = [tr for g in story.steps[i]["tree"]["siblings"] for tr in g["trials"]]
+            assert draws[0]["data"][-1]["x"] == [tr["u"] for tr in tried][::-1]
         if i < story.n_steps - 1:
             app.button(key="next").click().run()
             no_errors(app)

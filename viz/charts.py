@@ -330,11 +330,10 @@ def tree_mask(tree: dict) -> go.Figure:
     return _layout(fig, height=size, margin=dict(l=8, r=8, t=8, b=8), plot_bgcolor="#e5e7eb")
 
 
-def sibling_trials(trials: list[dict]) -> go.Figure:
-    """Siblings tried one after the other at one node: each one's accept zone [0, min(1, p/q)),
-    its reject zone, and where its draw u landed."""
-    labels = [f"{i + 1}. {_label(trial)}" for i, trial in enumerate(trials)][::-1]
-    shown = trials[::-1]  # plotly draws the first category at the bottom
+def sibling_trials(trials: list[dict], labels: list[str]) -> go.Figure:
+    """Siblings tried one after the other, node after node down the path: each one's accept zone
+    [0, min(1, p/q)), its reject zone, and where its draw u landed."""
+    labels, shown = labels[::-1], trials[::-1]  # plotly draws the first category at the bottom
     a = [trial["accept_probability"] for trial in shown]
     fig = go.Figure()
     fig.add_bar(

@@ -8,6 +8,7 @@ writes.
 
 from __future__ import annotations
 
+import math
 from html import escape
 
 from minispec.palette import COLOURS, NAMES, NODE_COLOURS, TINTS
@@ -45,8 +46,17 @@ CSS = """
   font-size: 0.85rem; white-space: pre-wrap; word-break: break-word; line-height: 1.75;
   background: #f9fafb; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.5rem 0.8rem;
   max-height: 9.5rem; overflow-y: auto; display: flex; flex-direction: column-reverse; }
-.ms-tree { overflow-x: auto; }
-.ms-tree svg { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+.ms-tree { overflow-x: auto; padding: 0.2rem 0; }
+.ms-canvas { position: relative; }
+.ms-edge { position: absolute; height: 0; transform-origin: 0 50%; }
+.ms-node, .ms-next { position: absolute; box-sizing: border-box; border: 1.5px solid;
+  border-radius: 0.4rem; text-align: center; white-space: pre; overflow: hidden;
+  font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.8rem;
+  line-height: 1.15; padding-top: 0.2rem; }
+.ms-node.ms-path { border-width: 3px; padding-top: 0.12rem; }
+.ms-next { border-style: dashed; border-width: 2px; }
+.ms-node .ms-sub, .ms-next .ms-sub { display: block; font-size: 0.64rem; color: #4b5563;
+  font-family: sans-serif; }
 .ms-rows { display: grid; grid-template-columns: 7.5rem 1fr; gap: 0.45rem 0.6rem;
   align-items: center; }
 .ms-rows .ms-h { font-size: 0.78rem; color: #4b5563; }
@@ -190,8 +200,8 @@ def cell(text: str, kind: str, position: str, gone: bool = False) -> str:
 
 # ------------------------------------------------------------------------------ token trees
 
-NODE_W, NODE_H = 100, 38  # a node's box in the tree drawing, in pixels
-COL_W, ROW_H = 136, 48  # the distance between depths (left to right) and between leaves
+NODE_W, NODE_H = 88, 36  # a node's box in the tree drawing, in pixels
+COL_W, ROW_H = 116, 44  # the distance between depths (left to right) and between leaves
 
 
 def tree_layout(parents: list[int]) -> list[tuple[int, float]]:
@@ -233,10 +243,13 @@ def short(text: str, n: int = 10) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def tree_svg(r: dict) -> str:
+def tree_html(r: dict) -> str:
     """A tree step's drafted tree, root on the left: each node a box labelled by its token,
     coloured by its verdict; the accepted path's edges thick, in the accepted colour; and after
-    the path's last node, dashed, the token the target added (its correction or bonus)."""
+    the path's last node, dashed, the token the target added (its correction or bonus).
+
+    Plain HTML, boxes and edges placed absolutely: the page's HTML sanitiser drops inline SVG.
+    """
     t, nxt = r["tree"], r["next_token"]
     nodes = t["nodes"]
     on_path = set(t["path"])
@@ -245,30 +258,23 @@ def tree_svg(r: dict) -> str:
     place = tree_layout(parents + [t["path"][-1]])
     depth_max = max(d for d, _ in place)
     rows = max(row for _, row in place) + 1
-    width, height = (depth_max + 1) * COL_W - (COL_W - NODE_W) + 8, int(rows * ROW_H) + 4
+    width, height = depth_max * COL_W + NODE_W + 4, int(rows * ROW_H)
 
-    def centre(i: int) -> tuple[float, float]:
+    def left_middle(i: int) -> tuple[float, float]:
         depth, row = place[i]
-        return 4 + depth * COL_W, 2 + row * ROW_H + ROW_H / 2
+        return depth * COL_W, row * ROW_H + ROW_H / 2
 
     edges, boxes = [], []
     for i in range(1, len(place)):
-        x0, y0 = centre(parents[i] if i < len(nodes) else t["path"][-1])
-        x1, y1 = centre(i)
-        x0 += NODE_W
-        mid = (x0 + x1) / 2
+        x0, y0 = left_middle(parents[i] if i < len(nodes) else t["path"][-1])
+        x1, y1 = left_middle(i)
         if i == len(nodes):  # the target's own token
-            colour, w, dash = COLOURS[nxt["kind"]], 2, ' stroke-dasharray="5 4"'
+            edges.append(edge((x0 + NODE_W, y0), (x1, y1), COLOURS[nxt["kind"]], 2, "dashed"))
         elif i in on_path:
-            colour, w, dash = COLOURS["accepted"], 4, ""
+            edges.append(edge((x0 + NODE_W, y0), (x1, y1), COLOURS["accepted"], 4))
         else:
-            colour, w, dash = "#cbd5e1", 1.5, ""
-        edges.append(
-            f'<path d="M{x0:.0f},{y0:.0f} C{mid:.0f},{y0:.0f} {mid:.0f},{y1:.0f} {x1:.0f},{y1:.0f}"'
-            f' fill="none" stroke="{colour}" stroke-width="{w}"{dash}/>'
-        )
+            edges.append(edge((x0 + NODE_W, y0), (x1, y1), "#cbd5e1", 2))
     for i, node in enumerate(nodes):
-        kind = node_kind(node, i)
         sub = "newest" if i == 0 else node_probabilities(node)
         title = (
             f"node {i} · depth {node['depth']} · "
@@ -277,52 +283,52 @@ def tree_svg(r: dict) -> str:
             + f" · token {node['token']} {token_label(node)!r}"
         )
         css = "ms-node ms-path" if i in on_path else "ms-node"
-        boxes.append(node_box(centre(i), token_label(node), sub, kind, title, css, i in on_path))
+        kind = node_kind(node, i)
+        boxes.append(node_box(left_middle(i), token_label(node), sub, kind, title, css))
     kind = nxt["kind"]
     boxes.append(
         node_box(
-            centre(len(nodes)),
+            left_middle(len(nodes)),
             token_label(nxt),
             "correction" if kind == "corrected" else "bonus",
             kind,
             f"{NAMES[kind]} · prob {nxt['prob']:.3f} · token {nxt['token']}",
             "ms-next",
-            dashed=True,
         )
     )
-    svg = (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="the drafted token tree">'
+    return (
+        f'<div class="ms-tree"><div class="ms-canvas" style="width:{width}px;height:{height}px">'
         + "".join(edges)
         + "".join(boxes)
-        + "</svg>"
+        + "</div></div>"
     )
-    return f'<div class="ms-tree">{svg}</div>'
 
 
-def node_box(
-    at: tuple[float, float],
-    text: str,
-    sub: str,
-    kind: str,
-    title: str,
-    css: str,
-    bold: bool = False,
-    dashed: bool = False,
+def edge(
+    start: tuple[float, float],
+    end: tuple[float, float],
+    colour: str,
+    width: float,
+    style: str = "solid",
 ) -> str:
-    """One node of the tree drawing: a rounded box, its token above, its numbers below."""
-    x, y = at
-    top = y - NODE_H / 2
-    stroke = 3 if bold else 1.5
-    dash = ' stroke-dasharray="5 3"' if dashed else ""
+    """A straight line from start to end: a thin box turned about its left end."""
+    (x0, y0), (x1, y1) = start, end
+    length, angle = math.hypot(x1 - x0, y1 - y0), math.degrees(math.atan2(y1 - y0, x1 - x0))
     return (
-        f'<g class="{css}"><title>{escape(title)}</title>'
-        f'<rect x="{x:.0f}" y="{top:.0f}" width="{NODE_W}" height="{NODE_H}" rx="6" '
-        f'fill="{TINTS[kind]}" stroke="{COLOURS[kind]}" stroke-width="{stroke}"{dash}/>'
-        f'<text x="{x + NODE_W / 2:.0f}" y="{top + 16:.0f}" text-anchor="middle" font-size="13" '
-        f'fill="#111827" xml:space="preserve">{visible(short(text))}</text>'
-        f'<text x="{x + NODE_W / 2:.0f}" y="{top + 31:.0f}" text-anchor="middle" font-size="10" '
-        f'font-family="sans-serif" fill="#4b5563">{escape(sub)}</text></g>'
+        f'<div class="ms-edge" style="left:{x0:.1f}px;top:{y0 - width / 2:.1f}px;'
+        f"width:{length:.1f}px;border-top:{width}px {style} {colour};"
+        f'transform:rotate({angle:.2f}deg)"></div>'
+    )
+
+
+def node_box(at: tuple[float, float], text: str, sub: str, kind: str, title: str, css: str) -> str:
+    """One node of the tree drawing, its left middle at `at`: its token above, numbers below."""
+    x, y = at
+    return (
+        f'<div class="{css}" title="{escape(title)}" style="left:{x:.0f}px;'
+        f"top:{y - NODE_H / 2:.0f}px;width:{NODE_W}px;height:{NODE_H}px;"
+        f'border-color:{COLOURS[kind]};background:{TINTS[kind]}">'
+        f'{visible(short(text))}<span class="ms-sub">{escape(sub)}</span></div>'
     )
 
 

@@ -225,7 +225,7 @@ def tree_step_panel(story: Story, i: int) -> None:
     st.subheader(f"Step {i + 1} of {story.n_steps}")
     st.markdown(tree_summary(r))
     context_section(story, i)
-    left, right = st.columns(2, gap="large")
+    left, right = st.columns([3, 2], gap="large")  # the tree is wider than the mask is
     with left:
         tree_section(r)
     with right:
@@ -258,7 +258,7 @@ def tree_section(r: dict) -> None:
         "drafter's, both at its parent.",
         rule_lesson(t["proposal"] != "sampled"),
     )
-    st.html(look.tree_svg(r))
+    st.html(look.tree_html(r))
 
 
 def mask_section(r: dict, i: int) -> None:
@@ -301,21 +301,16 @@ def sibling_section(r: dict, i: int, greedy: bool) -> None:
         st.caption("The root had no children: nothing to try.")
         return
     nodes = t["nodes"]
+    rows, trials, labels = [], [], []
     for g in groups:
-        parent = nodes[g["node"]]
-        st.markdown(
-            f"At node {g['node']} **{look.visible(token_label(parent))}**: "
-            f"{len(g['trials'])} child{'ren' if len(g['trials']) != 1 else ''} tried"
-        )
-        st.dataframe(
-            [trial_row(k, trial, greedy) for k, trial in enumerate(g["trials"])],
-            hide_index=True,
-            key=f"trials-{i}-{g['node']}",
-        )
-        if not greedy and all(tr.get("u") is not None for tr in g["trials"]):
-            st.plotly_chart(
-                charts.sibling_trials(g["trials"]), config=QUIET, key=f"sib-{i}-{g['node']}"
-            )
+        parent = f"{g['node']} {look.visible(token_label(nodes[g['node']]))}"
+        for k, trial in enumerate(g["trials"]):
+            rows.append({"at node": parent, **trial_row(k, trial, greedy)})
+            trials.append(trial)
+            labels.append(f"at {g['node']}, try {k + 1}: {look.visible(token_label(trial))}")
+    st.dataframe(rows, hide_index=True, key=f"trials-{i}")
+    if not greedy and all(trial.get("u") is not None for trial in trials):
+        st.plotly_chart(charts.sibling_trials(trials, labels), config=QUIET, key=f"sib-{i}")
 
 
 def trial_row(k: int, trial: dict, greedy: bool) -> dict:
