@@ -636,7 +636,6 @@ def tree_block(r: dict, newest: int, greedy: bool, vocab: int) -> dict:
                     {
                         "node": entry["node"],
                         "token": entry["token"],
-                        "text": entry["text"],
                         "p": entry["p"],
                         "q": entry["q"],
                         "accept_probability": a,

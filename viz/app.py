@@ -112,7 +112,16 @@ with st.sidebar:
                 key="nodes",
                 help=f"{runs.TREE_NODES[0]} to {runs.TREE_NODES[-1]}",
             )
-        k = a.number_input("k, guesses per step", value=4, step=1, key="k", help="1 to 16")
+        k = a.number_input(
+            "k, guesses per step",
+            value=4,
+            step=1,
+            key="k",
+            help="1 to 16"
+            if shape == "Chain"
+            else "1 to 16. A tree run does not use k: the Numbers tab compares the tree with the "
+            "chain of k.",
+        )
         n_new = b.number_input("New tokens", value=24, step=8, key="n_new")
         temperature = a.number_input(
             "Temperature", value=0.7, step=0.1, key="temperature", help="0 = greedy"

@@ -305,15 +305,16 @@ def sibling_section(r: dict, i: int, greedy: bool) -> None:
     for g in groups:
         parent = f"{g['node']} {look.visible(token_label(nodes[g['node']]))}"
         for k, trial in enumerate(g["trials"]):
-            rows.append({"at node": parent, **trial_row(k, trial, greedy)})
+            text = look.visible(token_label(nodes[trial["node"]]))  # trials name their node
+            rows.append({"at node": parent, **trial_row(k, trial, text, greedy)})
             trials.append(trial)
-            labels.append(f"at {g['node']}, try {k + 1}: {look.visible(token_label(trial))}")
+            labels.append(f"at {g['node']}, try {k + 1}: {text}")
     st.dataframe(rows, hide_index=True, key=f"trials-{i}")
     if not greedy and all(trial.get("u") is not None for trial in trials):
         st.plotly_chart(charts.sibling_trials(trials, labels), config=QUIET, key=f"sib-{i}")
 
 
-def trial_row(k: int, trial: dict, greedy: bool) -> dict:
+def trial_row(k: int, trial: dict, text: str, greedy: bool) -> dict:
     """One sibling's trial as a table row: its numbers, its verdict, the residual after it."""
 
     def number(name: str) -> float | None:
@@ -323,7 +324,7 @@ def trial_row(k: int, trial: dict, greedy: bool) -> dict:
     row = {
         "try": k + 1,
         "node": trial["node"],
-        "token": look.visible(token_label(trial)),
+        "token": text,
         "p": number("p"),
         "q": number("q"),
     }
