@@ -703,7 +703,7 @@ def check_tree_step(at: AppTest, record: dict) -> None:
     n = len(t["nodes"])
     text = step_text(at)
     for part in (
-        f"2 · The drafter's tree: {n - 1} nodes",
+        f"2 · The drafter's tree: {n - 1} node{'s' if n != 2 else ''}",
         "3 · One pass over the tree, and its mask",
         "4 · Sibling by sibling",
         "6 · Compact the KV cache",
