@@ -120,8 +120,11 @@ def check_header(trace: Trace) -> None:
         raise ValueError("its 'k' must be a number and 'prompt_ids' a list")
 
 
+OPTIONAL_FIELDS = {"tree"}  # a tree step's alone: chain steps, old traces' too, have none
+
+
 def check_step_record(r: dict) -> None:
-    missing = [name for name in STEP_FIELDS if name not in r]
+    missing = [name for name in STEP_FIELDS if name not in r and name not in OPTIONAL_FIELDS]
     if missing:
         raise ValueError(f"step {r.get('step', '?')} has no {', '.join(missing)}")
     n, j = len(r["drafted"]), r["accepted"]
