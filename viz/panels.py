@@ -477,6 +477,12 @@ def numbers(run: Run) -> None:
     with right:
         st.plotly_chart(charts.acceptance_by_position(stats), config=QUIET)
         st.caption("How often each drafted position survived, when it was checked at all.")
+    if any(r.get("tree") is not None for r in run.story.steps):
+        st.caption(
+            "A tree run: its drafted positions are depths, and a depth counts as accepted when "
+            "the rule kept one of the children it tried there, so α is the chance a step went "
+            "one token deeper. k in the formula is the node budget."
+        )
 
 
 def forward_time_section(times: runs.ForwardTimes | None, has_model: bool) -> bool:
