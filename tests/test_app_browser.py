@@ -243,7 +243,7 @@ def test_a_tree_run_draws_its_tree_in_chromium(app_url: str, tmp_path: Path) -> 
         settle(page)
         page.get_by_text("Tree", exact=True).click()
         settle(page)
-        expect(page.get_by_label("N, tree nodes per step")).to_have_value("8")
+        expect(page.get_by_role("spinbutton", name="N, tree nodes per step")).to_have_value("8")
         run.click()
         expect(step_heading(page)).to_have_text(re.compile(r"^Step 1 of "), timeout=240_000)
         settle(page)
