@@ -101,7 +101,6 @@ with st.sidebar:
             help="A chain: k guesses in a row. A tree: up to N guesses, several candidates where "
             "the drafter is unsure; the target checks every path in the same one pass.",
         )
-        a, b = st.columns(2)
         if shape == "Tree":
             nodes = st.number_input(
                 "N, tree nodes per step",
@@ -112,6 +111,7 @@ with st.sidebar:
                 key="nodes",
                 help=f"{runs.TREE_NODES[0]} to {runs.TREE_NODES[-1]}",
             )
+        a, b = st.columns(2)
         k = a.number_input(
             "k, guesses per step",
             value=4,
