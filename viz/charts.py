@@ -5,14 +5,12 @@ Their colours are `minispec.palette`'s, the same as the rest of the page.
 
 from __future__ import annotations
 
-from html import unescape
-
 import plotly.graph_objects as go
 
 from minispec.palette import COLOURS, TINTS
 from minispec.stats import Stats, expected_tokens_per_forward
 from minispec.story import token_label
-from viz.look import visible
+from viz.look import readable
 
 FONT = dict(family="Inter, system-ui, sans-serif", size=13, color="#1f2937")
 
@@ -29,7 +27,7 @@ def _layout(fig: go.Figure, height: int, **kwargs: object) -> go.Figure:
 
 
 def _label(entry: dict) -> str:
-    return unescape(visible(token_label(entry)))
+    return readable(token_label(entry))
 
 
 def p_vs_q(target_row: dict, drafted: dict, decision: dict | None, verdict: str) -> go.Figure:

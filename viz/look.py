@@ -65,14 +65,19 @@ CSS = """
 """
 
 
-def visible(text: str) -> str:
-    """A token's text with its whitespace made visible, HTML-escaped."""
+def readable(text: str) -> str:
+    """A token's text with its whitespace made visible (for tables and charts, not HTML)."""
     if text == "":
         return "∅"
     shown = text.replace("\n", "↵").replace("\t", "⇥")
     if shown.strip(" ") == "":
         shown = shown.replace(" ", "␣")
-    return escape(shown)
+    return shown
+
+
+def visible(text: str) -> str:
+    """A token's text with its whitespace made visible, HTML-escaped."""
+    return escape(readable(text))
 
 
 def flowing(text: str) -> str:
@@ -243,6 +248,14 @@ def short(text: str, n: int = 10) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def tree_width(r: dict) -> int:
+    """The tree drawing's width in pixels: one column per depth, the target's token included."""
+    t = r["tree"]
+    depth = max(int(node["depth"]) for node in t["nodes"])
+    deepest = max(depth, len(t["path"]))  # the target's token stands one past the path's end
+    return deepest * COL_W + NODE_W + 4
+
+
 def tree_html(r: dict) -> str:
     """A tree step's drafted tree, root on the left: each node a box labelled by its token,
     coloured by its verdict; the accepted path's edges thick, in the accepted colour; and after
@@ -256,9 +269,8 @@ def tree_html(r: dict) -> str:
     parents = [-1] + [int(node["parent"]) for node in nodes[1:]]
     # The target's token hangs off the path's end as one more leaf, so the layout gives it a row.
     place = tree_layout(parents + [t["path"][-1]])
-    depth_max = max(d for d, _ in place)
     rows = max(row for _, row in place) + 1
-    width, height = depth_max * COL_W + NODE_W + 4, int(rows * ROW_H)
+    width, height = tree_width(r), int(rows * ROW_H)
 
     def left_middle(i: int) -> tuple[float, float]:
         depth, row = place[i]

@@ -218,6 +218,9 @@ def verdict_line(d: dict, greedy: bool) -> str:
 # ------------------------------------------------------------------------------ a tree step
 
 
+BESIDE_PX = 640  # the widest tree drawing that fits beside its mask on a laptop's screen
+
+
 def tree_step_panel(story: Story, i: int) -> None:
     """One step that drafted a token tree, in the order it happens: sections 1 to 6."""
     r = story.steps[i]
@@ -225,10 +228,14 @@ def tree_step_panel(story: Story, i: int) -> None:
     st.subheader(f"Step {i + 1} of {story.n_steps}")
     st.markdown(tree_summary(r))
     context_section(story, i)
-    left, right = st.columns([3, 2], gap="large")  # the tree is wider than the mask is
-    with left:
+    if look.tree_width(r) <= BESIDE_PX:
+        left, right = st.columns([3, 2], gap="large")  # the tree is wider than the mask is
+        with left:
+            tree_section(r)
+        with right:
+            mask_section(r, i)
+    else:  # a deep tree takes the page's width, its mask under it
         tree_section(r)
-    with right:
         mask_section(r, i)
     sibling_section(r, i, greedy)
     left, right = st.columns(2, gap="large")
@@ -275,7 +282,8 @@ def mask_section(r: dict, i: int) -> None:
         "decoding its own path one token at a time would give. Green rows: the accepted path.",
         "03_greedy_speculative",
     )
-    st.plotly_chart(charts.tree_mask(t), config=QUIET, key=f"mask-{i}")
+    fig = charts.tree_mask(t)
+    st.plotly_chart(fig, config=QUIET, key=f"mask-{i}", width=fig.layout.height)  # square
 
 
 def sibling_section(r: dict, i: int, greedy: bool) -> None:
@@ -303,9 +311,9 @@ def sibling_section(r: dict, i: int, greedy: bool) -> None:
     nodes = t["nodes"]
     rows, trials, labels = [], [], []
     for g in groups:
-        parent = f"{g['node']} {look.visible(token_label(nodes[g['node']]))}"
+        parent = f"{g['node']} {look.readable(token_label(nodes[g['node']]))}"
         for k, trial in enumerate(g["trials"]):
-            text = look.visible(token_label(nodes[trial["node"]]))  # trials name their node
+            text = look.readable(token_label(nodes[trial["node"]]))  # trials name their node
             rows.append({"at node": parent, **trial_row(k, trial, text, greedy)})
             trials.append(trial)
             labels.append(f"at {g['node']}, try {k + 1}: {text}")
@@ -334,7 +342,7 @@ def trial_row(k: int, trial: dict, text: str, greedy: bool) -> dict:
     row["verdict"] = VERDICTS[bool(trial["accepted"])]
     if not greedy:
         row["residual's top after it"] = ", ".join(
-            f"{look.visible(token_label(e))} {e['prob']:.2f}" for e in residual[:3]
+            f"{look.readable(token_label(e))} {e['prob']:.2f}" for e in residual[:3]
         )
     return row
 
