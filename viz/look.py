@@ -205,8 +205,8 @@ def cell(text: str, kind: str, position: str, gone: bool = False) -> str:
 
 # ------------------------------------------------------------------------------ token trees
 
-NODE_W, NODE_H = 88, 36  # a node's box in the tree drawing, in pixels
-COL_W, ROW_H = 116, 44  # the distance between depths (left to right) and between leaves
+NODE_W, NODE_H = 84, 36  # a node's box in the tree drawing, in pixels
+COL_W, ROW_H = 108, 44  # the distance between depths (left to right) and between leaves
 
 
 def tree_layout(parents: list[int]) -> list[tuple[int, float]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from minispec.drafters import drafter_words, spec_from_name
 from minispec.palette import SECTIONS, VERDICTS
@@ -232,11 +233,11 @@ def tree_step_panel(story: Story, i: int) -> None:
         left, right = st.columns([3, 2], gap="large")  # the tree is wider than the mask is
         with left:
             tree_section(r)
-        with right:
-            mask_section(r, i)
-    else:  # a deep tree takes the page's width, its mask under it
+        mask_section(r, i, right, right)
+    else:  # a deep tree takes the page's width; its mask goes under it, beside its words
         tree_section(r)
-        mask_section(r, i)
+        words, chart = st.columns([2, 3], gap="large")
+        mask_section(r, i, words, chart)
     sibling_section(r, i, greedy)
     left, right = st.columns(2, gap="large")
     with left:
@@ -268,9 +269,18 @@ def tree_section(r: dict) -> None:
     st.html(look.tree_html(r))
 
 
-def mask_section(r: dict, i: int) -> None:
+def mask_section(r: dict, i: int, words: DeltaGenerator, chart: DeltaGenerator) -> None:
+    """The mask's heading and words in the container `words`, its heatmap in `chart`."""
     t = r["tree"]
     n = len(t["nodes"]) - 1
+    with words:
+        mask_words(r, n)
+    fig = charts.tree_mask(t)
+    with chart:
+        st.plotly_chart(fig, config=QUIET, key=f"mask-{i}", width=fig.layout.height)  # square
+
+
+def mask_words(r: dict, n: int) -> None:
     section(
         3,
         SECTIONS["mask"],
@@ -282,8 +292,6 @@ def mask_section(r: dict, i: int) -> None:
         "decoding its own path one token at a time would give. Green rows: the accepted path.",
         "03_greedy_speculative",
     )
-    fig = charts.tree_mask(t)
-    st.plotly_chart(fig, config=QUIET, key=f"mask-{i}", width=fig.layout.height)  # square
 
 
 def sibling_section(r: dict, i: int, greedy: bool) -> None:
