@@ -50,5 +50,14 @@ SECTIONS = {  # the step view's headings; "draft" and "verify" go on with the st
     "corrected": "The target's correction",
     "bonus": "The bonus token",
     "rollback": "Roll back the KV cache",
+    "tree": "The drafter's tree",  # a tree step's headings, in its order
+    "mask": "One pass over the tree, and its mask",
+    "siblings": "Sibling by sibling",
+    "compact": "Compact the KV cache",
 }
 VERDICTS = {True: "kept", False: "rejected"}  # what the acceptance rule did with a guess
+NODE_COLOURS = {  # a tree node's verdict -> its colour's name in COLOURS (the root: "target")
+    "accepted": "accepted",
+    "rejected": "rejected",
+    "untried": "unchecked",
+}

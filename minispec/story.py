@@ -10,6 +10,11 @@ Where a token comes from (its "source"), the colours the whole page uses for it:
     accepted    a drafted token the target accepted
     corrected   the target's own token after a rejection (drawn from norm(max(0, p - q)))
     bonus       the target's extra token when every draft was accepted (drawn from p_{n+1})
+
+A token-tree step (`speculative_generate(..., tree=N)`) keeps every chain field, describing the
+accepted path, and adds a "tree" block: its nodes with their verdicts, the attention mask, the
+accepted path, the siblings the rule tried one by one, and the cache's compaction
+(`check_tree_record` lists what the page reads of it).
 """
 
 from __future__ import annotations
@@ -115,8 +120,11 @@ def check_header(trace: Trace) -> None:
         raise ValueError("its 'k' must be a number and 'prompt_ids' a list")
 
 
+OPTIONAL_FIELDS = {"tree"}  # a tree step's alone: chain steps, old traces' too, have none
+
+
 def check_step_record(r: dict) -> None:
-    missing = [name for name in STEP_FIELDS if name not in r]
+    missing = [name for name in STEP_FIELDS if name not in r and name not in OPTIONAL_FIELDS]
     if missing:
         raise ValueError(f"step {r.get('step', '?')} has no {', '.join(missing)}")
     n, j = len(r["drafted"]), r["accepted"]
@@ -133,6 +141,8 @@ def check_step_record(r: dict) -> None:
         float(d["q"]), int(d["token"])
     for d in r["decisions"]:
         float(d["p"]), float(d["q"]), bool(d["accepted"]), float(d["accept_probability"])
+    if r.get("tree") is not None:
+        check_tree_record(r)
 
 
 # ------------------------------------------------------------------ what one step amounts to
@@ -163,3 +173,70 @@ def draft_fate(r: dict) -> list[str]:
         else:
             fates.append("unchecked")
     return fates
+
+
+# ------------------------------------------------------------------ token trees
+
+NODE_VERDICTS = ("accepted", "rejected", "untried")  # what the rule did with a drafted node
+
+
+def tree_budget(trace: Trace) -> int | None:
+    """The run's node budget per step (the trace's "tree"); None for a chain run.
+
+    A trace that records no budget but has tree steps: the most nodes any step drafted.
+    """
+    budget = getattr(trace, "tree", None)
+    if isinstance(budget, int):
+        return budget
+    sizes = [len(r["tree"]["nodes"]) - 1 for r in trace.steps if r.get("tree") is not None]
+    return max(sizes) if sizes else None
+
+
+def check_tree_record(r: dict) -> None:
+    """A tree step's block must hold what the page draws: nodes whose parents come first, an
+    (n + 1) x (n + 1) mask, a path of accepted nodes from the root, trials naming real nodes."""
+    t, step = r["tree"], r["step"]
+    nodes = t["nodes"]
+    if not nodes or nodes[0]["parent"] not in (None, -1):
+        raise ValueError(f"step {step}: a tree's node 0 is its root, with no parent")
+    for i, node in enumerate(nodes[1:], start=1):
+        if not 0 <= int(node["parent"]) < i:
+            raise ValueError(f"step {step}: tree node {i} comes before its parent")
+        if node["verdict"] not in NODE_VERDICTS:
+            raise ValueError(f"step {step}: tree node {i} has verdict {node['verdict']!r}")
+        int(node["token"]), int(node["depth"])
+    n = len(nodes)
+    if len(t["mask"]) != n or any(len(row) != n for row in t["mask"]):
+        raise ValueError(f"step {step}: a tree of {n} nodes needs a {n} x {n} mask")
+    path = [int(i) for i in t["path"]]
+    if not path or path[0] != 0 or any(not 0 < i < n for i in path[1:]):
+        raise ValueError(f"step {step}: the accepted path must start at the root, node 0")
+    for parent, child in zip(path, path[1:], strict=False):
+        if int(nodes[child]["parent"]) != parent or nodes[child]["verdict"] != "accepted":
+            raise ValueError(f"step {step}: the accepted path is not a chain of accepted nodes")
+    for group in t["siblings"]:
+        for trial in group["trials"]:
+            if not 0 < int(trial["node"]) < n or int(nodes[trial["node"]]["parent"]) != int(
+                group["node"]
+            ):
+                raise ValueError(f"step {step}: a sibling trial names a node that is not a child")
+            bool(trial["accepted"])
+    kv = t["kv"]
+    int(kv["before"]), int(kv["written"]), int(kv["after"])
+    for move in kv["moved"]:
+        int(move[0]), int(move[1])
+
+
+def tree_summary(r: dict) -> str:
+    """One sentence: what a tree step drafted, kept and added."""
+    t = r["tree"]
+    n, j = len(t["nodes"]) - 1, len(t["path"]) - 1
+    tried = sum(len(group["trials"]) for group in t["siblings"])
+    kind = r["next_token"]["kind"]
+    added = "a bonus token" if kind == "bonus" else "the target's correction"
+    emitted = len(r["emitted"])
+    return (
+        f"A tree of {n} drafted node{'s' if n != 1 else ''}, {tried} of them tried: a path of "
+        f"{j} accepted, plus {added}: {emitted} token{'s' if emitted != 1 else ''} for one "
+        "target forward."
+    )

@@ -17,6 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from minispec.drafters import DraftModelDrafter, make_drafter, mtp
 from minispec.drafters.mtp import config_for, init_params, save_mtp
+from minispec.sampling import SamplingParams
 from minispec.speculative import speculative_generate
 from minispec.tiny import tiny_model
 from minispec.tokenizer import encode
@@ -122,6 +123,7 @@ def test_step_panel_shows_every_part_of_a_step(app: AppTest) -> None:
     if record["drafted"]:
         assert "4 · Accept or reject" in text
         assert len(app.get("plotly_chart")) >= 2  # p against q, the draw, the next token
+    assert "Sibling by sibling" not in text and not app.session_state.run.settings.tree
 
 
 @pytest.mark.parametrize(
@@ -541,7 +543,7 @@ PUBLIC = {
     "minispec.loading": {"load_model"},
     "minispec.measure": {"PROMPTS"},  # the benchmark's prompts: the prose preset
     "minispec.model": {"Model"},  # for type hints only
-    "minispec.palette": {"COLOURS", "NAMES", "SECTIONS", "TINTS", "VERDICTS"},
+    "minispec.palette": {"COLOURS", "NAMES", "NODE_COLOURS", "SECTIONS", "TINTS", "VERDICTS"},
     "minispec.replay_html": {"replay_html"},
     "minispec.roofline": {"T_VALUES", "fma_rate", "fmas_per_token", "forward_times"},
     "minispec.sampling": {"SamplingParams"},
@@ -554,6 +556,8 @@ PUBLIC = {
         "step_summary",
         "story_from_trace",
         "token_label",
+        "tree_budget",
+        "tree_summary",
     },
     "minispec.tiny": {"tiny_model"},
     "minispec.tokenizer": {"encode", "decode"},
@@ -588,3 +592,233 @@ def test_a_run_of_one_token_has_no_steps_and_still_shows(app: AppTest) -> None:
     app.session_state["tab"] = "Numbers"
     app.run()
     no_errors(app)
+
+
+# ------------------------------------------------------------------------------ token trees
+
+
+def ancestors(parents: list[int], node: int) -> list[int]:
+    path = [node]
+    while parents[path[-1]] >= 0:
+        path.append(parents[path[-1]])
+    return path[::-1]
+
+
+def tree_block(r: dict, newest: int, greedy: bool, vocab: int) -> dict:
+    """A chain step record's "tree" block, as the tree loop writes one: the chain's drafts are
+    one branch, and each node of it gets one more candidate, a sibling listed after it. Nodes
+    are numbered depth by depth (d_1, its sibling, d_2, its sibling, ...), so the accepted path
+    is not the first nodes and the compaction has rows to move."""
+    drafted, j, decisions = r["drafted"], r["accepted"], r["decisions"]
+    nodes = [{"node": 0, "token": newest, "text": None, "parent": None, "depth": 0}]
+    nodes[0].update(q=None, p=None, verdict="accepted")
+    chain_nodes, siblings = [0], []
+    for i, d in enumerate(drafted):  # d_{i+1}, child of the chain's node at depth i
+        parent = chain_nodes[-1]
+        rejected_here = i == j and i < len(decisions)  # the chain's first rejection
+        p = decisions[i]["p"] if i < len(decisions) else 0.3
+        verdict = "accepted" if i < j else "rejected" if rejected_here else "untried"
+        child = {"token": d["token"], "text": d["text"], "p": p, "q": d["q"], "verdict": verdict}
+        other = (d["token"] + 1) % vocab  # a second candidate, never kept
+        sibling = {"token": other, "text": None, "p": 0.01, "q": 0.2}
+        sibling["verdict"] = "rejected" if rejected_here else "untried"
+        for entry in (child, sibling):
+            entry.update(node=len(nodes), parent=parent, depth=i + 1)
+            nodes.append(entry)
+        chain_nodes.append(child["node"])
+        if i <= j and verdict != "untried":
+            trials = []
+            for entry in (child, sibling)[: 1 if verdict == "accepted" else 2]:
+                kept = entry["verdict"] == "accepted"
+                a = float(kept) if greedy else min(1.0, entry["p"] / entry["q"])
+                u = None if greedy else (0.0 if entry["verdict"] == "accepted" else (1 + a) / 2)
+                trials.append(
+                    {
+                        "node": entry["node"],
+                        "token": entry["token"],
+                        "p": entry["p"],
+                        "q": entry["q"],
+                        "accept_probability": a,
+                        "u": u,
+                        "accepted": entry["verdict"] == "accepted",
+                        "residual_top": None
+                        if greedy or entry["verdict"] == "accepted"
+                        else [{"token": r["next_token"]["token"], "text": None, "prob": 0.6}],
+                    }
+                )
+            siblings.append({"node": parent, "trials": trials})
+    parents = [-1] + [n["parent"] for n in nodes[1:]]
+    path = chain_nodes[: j + 1]
+    mask = [
+        [int(c in ancestors(parents, row)) for c in range(len(nodes))] for row in range(len(nodes))
+    ]
+    base = r["kv_length_before"]
+    moved = [[base + node, base + at] for at, node in enumerate(path) if node != at]
+    kv = {"before": base, "written": len(nodes), "after": base + len(path), "moved": moved}
+    proposal = "top" if greedy else "sampled"
+    return {
+        "proposal": proposal,
+        "nodes": nodes,
+        "mask": mask,
+        "path": path,
+        "siblings": siblings,
+        "kv": kv,
+    }
+
+
+def tree_trace(greedy: bool) -> dict:
+    """A run of the tiny model recorded as a tree run: every step with its "tree" block."""
+    from minispec.trace import Trace, replay
+
+    model = tiny_model()
+    ids = encode(model.tokenizer, "the words of a tree; the words of a tree")
+    sampling = SamplingParams(0.0 if greedy else 0.8, 0, 1.0)
+    g = speculative_generate(
+        model,
+        ids,
+        make_drafter("early-exit", model),
+        k=3,
+        max_new_tokens=16,
+        sampling=sampling,
+        seed=1,
+    )
+    d = g.trace.to_dict()
+    vocab = model.config.vocab_size
+    for s in replay(Trace.from_dict(d)):
+        s.record["tree"] = tree_block(s.record, s.context[-1], greedy, vocab)
+    d["tree"] = 2 * 3
+    return d
+
+
+def tree_html(at: AppTest) -> str:
+    """The tree drawing's HTML (the one html element that holds an svg)."""
+    drawings = [h.proto.body for h in at.html if 'class="ms-tree"' in h.proto.body]
+    assert len(drawings) == 1, len(drawings)
+    return drawings[0]
+
+
+def check_tree_step(at: AppTest, record: dict) -> None:
+    """The step on show draws this record's tree: every node, the path, the mask, the trials."""
+    t = record["tree"]
+    n = len(t["nodes"])
+    text = step_text(at)
+    for part in (
+        f"2 · The drafter's tree: {n - 1} node{'s' if n != 2 else ''}",
+        "3 · One pass over the tree, and its mask",
+        "4 · Sibling by sibling",
+        "6 · Compact the KV cache",
+    ):
+        assert part in text, part
+    assert "1 · The context so far" in text and "Accept or reject, guess by guess" not in text
+    drawing = tree_html(at)
+    assert drawing.count('class="ms-node') == n  # every node, the root included
+    assert drawing.count('class="ms-node ms-path"') == len(t["path"])
+    assert drawing.count('class="ms-next"') == 1  # the target's own token after the path
+    (mask,) = [
+        json.loads(c.proto.spec)
+        for c in at.get("plotly_chart")
+        if json.loads(c.proto.spec)["data"][0]["type"] == "heatmap"
+    ]
+    z = mask["data"][0]["z"]
+    assert len(z) == n and all(len(row) == n for row in z)
+    assert [[int(v > 0) for v in row] for row in z] == t["mask"]
+    assert mask["data"][0]["y"][0].startswith("0 ")  # rows and columns labelled by tokens
+    tried = [trial for group in t["siblings"] for trial in group["trials"]]
+    tables = [df.value for df in at.dataframe]
+    assert len(tables) == (1 if tried else 0)  # one table down the path, if anything was tried
+    table = tables[0] if tried else {"verdict": []}
+    assert len(table["verdict"]) == len(tried)
+    assert list(table["verdict"]) == [
+        "kept" if trial["accepted"] else "rejected" for trial in tried
+    ]
+    kv = t["kv"]
+    assert (
+        f"**{kv['before']}** before → **{kv['before'] + kv['written']}** after verifying → "
+        f"**{kv['after']}** after the compaction" in text
+    )
+
+
+@pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
+def test_a_tree_trace_replays_with_its_tree(app: AppTest, greedy: bool) -> None:
+    d = tree_trace(greedy)
+    upload(app, "tree.json", json.dumps(d).encode())
+    no_errors(app)
+    story = app.session_state.run.story
+    assert story.n_steps >= 2
+    assert any("a tree of up to 6 nodes" in m.value for m in app.markdown)
+    for i in range(story.n_steps):
+        assert step_title(app) == f"Step {i + 1} of {story.n_steps}"
+        check_tree_step(app, story.steps[i])
+        charts = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
+        draws = [c for c in charts if "line-ns-open" in json.dumps(c["data"])]
+        assert len(draws) == (0 if greedy else 1)  # every u drawn, in one chart
+        if draws:
+            tried = [tr for g in story.steps[i]["tree"]["siblings"] for tr in g["trials"]]
+            assert draws[0]["data"][-1]["x"] == [tr["u"] for tr in tried][::-1]
+        if i < story.n_steps - 1:
+            app.button(key="next").click().run()
+            no_errors(app)
+    moved = [m for r in story.steps for m in r["tree"]["kv"]["moved"]]
+    assert moved, "the synthetic trees put the path off the first rows: rows must move"
+
+
+def test_a_tree_record_that_does_not_add_up_shows_an_error(app: AppTest) -> None:
+    d = tree_trace(greedy=True)
+    d["steps"][0]["tree"]["mask"] = d["steps"][0]["tree"]["mask"][:-1]
+    upload(app, "tree.json", json.dumps(d).encode())
+    assert not app.exception
+    assert any("mask" in e.value for e in app.error), [e.value for e in app.error]
+    d = tree_trace(greedy=True)
+    d["steps"][0]["tree"]["path"] = [0, 2]  # node 2 is the first node's sibling, rejected
+    upload(app, "tree.json", json.dumps(d).encode())
+    assert any("accepted path" in e.value for e in app.error), [e.value for e in app.error]
+
+
+def test_the_default_draft_shape_is_the_chain(app: AppTest) -> None:
+    assert app.radio(key="shape").value == "Chain"
+    assert not [n for n in app.number_input if n.key == "nodes"]  # the tree's N appears with it
+    app.radio(key="shape").set_value("Tree").run()
+    nodes = app.number_input(key="nodes")
+    assert nodes.value == 8 and nodes.min == 4 and nodes.max == 16
+
+
+def test_a_tree_setting_out_of_range_is_refused() -> None:
+    from viz.runs import Settings, check_settings
+
+    for n in (3, 17):
+        with pytest.raises(ValueError, match="4 to 16 nodes"):
+            check_settings(Settings("text", "ngram", 4, 0.0, 1.0, 0, 8, tree=n))
+    check_settings(Settings("text", "ngram", 4, 0.0, 1.0, 0, 8, tree=4))
+
+
+@pytest.mark.parametrize("drafter, temperature", [("int8", 0.0), ("int8", 0.8), ("ngram", 0.0)])
+def test_a_tree_run_shows_its_tree(app: AppTest, drafter: str, temperature: float) -> None:
+    app.radio(key="shape").set_value("Tree").run()
+    app.selectbox(key="drafter").set_value(drafter)
+    app.number_input(key="nodes").set_value(6)
+    run_model(app, temperature=temperature, n_new=16)
+    no_errors(app)
+    run = app.session_state.run
+    assert run.settings.tree == 6
+    trees = [r["tree"] for r in run.story.steps if r.get("tree") is not None]
+    assert trees and all(len(t["nodes"]) - 1 <= 6 for t in trees)
+    for i, r in enumerate(run.story.steps[:3]):
+        if r.get("tree") is not None:
+            check_tree_step(app, r)
+        if i < run.story.n_steps - 1:
+            app.button(key="next").click().run()
+            no_errors(app)
+
+
+def test_numbers_compare_a_tree_with_a_chain(app: AppTest) -> None:
+    run_model(app, k=3, n_new=12)
+    app.session_state["tab"] = "Numbers"
+    app.run()
+    no_errors(app)
+    app.button(key="shapes_go").click().run()
+    no_errors(app)
+    table = next(df.value for df in app.dataframe if "draft shape" in df.value.columns)
+    assert list(table["draft shape"]) == ["a chain of k = 3", "a tree of 8 nodes"]
+    assert all(table["tokens/s"] > 0) and all(table["tokens / forward (τ)"] >= 1)
+    app.run()  # kept: shown again without running anything
+    assert any("draft shape" in df.value.columns for df in app.dataframe)

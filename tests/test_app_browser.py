@@ -226,3 +226,44 @@ def test_the_defaults_show_a_plain_and_a_speculative_speed(app_url: str) -> None
         assert ratio == pytest.approx(spec / plain, abs=rounding * 1.01)
         assert page.locator("[data-testid='stException']").count() == 0
         browser.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_a_tree_run_draws_its_tree_in_chromium(app_url: str, tmp_path: Path) -> None:
+    """Draft shape "Tree" (8 nodes, the n-gram drafter): step 1 draws the tree, every node of
+    it, the accepted path outlined, the mask beside it and the cache's compaction."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser, page, run = open_app(p, app_url)
+        page.get_by_label("Prompt text").fill(PROMPT)
+        page.get_by_label("New tokens").fill("12")
+        page.get_by_label("New tokens").press("Enter")
+        settle(page)
+        page.get_by_text("Tree", exact=True).click()
+        settle(page)
+        expect(page.get_by_role("spinbutton", name="N, tree nodes per step")).to_have_value("8")
+        run.click()
+        expect(step_heading(page)).to_have_text(re.compile(r"^Step 1 of "), timeout=240_000)
+        settle(page)
+        heading = page.get_by_role("heading", name=re.compile(r"^2 · The drafter's tree: \d+"))
+        expect(heading).to_be_visible()
+        n = int(re.search(r"tree: (\d+) node", heading.inner_text()).group(1))
+        assert 0 <= n <= 8
+        tree = page.locator(".ms-tree")
+        expect(tree).to_be_visible()
+        assert tree.locator(".ms-node").count() == n + 1  # the root and every drafted node
+        assert tree.locator(".ms-node.ms-path").count() >= 1  # the path starts at the root
+        assert tree.locator(".ms-next").count() == 1  # the target's token after the path
+        for part in ("3 · One pass over the tree, and its mask", "6 · Compact the KV cache"):
+            expect(page.get_by_role("heading", name=part)).to_be_visible()
+        expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1)  # the mask
+        expect(
+            page.get_by_text(re.compile(r"after the compaction; \d+ rows? moved"))
+        ).to_be_visible()
+        page.screenshot(path=tmp_path / "tree.png")
+        if os.environ.get("MINISPEC_APP_TREE_SCREENSHOT"):
+            shutil.copy(tmp_path / "tree.png", os.environ["MINISPEC_APP_TREE_SCREENSHOT"])
+        assert page.locator("[data-testid='stException']").count() == 0
+        browser.close()

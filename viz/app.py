@@ -17,6 +17,7 @@ import streamlit as st  # noqa: E402
 from minispec.drafters import drafter_summary  # noqa: E402
 from minispec.measure import PROMPTS  # noqa: E402
 from minispec.replay_html import replay_html  # noqa: E402
+from minispec.story import tree_budget  # noqa: E402
 from minispec.trace import trace_json  # noqa: E402
 from viz import look, panels, runs  # noqa: E402
 
@@ -51,6 +52,7 @@ state.setdefault("step", 0)  # its step on show (0-based)
 state.setdefault("playing", False)
 state.setdefault("plain", {})  # plain decoding tokens/s, per (model, prompt, settings)
 state.setdefault("compare", {})  # drafter comparisons, per (model, settings)
+state.setdefault("shapes", {})  # a tree against a chain, per (model, chain, tree settings)
 state.setdefault("prompt", PRESETS["Code to edit"])
 
 
@@ -91,8 +93,35 @@ with st.sidebar:
             key="drafter",
             help="\n".join(f"- **{spec}**: {drafter_summary(spec)}" for spec in runs.OFFERED),
         )
+        shape = st.radio(
+            "Draft shape",
+            ["Chain", "Tree"],
+            key="shape",
+            horizontal=True,
+            help="A chain: k guesses in a row. A tree: up to N guesses, several candidates where "
+            "the drafter is unsure; the target checks every path in the same one pass.",
+        )
+        if shape == "Tree":
+            nodes = st.number_input(
+                "N, tree nodes per step",
+                min_value=runs.TREE_NODES[0],
+                max_value=runs.TREE_NODES[-1],
+                value=runs.TREE_DEFAULT,
+                step=1,
+                key="nodes",
+                help=f"{runs.TREE_NODES[0]} to {runs.TREE_NODES[-1]}",
+            )
         a, b = st.columns(2)
-        k = a.number_input("k, guesses per step", value=4, step=1, key="k", help="1 to 16")
+        k = a.number_input(
+            "k, guesses per step",
+            value=4,
+            step=1,
+            key="k",
+            help="1 to 16"
+            if shape == "Chain"
+            else "1 to 16. A tree run does not use k: the Numbers tab compares the tree with the "
+            "chain of k.",
+        )
         n_new = b.number_input("New tokens", value=24, step=8, key="n_new")
         temperature = a.number_input(
             "Temperature", value=0.7, step=0.1, key="temperature", help="0 = greedy"
@@ -101,7 +130,14 @@ with st.sidebar:
         seed = a.number_input("Seed", value=0, step=1, key="seed")
         go = st.button("Run", type="primary", key="go", width="stretch")
         settings = runs.Settings(
-            state.prompt, drafter, int(k), float(temperature), float(top_p), int(seed), int(n_new)
+            state.prompt,
+            drafter,
+            int(k),
+            float(temperature),
+            float(top_p),
+            int(seed),
+            int(n_new),
+            int(nodes) if shape == "Tree" else None,
         )
     else:
         upload = st.file_uploader("A trace saved from this app (JSON)", type=["json"], key="upload")
@@ -181,7 +217,8 @@ if mode == "Run the model":
         try:
             runs.check_settings(settings)
             with slot.status(
-                f"Decoding with the {settings.drafter} drafter, then without one for the speedup…",
+                f"Decoding with the {settings.drafter} drafter ({settings.shape}), then without "
+                "one for the speedup…",
                 expanded=True,
             ):
                 live = st.empty()
@@ -212,9 +249,10 @@ if run is None:
 story = run.story
 head, download = st.columns([4, 1])
 s = story.trace.sampling
+budget = tree_budget(story.trace)
 head.markdown(
     f"**{runs.model_title(run.model_name)}** · drafter **{story.trace.drafter}** · "
-    f"k = {story.trace.k} · "
+    + (f"a tree of up to {budget} nodes · " if budget else f"k = {story.trace.k} · ")
     + ("greedy" if s["greedy"] else f"temperature {s['temperature']:g}, top-p {s['top_p']:g}")
     + f" · seed {story.trace.seed} · {len(story.new)} new tokens in {story.n_steps} steps"
     + (" · *replayed from a trace file*" if run.source == "replay" else "")
@@ -251,6 +289,24 @@ if tab_numbers.open:
             with st.spinner("Timing forward passes over T = 1 to 256 positions…"):
                 times = runs.measure_forward_times(store, model)
             panels.forward_time_chart(times)
+        shown = run.settings if model is not None else None  # the run's own prompt, settings
+        if panels.shape_section(model is not None, shown):
+            slot = st.empty()
+            try:
+                with slot.status("Plain decoding, the baseline…") as box:
+                    state.shapes[runs.shape_key(model, shown)] = runs.compare_shapes(
+                        store,
+                        model,
+                        shown,
+                        state.plain,
+                        on_start=lambda what: box.update(label=f"Decoding with {what}…"),
+                    )
+            except ValueError as err:  # a setting the engine refuses
+                st.error(str(err))
+            finally:
+                slot.empty()
+        if shown is not None and runs.shape_key(model, shown) in state.shapes:
+            panels.shape_comparison(state.shapes[runs.shape_key(model, shown)])
 if tab_compare.open:
     with tab_compare:
         if model is None:

@@ -5,14 +5,12 @@ Their colours are `minispec.palette`'s, the same as the rest of the page.
 
 from __future__ import annotations
 
-from html import unescape
-
 import plotly.graph_objects as go
 
 from minispec.palette import COLOURS, TINTS
 from minispec.stats import Stats, expected_tokens_per_forward
 from minispec.story import token_label
-from viz.look import visible
+from viz.look import readable
 
 FONT = dict(family="Inter, system-ui, sans-serif", size=13, color="#1f2937")
 
@@ -29,7 +27,7 @@ def _layout(fig: go.Figure, height: int, **kwargs: object) -> go.Figure:
 
 
 def _label(entry: dict) -> str:
-    return unescape(visible(token_label(entry)))
+    return readable(token_label(entry))
 
 
 def p_vs_q(target_row: dict, drafted: dict, decision: dict | None, verdict: str) -> go.Figure:
@@ -282,3 +280,125 @@ def compare(rows: list[dict], plain_tokens_per_s: float | None) -> go.Figure:
     top = max([r["tokens_per_s"] for r in rows] + [plain_tokens_per_s or 0])
     fig.update_yaxes(title_text="tokens per second", range=[0, top * 1.25 + 1e-9])
     return _layout(fig, height=330, showlegend=False)
+
+
+def node_labels(nodes: list[dict]) -> list[str]:
+    """ "3 cat": a tree node's index and token, unique (plotly merges equal category labels)."""
+    return [f"{i} {_label(node)}" for i, node in enumerate(nodes)]
+
+
+def tree_mask(tree: dict) -> go.Figure:
+    """The tree attention mask, row = the node reading, column = a node it may attend to;
+    the accepted path's rows in the accepted colour, every other visible cell in the target's."""
+    nodes, mask, path = tree["nodes"], tree["mask"], set(tree["path"])
+    labels = node_labels(nodes)
+    # 0: hidden, 1: visible, 2: visible from a node on the accepted path
+    z = [[(2 if i in path else 1) if seen else 0 for seen in row] for i, row in enumerate(mask)]
+    words = {0: "does not see", 1: "sees", 2: "sees"}
+    hover = [
+        [f"{labels[i]} {words[v]} {labels[j]}" for j, v in enumerate(row)]
+        for i, row in enumerate(z)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=labels,
+            y=labels,
+            zmin=0,
+            zmax=2,
+            colorscale=[
+                [0.0, "#ffffff"],
+                [0.33, "#ffffff"],
+                [0.33, "#94a3b8"],
+                [0.67, "#94a3b8"],
+                [0.67, COLOURS["accepted"]],
+                [1.0, COLOURS["accepted"]],
+            ],
+            showscale=False,
+            xgap=1,
+            ygap=1,
+            text=hover,
+            hovertemplate="%{text}<extra></extra>",
+        )
+    )
+    mono = dict(family="ui-monospace, monospace", size=11)
+    fig.update_xaxes(side="top", tickangle=-60, tickfont=mono, title_text="may attend to")
+    fig.update_yaxes(autorange="reversed", tickfont=mono, title_text="node reading")
+    size = 150 + 22 * len(nodes)
+    return _layout(fig, height=size, margin=dict(l=8, r=8, t=8, b=8), plot_bgcolor="#e5e7eb")
+
+
+def sibling_trials(trials: list[dict], labels: list[str]) -> go.Figure:
+    """Siblings tried one after the other, node after node down the path: each one's accept zone
+    [0, min(1, p/q)), its reject zone, and where its draw u landed."""
+    labels, shown = labels[::-1], trials[::-1]  # plotly draws the first category at the bottom
+    a = [trial["accept_probability"] for trial in shown]
+    fig = go.Figure()
+    fig.add_bar(
+        y=labels,
+        x=a,
+        orientation="h",
+        marker_color=TINTS["accepted"],
+        marker_line=dict(color=COLOURS["accepted"], width=1),
+        hovertemplate="accept if u < min(1, p/q) = %{x:.3f}<extra></extra>",
+    )
+    fig.add_bar(
+        y=labels,
+        x=[1 - x for x in a],
+        orientation="h",
+        marker_color=TINTS["rejected"],
+        marker_line=dict(color=COLOURS["rejected"], width=1),
+        hoverinfo="skip",
+    )
+    fig.add_scatter(
+        y=labels,
+        x=a,
+        mode="markers",
+        marker=dict(symbol="line-ns-open", size=22, color="#111827", line=dict(width=2)),
+        hoverinfo="skip",
+    )
+    fig.add_scatter(
+        y=labels,
+        x=[trial["u"] for trial in shown],
+        mode="markers",
+        marker=dict(
+            symbol="diamond",
+            size=14,
+            color=[COLOURS["accepted" if t["accepted"] else "rejected"] for t in shown],
+            line=dict(color="#111827", width=1.5),
+        ),
+        hovertemplate="u = %{x:.3f}<extra></extra>",
+    )
+    fig.update_xaxes(range=[0, 1], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".2f")
+    fig.update_yaxes(tickfont=dict(family="ui-monospace, monospace", size=12))
+    return _layout(
+        fig,
+        height=60 + 34 * len(trials),
+        barmode="stack",
+        bargap=0.35,
+        showlegend=False,
+        margin=dict(l=8, r=14, t=10, b=4),
+    )
+
+
+def shapes(rows: list[dict], plain_tokens_per_s: float | None) -> go.Figure:
+    """Tokens per second of a chain and a tree on the same prompt, tokens per forward on each."""
+    fig = go.Figure()
+    fig.add_bar(
+        x=[r["shape"] for r in rows],
+        y=[r["tokens_per_s"] for r in rows],
+        marker_color=[COLOURS["accepted"] if r["tree"] else COLOURS["draft"] for r in rows],
+        text=[f"{r['tokens_per_s']:.1f} tok/s · τ {r['tau']:.2f}" for r in rows],
+        textposition="outside",
+        hovertemplate="%{x}: %{y:.2f} tokens/s<extra></extra>",
+    )
+    if plain_tokens_per_s:
+        fig.add_hline(
+            y=plain_tokens_per_s,
+            line=dict(color=COLOURS["target"], dash="dash"),
+            annotation_text=f"plain decoding {plain_tokens_per_s:.1f} tok/s",
+            annotation_position="top right",
+        )
+    top = max([r["tokens_per_s"] for r in rows] + [plain_tokens_per_s or 0])
+    fig.update_yaxes(title_text="tokens per second", range=[0, top * 1.25 + 1e-9])
+    return _layout(fig, height=300, showlegend=False)

@@ -1,4 +1,5 @@
-"""Colours, CSS and the small HTML pieces: token chips, the token strip, the cache diagram.
+"""Colours, CSS and the small HTML pieces: token chips, the token strip, the cache diagrams, the
+drawing of a token tree.
 
 One palette for the whole page, so a colour always means the same thing: `minispec.palette`
 holds it (and the words for each colour), shared with the web page `minispec replay --html`
@@ -7,9 +8,10 @@ writes.
 
 from __future__ import annotations
 
+import math
 from html import escape
 
-from minispec.palette import COLOURS, NAMES, TINTS
+from minispec.palette import COLOURS, NAMES, NODE_COLOURS, TINTS
 from minispec.story import Story, Token, draft_fate, token_label
 
 CSS = """
@@ -44,18 +46,38 @@ CSS = """
   font-size: 0.85rem; white-space: pre-wrap; word-break: break-word; line-height: 1.75;
   background: #f9fafb; border: 1px solid #e5e7eb; border-radius: 0.5rem; padding: 0.5rem 0.8rem;
   max-height: 9.5rem; overflow-y: auto; display: flex; flex-direction: column-reverse; }
+.ms-tree { overflow-x: auto; padding: 0.2rem 0; }
+.ms-canvas { position: relative; }
+.ms-edge { position: absolute; height: 0; transform-origin: 0 50%; }
+.ms-node, .ms-next { position: absolute; box-sizing: border-box; border: 1.5px solid;
+  border-radius: 0.4rem; text-align: center; white-space: pre; overflow: hidden;
+  font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.8rem;
+  line-height: 1.15; padding-top: 0.2rem; }
+.ms-node.ms-path { border-width: 3px; padding-top: 0.12rem; }
+.ms-next { border-style: dashed; border-width: 2px; }
+.ms-node .ms-sub, .ms-next .ms-sub { display: block; font-size: 0.64rem; color: #4b5563;
+  font-family: sans-serif; }
+.ms-rows { display: grid; grid-template-columns: 7.5rem 1fr; gap: 0.45rem 0.6rem;
+  align-items: center; }
+.ms-rows .ms-h { font-size: 0.78rem; color: #4b5563; }
+.ms-cell .ms-row { font-size: 0.66rem; color: #6b7280; margin-left: 0.3rem; }
 </style>
 """
 
 
-def visible(text: str) -> str:
-    """A token's text with its whitespace made visible, HTML-escaped."""
+def readable(text: str) -> str:
+    """A token's text with its whitespace made visible (for tables and charts, not HTML)."""
     if text == "":
         return "∅"
     shown = text.replace("\n", "↵").replace("\t", "⇥")
     if shown.strip(" ") == "":
         shown = shown.replace(" ", "␣")
-    return escape(shown)
+    return shown
+
+
+def visible(text: str) -> str:
+    """A token's text with its whitespace made visible, HTML-escaped."""
+    return escape(readable(text))
 
 
 def flowing(text: str) -> str:
@@ -178,4 +200,192 @@ def cell(text: str, kind: str, position: str, gone: bool = False) -> str:
     return (
         f'<span class="{cls}" title="position {position}" style="border-color:{COLOURS[kind]};'
         f'background:{TINTS[kind]}">{visible(text)}</span>'
+    )
+
+
+# ------------------------------------------------------------------------------ token trees
+
+NODE_W, NODE_H = 84, 36  # a node's box in the tree drawing, in pixels
+COL_W, ROW_H = 108, 44  # the distance between depths (left to right) and between leaves
+
+
+def tree_layout(parents: list[int]) -> list[tuple[int, float]]:
+    """Each node's (depth, row) in the drawing: leaves take rows 0, 1, ... in depth-first order
+    (siblings in proposal order), and a parent sits halfway between its first and last child."""
+    children: list[list[int]] = [[] for _ in parents]
+    for node, parent in enumerate(parents[1:], start=1):
+        children[parent].append(node)
+    place: list[tuple[int, float]] = [(0, 0.0)] * len(parents)
+    leaves = 0
+
+    def visit(node: int, depth: int) -> None:
+        nonlocal leaves
+        for child in children[node]:
+            visit(child, depth + 1)
+        if children[node]:
+            row = (place[children[node][0]][1] + place[children[node][-1]][1]) / 2
+        else:
+            row, leaves = float(leaves), leaves + 1
+        place[node] = (depth, row)
+
+    visit(0, 0)
+    return place
+
+
+def node_kind(node: dict, index: int) -> str:
+    """The colour a tree node is drawn in: the root is the target's token, the others their
+    verdict's (`palette.NODE_COLOURS`)."""
+    return "target" if index == 0 else NODE_COLOURS[node["verdict"]]
+
+
+def node_probabilities(node: dict) -> str:
+    """ "p 0.42 · q 0.31", the numbers the trace has for a node (either may be missing)."""
+    shown = [f"{name} {node[name]:.2f}" for name in ("p", "q") if node.get(name) is not None]
+    return " · ".join(shown)
+
+
+def short(text: str, n: int = 10) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def tree_width(r: dict) -> int:
+    """The tree drawing's width in pixels: one column per depth, the target's token included."""
+    t = r["tree"]
+    depth = max(int(node["depth"]) for node in t["nodes"])
+    deepest = max(depth, len(t["path"]))  # the target's token stands one past the path's end
+    return deepest * COL_W + NODE_W + 4
+
+
+def tree_html(r: dict) -> str:
+    """A tree step's drafted tree, root on the left: each node a box labelled by its token,
+    coloured by its verdict; the accepted path's edges thick, in the accepted colour; and after
+    the path's last node, dashed, the token the target added (its correction or bonus).
+
+    Plain HTML, boxes and edges placed absolutely: the page's HTML sanitiser drops inline SVG.
+    """
+    t, nxt = r["tree"], r["next_token"]
+    nodes = t["nodes"]
+    on_path = set(t["path"])
+    parents = [-1] + [int(node["parent"]) for node in nodes[1:]]
+    # The target's token hangs off the path's end as one more leaf, so the layout gives it a row.
+    place = tree_layout(parents + [t["path"][-1]])
+    rows = max(row for _, row in place) + 1
+    width, height = tree_width(r), int(rows * ROW_H)
+
+    def left_middle(i: int) -> tuple[float, float]:
+        depth, row = place[i]
+        return depth * COL_W, row * ROW_H + ROW_H / 2
+
+    edges, boxes = [], []
+    for i in range(1, len(place)):
+        x0, y0 = left_middle(parents[i] if i < len(nodes) else t["path"][-1])
+        x1, y1 = left_middle(i)
+        if i == len(nodes):  # the target's own token
+            edges.append(edge((x0 + NODE_W, y0), (x1, y1), COLOURS[nxt["kind"]], 2, "dashed"))
+        elif i in on_path:
+            edges.append(edge((x0 + NODE_W, y0), (x1, y1), COLOURS["accepted"], 4))
+        else:
+            edges.append(edge((x0 + NODE_W, y0), (x1, y1), "#cbd5e1", 2))
+    for i, node in enumerate(nodes):
+        sub = "newest" if i == 0 else node_probabilities(node)
+        title = (
+            f"node {i} · depth {node['depth']} · "
+            + ("the root: the newest token" if i == 0 else node["verdict"])
+            + (f" · {sub}" if i else "")
+            + f" · token {node['token']} {token_label(node)!r}"
+        )
+        css = "ms-node ms-path" if i in on_path else "ms-node"
+        kind = node_kind(node, i)
+        boxes.append(node_box(left_middle(i), token_label(node), sub, kind, title, css))
+    kind = nxt["kind"]
+    boxes.append(
+        node_box(
+            left_middle(len(nodes)),
+            token_label(nxt),
+            "correction" if kind == "corrected" else "bonus",
+            kind,
+            f"{NAMES[kind]} · prob {nxt['prob']:.3f} · token {nxt['token']}",
+            "ms-next",
+        )
+    )
+    return (
+        f'<div class="ms-tree"><div class="ms-canvas" style="width:{width}px;height:{height}px">'
+        + "".join(edges)
+        + "".join(boxes)
+        + "</div></div>"
+    )
+
+
+def edge(
+    start: tuple[float, float],
+    end: tuple[float, float],
+    colour: str,
+    width: float,
+    style: str = "solid",
+) -> str:
+    """A straight line from start to end: a thin box turned about its left end."""
+    (x0, y0), (x1, y1) = start, end
+    length, angle = math.hypot(x1 - x0, y1 - y0), math.degrees(math.atan2(y1 - y0, x1 - x0))
+    return (
+        f'<div class="ms-edge" style="left:{x0:.1f}px;top:{y0 - width / 2:.1f}px;'
+        f"width:{length:.1f}px;border-top:{width}px {style} {colour};"
+        f'transform:rotate({angle:.2f}deg)"></div>'
+    )
+
+
+def node_box(at: tuple[float, float], text: str, sub: str, kind: str, title: str, css: str) -> str:
+    """One node of the tree drawing, its left middle at `at`: its token above, numbers below."""
+    x, y = at
+    return (
+        f'<div class="{css}" title="{escape(title)}" style="left:{x:.0f}px;'
+        f"top:{y - NODE_H / 2:.0f}px;width:{NODE_W}px;height:{NODE_H}px;"
+        f'border-color:{COLOURS[kind]};background:{TINTS[kind]}">'
+        f'{visible(short(text))}<span class="ms-sub">{escape(sub)}</span></div>'
+    )
+
+
+def compaction_html(r: dict) -> str:
+    """A tree step's cache, three lines: the rows the pass wrote (one per node), the rows the
+    accepted path moves, and the rows kept."""
+    t = r["tree"]
+    nodes, kv, on_path = t["nodes"], t["kv"], set(t["path"])
+    before = kv["before"]
+    old = (
+        f'<span class="ms-cell ms-old">rows 0..{before - 1} ({before} earlier tokens)</span>'
+        if before
+        else ""
+    )
+    written = [old] + [
+        row_cell(token_label(node), node_kind(node, i), before + i, gone=i not in on_path)
+        for i, node in enumerate(nodes)
+    ]
+    text_at = {before + i: token_label(node) for i, node in enumerate(nodes)}
+    moved = [
+        f'<span class="ms-cell" style="border-color:{COLOURS["accepted"]};'
+        f'background:{TINTS["accepted"]}">{visible(text_at.get(a, "?"))}'
+        f'<span class="ms-row">row {a} → {b}</span></span>'
+        for a, b in kv["moved"]
+    ] or ['<span class="ms-h">none: the path already sits right after the earlier rows</span>']
+    kept = [old] + [
+        row_cell(token_label(nodes[node]), node_kind(nodes[node], node), before + j)
+        for j, node in enumerate(t["path"])
+    ]
+    lines = [
+        (f"written: {kv['written']} rows", written),
+        (f"moved: {len(kv['moved'])}", moved),
+        (f"kept: {kv['after']} rows", kept),
+    ]
+    body = "".join(
+        f'<span class="ms-h">{escape(label)}</span><div class="ms-cache">{"".join(cells)}</div>'
+        for label, cells in lines
+    )
+    return f'<div class="ms-rows">{body}</div>'
+
+
+def row_cell(text: str, kind: str, row: int, gone: bool = False) -> str:
+    """A cache row holding a token, with its row number."""
+    cls = "ms-cell ms-gone" if gone else "ms-cell"
+    return (
+        f'<span class="{cls}" title="row {row}" style="border-color:{COLOURS[kind]};'
+        f'background:{TINTS[kind]}">{visible(text)}<span class="ms-row">{row}</span></span>'
     )

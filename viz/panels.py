@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from minispec.drafters import drafter_words, spec_from_name
 from minispec.palette import SECTIONS, VERDICTS
-from minispec.story import Story, draft_fate, step_summary, token_label
+from minispec.story import Story, draft_fate, step_summary, token_label, tree_summary
 from minispec.trace import Trace
 from viz import charts, look, runs
 from viz.runs import Run
@@ -49,6 +50,9 @@ QUIET = {"displayModeBar": False}  # plotly charts without their toolbar
 def step_panel(story: Story, i: int) -> None:
     """One draft-verify step, in the order it happens: the sections 1 to 6 of the page."""
     r = story.steps[i]
+    if r.get("tree") is not None:
+        tree_step_panel(story, i)
+        return
     greedy = bool(story.trace.sampling.get("greedy"))
     newest = story.new[story.contexts[i] - 1].text if story.contexts[i] else "…"
     st.subheader(f"Step {i + 1} of {story.n_steps}")
@@ -212,6 +216,206 @@ def verdict_line(d: dict, greedy: bool) -> str:
     )
 
 
+# ------------------------------------------------------------------------------ a tree step
+
+
+BESIDE_PX = 640  # the widest tree drawing that fits beside its mask on a laptop's screen
+
+
+def tree_step_panel(story: Story, i: int) -> None:
+    """One step that drafted a token tree, in the order it happens: sections 1 to 6."""
+    r = story.steps[i]
+    greedy = bool(story.trace.sampling.get("greedy"))
+    st.subheader(f"Step {i + 1} of {story.n_steps}")
+    st.markdown(tree_summary(r))
+    context_section(story, i)
+    if look.tree_width(r) <= BESIDE_PX:
+        left, right = st.columns([3, 2], gap="large")  # the tree is wider than the mask is
+        with left:
+            tree_section(r)
+        mask_section(r, i, right, right)
+    else:  # a deep tree takes the page's width; its mask goes under it, beside its words
+        tree_section(r)
+        words, chart = st.columns([2, 3], gap="large")
+        mask_section(r, i, words, chart)
+    sibling_section(r, i, greedy)
+    left, right = st.columns(2, gap="large")
+    with left:
+        tree_next_token_section(r, i, greedy)
+    with right:
+        compaction_section(r)
+
+
+def tree_section(r: dict) -> None:
+    t = r["tree"]
+    n = len(t["nodes"]) - 1
+    how = (
+        "At each node its candidates are drawn from q without replacement, in the order drawn "
+        "(top to bottom)."
+        if t["proposal"] == "sampled"
+        else "At each node its candidates are its likeliest tokens, the likeliest on top."
+    )
+    section(
+        2,
+        f"{SECTIONS['tree']}: {n} node{'s' if n != 1 else ''}",
+        "Instead of one line of guesses, the drafter proposes a tree: where it is unsure it keeps "
+        f"several candidates, each the start of its own continuation. {how} The path the target "
+        "accepted is drawn thick and green; red nodes were tried and rejected; grey ones were "
+        "never tried, because the rule never reached them. Dashed, after the path: the token "
+        "the target added. Each node shows p, the target's probability of it, and q, the "
+        "drafter's, both at its parent.",
+        rule_lesson(t["proposal"] != "sampled"),
+    )
+    st.html(look.tree_html(r))
+
+
+def mask_section(r: dict, i: int, words: DeltaGenerator, chart: DeltaGenerator) -> None:
+    """The mask's heading and words in the container `words`, its heatmap in `chart`."""
+    t = r["tree"]
+    n = len(t["nodes"]) - 1
+    with words:
+        mask_words(r, n)
+    fig = charts.tree_mask(t)
+    with chart:
+        st.plotly_chart(fig, config=QUIET, key=f"mask-{i}", width=fig.layout.height)  # square
+
+
+def mask_words(r: dict, n: int) -> None:
+    section(
+        3,
+        SECTIONS["mask"],
+        f"Gemma reads the newest token and all {n} nodes together, in one forward pass "
+        f"({1000 * r['verify_s']:.0f} ms here). Each node may look only at its own path: "
+        "its siblings and cousins are other futures. The mask says which: row = the node "
+        "reading, column = a node it may attend to, besides every earlier token. Each node also "
+        "takes the position of its depth, so its row of the output is the prediction that "
+        "decoding its own path one token at a time would give. Green rows: the accepted path.",
+        "03_greedy_speculative",
+    )
+
+
+def sibling_section(r: dict, i: int, greedy: bool) -> None:
+    t = r["tree"]
+    if greedy:
+        rule = (
+            "Temperature 0 (greedy): from the root along the path, the child that is Gemma's "
+            "own top choice is kept, if there is one; the other children are rejected, and the "
+            "walk ends at a node none of whose children is Gemma's choice."
+        )
+    else:
+        rule = (
+            "From the root along the path, the rule tries a node's children one by one, in the "
+            "order proposed. A child x is kept with probability min(1, p(x)/q(x)): a draw u left "
+            "of the black line keeps it. After each rejection p becomes the residual, "
+            "norm(max(0, p − q)), what is left of p where the drafter's guess took too much, "
+            "and the next sibling is judged against it. The first child kept extends the path; "
+            "when all are rejected, the last residual gives the target's own token."
+        )
+    section(4, SECTIONS["siblings"], rule, rule_lesson(greedy))
+    groups = [g for g in t["siblings"] if g["trials"]]
+    if not groups:
+        st.caption("The root had no children: nothing to try.")
+        return
+    nodes = t["nodes"]
+    rows, trials, labels = [], [], []
+    for g in groups:
+        parent = f"{g['node']} {look.readable(token_label(nodes[g['node']]))}"
+        for k, trial in enumerate(g["trials"]):
+            text = look.readable(token_label(nodes[trial["node"]]))  # trials name their node
+            rows.append({"at node": parent, **trial_row(k, trial, text, greedy)})
+            trials.append(trial)
+            labels.append(f"at {g['node']}, try {k + 1}: {text}")
+    st.dataframe(rows, hide_index=True, key=f"trials-{i}")
+    if not greedy and all(trial.get("u") is not None for trial in trials):
+        st.plotly_chart(charts.sibling_trials(trials, labels), config=QUIET, key=f"sib-{i}")
+
+
+def trial_row(k: int, trial: dict, text: str, greedy: bool) -> dict:
+    """One sibling's trial as a table row: its numbers, its verdict, the residual after it."""
+
+    def number(name: str) -> float | None:
+        return None if trial.get(name) is None else round(float(trial[name]), 3)
+
+    residual = trial.get("residual_top") or []
+    row = {
+        "try": k + 1,
+        "node": trial["node"],
+        "token": text,
+        "p": number("p"),
+        "q": number("q"),
+    }
+    if not greedy:
+        row["min(1, p/q)"] = number("accept_probability")
+        row["u"] = number("u")
+    row["verdict"] = VERDICTS[bool(trial["accepted"])]
+    if not greedy:
+        row["residual's top after it"] = ", ".join(
+            f"{look.readable(token_label(e))} {e['prob']:.2f}" for e in residual[:3]
+        )
+    return row
+
+
+def tree_next_token_section(r: dict, i: int, greedy: bool) -> None:
+    t, nxt = r["tree"], r["next_token"]
+    kind, end = nxt["kind"], t["path"][-1]
+    if kind == "bonus":
+        words = (
+            f"The path ended at node {end}, which has no children in the tree, so that node's "
+            "own row of the same pass gives one more token for free: the bonus."
+        )
+        title = SECTIONS["bonus"]
+    elif greedy:
+        words = (
+            f"No child of node {end}, the path's end, was Gemma's top choice, so Gemma's top "
+            "choice there is the next token."
+        )
+        title = SECTIONS["corrected"]
+    else:
+        words = (
+            f"Every child of node {end}, the path's end, was rejected, so Gemma supplies this "
+            "token: drawn from the residual left after the last rejection. With the acceptances, "
+            "that makes every token come out exactly as if Gemma had sampled it alone."
+        )
+        title = SECTIONS["corrected"]
+    section(5, title, words, rule_lesson(greedy))
+    chip = look.chip(token_label(nxt), kind, f"{kind} · prob {nxt['prob']:.2f}")
+    st.html(f'<div class="ms-chips">{chip}</div>')
+    trials = [tr for g in t["siblings"] if g["node"] == end for tr in g["trials"]]
+    residual = r.get("residual_top") or (trials[-1].get("residual_top") if trials else None)
+    row = r["target"][r["accepted"]]["top_p"] if r["accepted"] < len(r["target"]) else []
+    if residual:
+        entries, label = residual, "norm(max(0, p − q)), the last residual"
+    elif row:
+        entries, label = row, f"p at node {end}"
+    else:
+        return
+    fig = charts.next_token_choice(entries, nxt["token"], kind, label)
+    st.plotly_chart(fig, config=QUIET, key=f"next-{i}")
+
+
+def compaction_section(r: dict) -> None:
+    t = r["tree"]
+    kv = t["kv"]
+    before, written, after = kv["before"], kv["written"], kv["after"]
+    section(
+        6,
+        SECTIONS["compact"],
+        f"The pass wrote all {written} nodes into the cache, one row each, in node order. Only "
+        "the accepted path's rows are worth keeping: they move to the rows right after the "
+        "earlier ones, where decoding the same text one token at a time would have written them "
+        "(each node already took the position of its depth, so its keys need no change), and "
+        "the cache is cut after them. The new token is not in it yet: it is the newest token the "
+        "next step reads.",
+        "03_greedy_speculative",
+    )
+    st.html(look.compaction_html(r))
+    moves = len(kv["moved"])
+    st.markdown(
+        f"KV cache length: **{before}** before → **{before + written}** after verifying → "
+        f"**{after}** after the compaction; {moves} row{'s' if moves != 1 else ''} moved"
+    )
+
+
 # ------------------------------------------------------------------------------ the summary
 
 
@@ -289,6 +493,12 @@ def numbers(run: Run) -> None:
     with right:
         st.plotly_chart(charts.acceptance_by_position(stats), config=QUIET)
         st.caption("How often each drafted position survived, when it was checked at all.")
+    if any(r.get("tree") is not None for r in run.story.steps):
+        st.caption(
+            "A tree run: its drafted positions are depths, and a depth counts as accepted when "
+            "the rule kept one of the children it tried there, so α is the chance a step went "
+            "one token deeper. k in the formula is the node budget."
+        )
 
 
 def forward_time_section(times: runs.ForwardTimes | None, has_model: bool) -> bool:
@@ -331,6 +541,55 @@ def forward_time_chart(times: runs.ForwardTimes) -> None:
         "at the rate this machine's kernel reaches on weights already in its caches): where "
         "the measured line runs along it, memory no longer matters. (Median of a few runs "
         "after a 256-token context; the whisker reaches down to the fastest run.)"
+    )
+
+
+def shape_section(has_model: bool, s: runs.Settings | None) -> bool:
+    """A tree against a chain on this prompt: the words, and before the comparison is measured,
+    a button to measure it (True when pressed)."""
+    st.markdown("#### A tree against a chain")
+    chain, tree = runs.shape_pair(s) if s is not None else (None, None)
+    st.caption(
+        learn_more(
+            "The same prompt, drafter and sampling, drafted two ways, one after the other: "
+            + (f"as {chain.shape} and as {tree.shape} per step. " if s is not None else "")
+            + "A tree gives the target several candidates where the drafter is unsure, so more "
+            "of its guesses survive per pass; it also costs more drafting, and a longer "
+            "verification pass. τ is the tokens each target forward gave.",
+            "05_drafters_and_speedup",
+        )
+    )
+    if not has_model or s is None:
+        st.info("Comparing a tree with a chain runs the model: choose **Run the model**.")
+        return False
+    return st.button(f"Run {chain.shape} and {tree.shape} on this prompt", key="shapes_go")
+
+
+def shape_comparison(c: runs.ShapeComparison) -> None:
+    rows, plain = c.rows, c.plain_tokens_per_s
+    st.dataframe(
+        [
+            {
+                "draft shape": r["shape"],
+                "tokens / forward (τ)": round(r["tau"], 2),
+                "tokens/s": round(r["tokens_per_s"], 2),
+                "speedup": round(r["tokens_per_s"] / plain, 2) if plain else None,
+                "drafting s": round(r["draft_s"], 2),
+                "verifying s": round(r["verify_s"], 2),
+                "new tokens": r["new_tokens"],
+                "output": r["text"],
+            }
+            for r in rows
+        ],
+        hide_index=True,
+        key="shapes_table",
+    )
+    st.plotly_chart(charts.shapes(rows, plain), config=QUIET)
+    chain, tree = rows
+    st.caption(
+        f"Measured here: {chain['shape']} gave {chain['tau']:.2f} tokens per target forward and "
+        f"{chain['tokens_per_s']:.1f} tokens/s; {tree['shape']} gave {tree['tau']:.2f} and "
+        f"{tree['tokens_per_s']:.1f}. The dashed line is plain decoding on the same prompt."
     )
 
 

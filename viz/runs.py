@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from minispec.drafters import DRAFTER_SPECS, make_drafter
@@ -91,10 +91,20 @@ class Settings:
     top_p: float
     seed: int
     max_new_tokens: int
+    tree: int | None = None  # drafted nodes per step; None: a chain of k
 
     @property
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.temperature, 0, self.top_p)
+
+    @property
+    def shape(self) -> str:
+        """The draft's shape in words: "a chain of k = 4" or "a tree of 8 nodes"."""
+        return f"a tree of {self.tree} nodes" if self.tree else f"a chain of k = {self.k}"
+
+
+TREE_NODES = range(4, 17)  # the node budgets the page offers
+TREE_DEFAULT = 8
 
 
 MAX_NEW_TOKENS = 512  # the app keeps runs short enough to step through
@@ -106,6 +116,10 @@ def check_settings(s: Settings) -> None:
         raise ValueError("The prompt is empty: type some text or pick one of the presets.")
     if not 1 <= s.max_new_tokens <= MAX_NEW_TOKENS:
         raise ValueError(f"New tokens must be between 1 and {MAX_NEW_TOKENS}.")
+    if s.tree is not None and s.tree not in TREE_NODES:
+        raise ValueError(
+            f"A tree has {TREE_NODES[0]} to {TREE_NODES[-1]} nodes per step, not {s.tree}."
+        )
     s.sampling  # noqa: B018 -- SamplingParams checks temperature and top-p
 
 
@@ -147,6 +161,8 @@ def run_speculative(
 
 def speculate(store: Store, model: Model, ids: list[int], s: Settings, spec: str, **options):
     """One speculative run with these settings and the drafter named by spec (one at a time)."""
+    if s.tree is not None:  # a chain passes no `tree`: its call is the chain's, as it always was
+        options["tree"] = s.tree
     with store.lock:
         drafter = get_drafter(store, model, spec)
         return speculative_generate(
@@ -245,6 +261,58 @@ def compare_drafters(
     """Plain decoding (once per `measured`, see `plain_speed`), then each drafter in turn."""
     plain = plain_speed(store, model, s, measured)
     return Comparison(run_each_drafter(store, model, s, specs, on_start), plain)
+
+
+@dataclass(frozen=True)
+class ShapeComparison:
+    """The same prompt, settings and drafter drafted as a chain of k and as a tree of N nodes:
+    one row each ({shape, tree, tau, alpha, tokens_per_s, draft_s, verify_s, new_tokens, text}),
+    and plain decoding's tokens/s on the same."""
+
+    rows: list[dict[str, object]]
+    plain_tokens_per_s: float
+
+
+def shape_pair(s: Settings) -> tuple[Settings, Settings]:
+    """The chain and the tree to compare: the run's own shape and the other one (a chain run is
+    compared with the default tree, a tree run with the chain of its k)."""
+    return replace(s, tree=None), replace(s, tree=s.tree or TREE_DEFAULT)
+
+
+def shape_key(model: Model, s: Settings) -> tuple:
+    return (model.name, *shape_pair(s))
+
+
+def compare_shapes(
+    store: Store,
+    model: Model,
+    s: Settings,
+    measured: dict,
+    on_start: Callable[[str], None] | None = None,
+) -> ShapeComparison:
+    """Plain decoding (once per `measured`, see `plain_speed`), then the chain, then the tree."""
+    check_settings(s)
+    plain = plain_speed(store, model, s, measured)
+    ids = encode(model.tokenizer, s.prompt)
+    rows = []
+    for shape in shape_pair(s):
+        if on_start is not None:
+            on_start(shape.shape)
+        g = speculate(store, model, ids, shape, s.drafter, trace=False)
+        rows.append(
+            {
+                "shape": shape.shape,
+                "tree": shape.tree,
+                "tau": g.stats.tau,
+                "alpha": g.stats.alpha,
+                "tokens_per_s": g.stats.tokens_per_s,
+                "draft_s": g.stats.draft_s,
+                "verify_s": g.stats.verify_s,
+                "new_tokens": len(g.ids),
+                "text": g.text,
+            }
+        )
+    return ShapeComparison(rows, plain)
 
 
 VERIFY_T_MAX = max(T_VALUES)  # the passes a verification makes (k + 1 positions)
