@@ -31,7 +31,7 @@ from minispec.drafters import drafter_words, spec_from_name
 from minispec.errors import InputError
 from minispec.palette import COLOURS, NAMES, SECTIONS, TINTS, VERDICTS
 from minispec.story import story_from_trace
-from minispec.trace import FORMAT, STEP_FIELDS, VERSION, Trace, replay
+from minispec.trace import FORMAT, OPTIONAL_STEP_FIELDS, STEP_FIELDS, VERSION, Trace, replay
 
 NUMBER = (int, float)
 NUMBER_OR_NULL = (int, float, type(None))
@@ -64,7 +64,7 @@ def check_step(r: dict, i: int) -> None:
     at = f"steps[{i}]"
     if not isinstance(r, dict):
         raise InputError(f"the trace's field {at!r} should be an object")
-    missing = [name for name in STEP_FIELDS if name not in r]
+    missing = [name for name in STEP_FIELDS if name not in r and name not in OPTIONAL_STEP_FIELDS]
     if missing:
         raise InputError(f"the trace has no field '{at}.{missing[0]}': not a complete trace")
     for name in ("step", "context_length", "kv_length_before", "kv_length_after", "accepted"):

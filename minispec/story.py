@@ -22,7 +22,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minispec.stats import Stats
-from minispec.trace import STEP_FIELDS, ReplayStep, Trace, replay, stats_from_trace
+from minispec.trace import (
+    OPTIONAL_STEP_FIELDS,
+    STEP_FIELDS,
+    ReplayStep,
+    Trace,
+    replay,
+    stats_from_trace,
+)
 
 
 @dataclass
@@ -120,11 +127,8 @@ def check_header(trace: Trace) -> None:
         raise ValueError("its 'k' must be a number and 'prompt_ids' a list")
 
 
-OPTIONAL_FIELDS = {"tree"}  # a tree step's alone: chain steps, old traces' too, have none
-
-
 def check_step_record(r: dict) -> None:
-    missing = [name for name in STEP_FIELDS if name not in r and name not in OPTIONAL_FIELDS]
+    missing = [name for name in STEP_FIELDS if name not in r and name not in OPTIONAL_STEP_FIELDS]
     if missing:
         raise ValueError(f"step {r.get('step', '?')} has no {', '.join(missing)}")
     n, j = len(r["drafted"]), r["accepted"]

@@ -92,6 +92,11 @@ TREE_FIELDS = {  # a tree step's "tree" -> what each holds (node 0 = the root, t
 }
 
 
+# The fields only some step records have: "tree", on a tree step alone (chain steps and older
+# traces have none).
+OPTIONAL_STEP_FIELDS = frozenset({"tree"})
+
+
 @dataclass
 class Trace:
     model: str
