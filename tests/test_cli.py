@@ -27,6 +27,7 @@ from minispec.tiny import tiny_model
         (["predict", "--prompt", "hi", "--top", "0"], "--top must be >= 1"),
         (["bench", "--context", "0"], "--context"),
         (["bench", "--runs", "0"], "--runs"),
+        (["bench", "--trees"], "--trees compares drafters: name them with --drafter"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
@@ -152,6 +153,28 @@ def test_drafter_speedups_alternates_runs_on_a_tiny_model():
         assert r["trace_cost"] == pytest.approx(statistics.median(r["trace_cost_runs"]))
         steps = r["sampled_step_ratio_runs"]
         assert len(steps) == 2 and r["sampled_step_ratio_paired"] == pytest.approx(sum(steps) / 2)
+
+
+def test_tree_sweep_compares_chains_and_trees_on_a_tiny_model():
+    model = tiny_model()
+    prompts = {"repeats": "abcabcabcabcabc"}
+    rows = bench.tree_sweep(
+        model, ["ngram", "early-exit"], chains=(1, 3), trees=(4, 8), new_tokens=8,
+        prompts=prompts, runs=2,
+    )  # fmt: skip
+    settings = [("chain", 1), ("chain", 3), ("tree", 4), ("tree", 8)]
+    assert [(r["drafter"], r["shape"], r["size"]) for r in rows] == [
+        (d, shape, size) for d in ("ngram", "early-exit") for shape, size in settings
+    ]
+    for r in rows:
+        assert r["same_as_plain"] and r["runs"] == 2 and len(r["speedup_runs"]) == 2
+        assert r["speedup"] == pytest.approx(statistics.median(r["speedup_runs"]))
+        assert r["tokens_per_s"] > 0 and r["plain_tokens_per_s"] > 0
+        assert 1 <= r["tau"] <= r["size"] + 1
+        # a chain drafts at most k tokens a step; a tree at most its node budget
+        assert 0 <= r["drafted_per_step"] <= r["size"]
+        assert all(a is None or 0 <= a <= 1 for a in r["acceptance_by_depth"])
+        assert r["draft_ms_per_step"] >= 0 and r["verify_ms_per_step"] > 0
 
 
 def test_plain_sampling_cost_on_a_tiny_model():
