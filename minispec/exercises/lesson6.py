@@ -289,7 +289,7 @@ SIBLING_CASES = [
     ("the top 3 siblings [0, 1, 5] of q", P_A, Q_A, [0, 1, 5], TOP),
     ("the top 3 siblings [0, 2, 3] of q", P_B, Q_B, [0, 2, 3], TOP),
     ("the top 2 siblings [0, 1] of q", P_C, Q_C, [0, 1], TOP),
-    ("one sibling [4] drawn from q (the chain's rule)", P_C, Q_C, [4], SAMPLED),
+    ("one sibling [1] drawn from q (the chain's rule)", P_C, Q_C, [1], SAMPLED),
 ]
 
 
