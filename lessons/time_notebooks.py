@@ -1,6 +1,6 @@
 """Time each lesson as CI runs it: solutions in place of the stubs, real model, fresh kernel.
 
-    python lessons/time_notebooks.py                  # all five
+    python lessons/time_notebooks.py                  # every lesson
     python lessons/time_notebooks.py 05_drafters_and_speedup --out /tmp/executed
 
 Prints a Markdown table (docs/lessons.md keeps the last one): each notebook's wall time from

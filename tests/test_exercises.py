@@ -3,6 +3,7 @@ and "wrong" with the matching hint to the mistakes people really make. Fast: no 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -17,6 +18,7 @@ S2 = solution_module("02_memory_bound")
 S3 = solution_module("03_greedy_speculative")
 S4 = solution_module("04_speculative_sampling")
 S5 = solution_module("05_drafters_and_speedup")
+S6 = solution_module("06_token_trees")
 
 # (check, the lesson's solution); every check the lessons call
 CHECKS = {
@@ -32,6 +34,8 @@ CHECKS = {
     "query_only_attention": (ex.check_query_only_attention, S5.my_query_only_attention),
     "expected_tau": (ex.check_expected_tau, S5.my_expected_tau),
     "best_k": (ex.check_best_k, S5.my_best_k),
+    "ancestor_mask": (ex.check_ancestor_mask, S6.my_ancestor_mask),
+    "sibling_rule": (ex.check_sibling_rule, S6.my_sibling_rule),
 }
 
 
@@ -549,6 +553,181 @@ BEST_K_MISTAKES = {
 @pytest.mark.parametrize("hint", BEST_K_MISTAKES)
 def test_best_k_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
     assert hint in wrong(ex.check_best_k, BEST_K_MISTAKES[hint], capsys)
+
+
+# ------------------------------------------------------------------------------- lesson 6
+
+
+def mask_by(
+    self_too: bool = True,
+    all_ancestors: bool = True,
+    stop_at_root: bool = False,
+    transposed: bool = False,
+) -> Callable:
+    """The tree mask as a learner writes it, with one mistake chosen by the options."""
+
+    def mask(parents):
+        n = len(parents)
+        m = np.zeros((n, n), dtype=bool)
+        for i in range(n):
+            j = i if self_too else parents[i]
+            while j != -1 and not (stop_at_root and j == 0 and i != 0):
+                m[i, j] = True
+                j = parents[j] if all_ancestors or j == i else -1
+        return m.T if transposed else m
+
+    return mask
+
+
+def causal(parents):
+    return np.tril(np.ones((len(parents), len(parents)), dtype=bool))
+
+
+def shallower(parents):
+    d = np.zeros(len(parents), int)
+    for i in range(1, len(parents)):
+        d[i] = d[parents[i]] + 1
+    return (d[None, :] < d[:, None]) | np.eye(len(parents), dtype=bool)
+
+
+MASK_MISTAKES = {
+    "put True on the diagonal": mask_by(self_too=False),
+    "not only its parent": mask_by(all_ancestors=False),
+    "you have the transpose": mask_by(transposed=True),
+    "a tree is not a chain": causal,
+    "the root (node 0, the newest token) is an ancestor of every node": mask_by(stop_at_root=True),
+    "not every node of a smaller depth": shallower,
+    "an additive mask of 0 and -inf": lambda parents: np.where(
+        S6.my_ancestor_mask(parents), 0.0, -np.inf
+    ),
+}
+
+
+@pytest.mark.parametrize("hint", MASK_MISTAKES)
+def test_ancestor_mask_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_ancestor_mask, MASK_MISTAKES[hint], capsys)
+
+
+def test_ancestor_mask_as_ints_or_from_path_to_is_right(capsys: pytest.CaptureFixture) -> None:
+    from minispec.tree import path_to
+
+    def from_paths(parents):
+        m = np.zeros((len(parents), len(parents)), dtype=np.int64)
+        for i in range(len(parents)):
+            m[i, path_to(parents, i)] = 1
+        return m
+
+    assert verdict(ex.check_ancestor_mask, from_paths, capsys).startswith("right: ")
+
+
+def test_ancestor_mask_cases_show_every_mistake() -> None:
+    """Each mistake differs from the right mask on some tree, and no two mistakes coincide."""
+    from minispec.tree import ancestor_mask
+
+    results = {}
+    for hint in ex.mask_mistakes([-1]):
+        results[hint] = [ex.mask_mistakes(parents)[hint] for _, parents in ex.MASK_TREES]
+    right = [ancestor_mask(parents) for _, parents in ex.MASK_TREES]
+    for hint, masks in results.items():
+        assert any(not np.array_equal(m, r) for m, r in zip(masks, right, strict=True)), hint
+    for a, b in itertools.combinations(results, 2):
+        assert any(not np.array_equal(x, y) for x, y in zip(results[a], results[b], strict=True)), (
+            a,
+            b,
+        )
+
+
+def rule_by(
+    renorm_p: bool = True,
+    drop_tried: bool = True,
+    renorm_q: bool = True,
+    top_as: str = "one-hot",
+    zero_top: bool = True,
+    clip: bool = True,
+    update_p: bool = True,
+    ratio: Callable = lambda p, q: p / q,
+) -> Callable:
+    """The sibling rule as a learner writes it, with one mistake chosen by the options.
+
+    top_as: how "top" siblings are judged: "one-hot" (right), "q" (the chain's p/q against the
+    drafter's q, tried ones kept), "q without the tried" (as if drawn), "p" for sampled ones
+    too ("p everywhere")."""
+
+    def rule(p, q, candidates, proposal):
+        p0 = np.asarray(p, dtype=np.float64)
+        p, q = p0.copy(), np.asarray(q, dtype=np.float64).copy()
+        drawn = proposal == "sampled" if top_as != "p everywhere" else False
+        if proposal == "top" and top_as in ("q", "q without the tried"):
+            drawn, drop_tried_here = True, top_as == "q without the tried"
+        else:
+            drop_tried_here = drop_tried
+        accept = []
+        for c in candidates:
+            q_i = q if drawn else np.eye(len(p))[c]
+            judged = p if update_p else p0
+            accept.append(min(1.0, ratio(judged[c], q_i[c])))
+            if drawn or zero_top:
+                left = judged - q_i
+                left = np.maximum(left, 0.0) if clip else left
+                p = left / left.sum() if renorm_p else left
+            if drawn and drop_tried_here:
+                q = q.copy()
+                q[c] = 0.0
+                q = q / q.sum() if renorm_q else q
+        return accept, p
+
+    return rule
+
+
+SIBLING_MISTAKES = {
+    "after a rejection renormalise": rule_by(renorm_p=False),
+    "judging it against the original q is the rule for independent draws": rule_by(
+        drop_tried=False
+    ),
+    "removing c_i from q leaves q_i minus one token: renormalise it": rule_by(renorm_q=False),
+    "the chain's test p_i / q with the drafter's q": rule_by(top_as="q"),
+    "even with the tried ones removed": rule_by(top_as="q without the tried"),
+    "zero p_i(c) and renormalise": rule_by(zero_top=False),
+    "not with p_i(c_i), which is the rule for top siblings only": rule_by(top_as="p everywhere"),
+    "not against p again": rule_by(update_p=False),
+    "Chen et al. swap the letters": rule_by(ratio=lambda p, q: q / p if p > 0 else np.inf),
+    "clip at zero, max(p_i - q_i, 0)": rule_by(clip=False),
+    "it cannot exceed 1": lambda p, q, c, proposal: (
+        [2.0 * a for a in S6.my_sibling_rule(p, q, c, proposal)[0]],
+        S6.my_sibling_rule(p, q, c, proposal)[1],
+    ),
+}
+
+
+@pytest.mark.parametrize("hint", SIBLING_MISTAKES)
+def test_sibling_rule_mistakes(hint: str, capsys: pytest.CaptureFixture) -> None:
+    assert hint in wrong(ex.check_sibling_rule, SIBLING_MISTAKES[hint], capsys)
+
+
+def test_sibling_rule_answer_key_is_the_package_rule_and_emits_p() -> None:
+    """The check's answer is `tree.sibling_trials`, and its law, over every ordered draw, is p."""
+    residual_read = 0
+    for _, p, q, candidates, proposal in ex.SIBLING_CASES:
+        p, q = np.array(p), np.array(q)
+        accept, residual = ex.sibling_answer(p, q, candidates, proposal)
+        mine = S6.my_sibling_rule(p, q, candidates, proposal)
+        assert ex.close(accept, mine[0]) and ex.close(residual, mine[1])
+        law = ex.rule_law(ex.sibling_answer, p, q, len(candidates), proposal)
+        np.testing.assert_allclose(law, p, atol=1e-12)
+        residual_read += accept[-1] < 1  # else the residual is never drawn from
+    assert residual_read >= len(ex.SIBLING_CASES) - 1
+
+
+def test_the_chain_rule_on_top_siblings_does_not_emit_p() -> None:
+    """The tempting wrong rule of the lesson: p/q against the drafter's q, tried ones kept."""
+    chain_on_top = rule_by(top_as="q")
+    worst = 0.0
+    for _, p, q, candidates, proposal in ex.SIBLING_CASES:
+        if proposal == "top" and len(candidates) > 1:
+            p, q = np.array(p), np.array(q)
+            law = ex.rule_law(chain_on_top, p, q, len(candidates), "top")
+            worst = max(worst, float(np.abs(law - p).max()))
+    assert worst > 1e-2
 
 
 def test_every_check_is_tested() -> None:

@@ -14,7 +14,7 @@ learner's answer matches. Answers: lessons/solutions/. tests/test_exercises.py h
 to those answers and to the wrong versions.
 
 Layout: `judging` holds the machinery every check shares (cases, verdicts, naming the
-mistake); `lesson1` ... `lesson5` hold each lesson's checks, one module per notebook. Every
+mistake); `lesson1` ... `lesson6` hold each lesson's checks, one module per notebook. Every
 public name is re-exported here, so `exercises.check_rms_norm` works as the notebooks write it.
 """
 
@@ -96,6 +96,21 @@ from minispec.exercises.lesson5 import (
     step_speed,
     target_attention,
 )
+from minispec.exercises.lesson6 import (
+    MASK_TREES,
+    SIBLING_CASES,
+    check_ancestor_mask,
+    check_sibling_rule,
+    emitted_law,
+    grade_ancestor_mask,
+    grade_sibling_rule,
+    mask_mistakes,
+    ordered_draws,
+    rule_law,
+    sibling_answer,
+    sibling_mistakes,
+    sibling_variant,
+)
 
 __all__ = [
     "ANYTHING_ELSE",
@@ -103,6 +118,8 @@ __all__ = [
     "AttentionInput",
     "Case",
     "FLOAT32",
+    "MASK_TREES",
+    "SIBLING_CASES",
     "Wrong",
     "array_reader",
     "as_array",
@@ -115,6 +132,7 @@ __all__ = [
     "best_k_inputs",
     "check_accept_greedy",
     "check_accept_or_reject",
+    "check_ancestor_mask",
     "check_best_k",
     "check_bytes_per_token",
     "check_expected_tau",
@@ -124,15 +142,18 @@ __all__ = [
     "check_rollback_length",
     "check_rope",
     "check_shape_both",
+    "check_sibling_rule",
     "check_weight_bytes",
     "close",
     "config_cases",
     "distribution_inputs",
     "emitted_distribution",
+    "emitted_law",
     "fastest",
     "fmt",
     "grade_accept_greedy",
     "grade_accept_or_reject",
+    "grade_ancestor_mask",
     "grade_best_k",
     "grade_bytes_per_token",
     "grade_expected_tau",
@@ -142,23 +163,30 @@ __all__ = [
     "grade_rollback_length",
     "grade_rope",
     "grade_shape_both",
+    "grade_sibling_rule",
     "grade_weight_bytes",
     "greedy_inputs",
     "greedy_mistakes",
     "judge",
     "kv_bytes_read",
     "largest_difference",
+    "mask_mistakes",
     "name_mistake",
     "name_of",
     "number",
     "number_reader",
+    "ordered_draws",
     "report",
     "rope_interleaved",
     "rope_variant",
+    "rule_law",
     "same_array",
     "same_number",
     "same_value",
     "show_bytes",
+    "sibling_answer",
+    "sibling_mistakes",
+    "sibling_variant",
     "step_speed",
     "target_attention",
     "total_variation",
