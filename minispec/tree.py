@@ -199,8 +199,8 @@ def sibling_rule(
     token has exactly the target's distribution p.
 
     SAMPLED (candidates drawn from q without replacement, in the order drawn: SpecInfer, Miao et
-    al. 2024, sec. 4.2, "multi-step speculative sampling", as Sequoia, Chen et al. 2024, sec.
-    3.2 and Algorithm 1, adapts it to draws without replacement): candidate c_i is accepted
+    al. 2024, sec. 4.3 and Algorithm 2, "multi-step speculative sampling", as Sequoia, Chen et
+    al. 2024, adapts it to draws without replacement): candidate c_i is accepted
     with min(1, p_i(c_i) / q_i(c_i)); on its rejection p_{i+1} = norm(max(p_i - q_i, 0)) and
     q_{i+1} = q_i without c_i, renormalised: the law the next candidate was drawn from.
     TOP (the drafter's top-b tokens, chosen deterministically: q_i is one-hot on c_i): c_i is

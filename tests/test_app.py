@@ -749,6 +749,12 @@ def test_a_tree_trace_replays_with_its_tree(app: AppTest, greedy: bool) -> None:
     for i in range(story.n_steps):
         assert step_title(app) == f"Step {i + 1} of {story.n_steps}"
         check_tree_step(app, story.steps[i])
+        named = {
+            h: v
+            for h, v in lessons_by_panel(app).items()
+            if h[5:7] in {"2 ", "3 ", "4 ", "5 ", "6 "}
+        }
+        assert named and all(v == ["06_token_trees.ipynb"] for v in named.values()), named
         charts = [json.loads(c.proto.spec) for c in app.get("plotly_chart")]
         draws = [c for c in charts if "line-ns-open" in json.dumps(c["data"])]
         assert len(draws) == (0 if greedy else 1)  # every u drawn, in one chart

@@ -37,6 +37,9 @@ def rule_lesson(greedy: bool) -> str:
     return "03_greedy_speculative" if greedy else "04_speculative_sampling"
 
 
+TREE_LESSON = "06_token_trees"  # every panel of a tree step: its tree, mask, siblings, compaction
+
+
 def section(number: int, title: str, words: str, lesson: str) -> None:
     st.markdown(f"#### {number} · {title}")
     st.caption(learn_more(words, lesson))
@@ -264,7 +267,7 @@ def tree_section(r: dict) -> None:
         "never tried, because the rule never reached them. Dashed, after the path: the token "
         "the target added. Each node shows p, the target's probability of it, and q, the "
         "drafter's, both at its parent.",
-        rule_lesson(t["proposal"] != "sampled"),
+        TREE_LESSON,
     )
     st.html(look.tree_html(r))
 
@@ -290,7 +293,7 @@ def mask_words(r: dict, n: int) -> None:
         "reading, column = a node it may attend to, besides every earlier token. Each node also "
         "takes the position of its depth, so its row of the output is the prediction that "
         "decoding its own path one token at a time would give. Green rows: the accepted path.",
-        "03_greedy_speculative",
+        TREE_LESSON,
     )
 
 
@@ -311,7 +314,7 @@ def sibling_section(r: dict, i: int, greedy: bool) -> None:
             "and the next sibling is judged against it. The first child kept extends the path; "
             "when all are rejected, the last residual gives the target's own token."
         )
-    section(4, SECTIONS["siblings"], rule, rule_lesson(greedy))
+    section(4, SECTIONS["siblings"], rule, TREE_LESSON)
     groups = [g for g in t["siblings"] if g["trials"]]
     if not groups:
         st.caption("The root had no children: nothing to try.")
@@ -377,7 +380,7 @@ def tree_next_token_section(r: dict, i: int, greedy: bool) -> None:
             "that makes every token come out exactly as if Gemma had sampled it alone."
         )
         title = SECTIONS["corrected"]
-    section(5, title, words, rule_lesson(greedy))
+    section(5, title, words, TREE_LESSON)
     chip = look.chip(token_label(nxt), kind, f"{kind} · prob {nxt['prob']:.2f}")
     st.html(f'<div class="ms-chips">{chip}</div>')
     trials = [tr for g in t["siblings"] if g["node"] == end for tr in g["trials"]]
@@ -406,7 +409,7 @@ def compaction_section(r: dict) -> None:
         "(each node already took the position of its depth, so its keys need no change), and "
         "the cache is cut after them. The new token is not in it yet: it is the newest token the "
         "next step reads.",
-        "03_greedy_speculative",
+        TREE_LESSON,
     )
     st.html(look.compaction_html(r))
     moves = len(kv["moved"])
@@ -556,7 +559,7 @@ def shape_section(has_model: bool, s: runs.Settings | None) -> bool:
             + "A tree gives the target several candidates where the drafter is unsure, so more "
             "of its guesses survive per pass; it also costs more drafting, and a longer "
             "verification pass. τ is the tokens each target forward gave.",
-            "05_drafters_and_speedup",
+            TREE_LESSON,
         )
     )
     if not has_model or s is None:
