@@ -139,7 +139,9 @@ def drafter_speedups(
     sampled); tokens_per_s and plain_tokens_per_s are the medians of the runs themselves.
     `step_ms` and `sampled_step_ms`: decoding time per draft-verify step, and their ratio;
     `trace_cost`: the share of sampled speed lost to recording the trace, 1 - speedup(traced,
-    sampled).
+    sampled), which the machine's spread blurs; `trace_share` and `greedy_trace_share`: the
+    share of a traced run's decoding time spent writing its records (`Stats.trace_s`), timed
+    inside the run, sampled and greedy (a greedy record computes softmaxes only to show them).
     """
     from minispec.drafters import make_drafter
     from minispec.speculative import speculative_generate
@@ -159,6 +161,7 @@ def drafter_speedups(
                     ("greedy", GREEDY, False),
                     ("sampled", sampling, False),
                     ("traced", sampling, True),
+                    ("greedy traced", GREEDY, True),
                 ):
                     out = speculative_generate(
                         model, ids, drafter, k, new_tokens, how, stop_at_eos=False, trace=trace
@@ -205,6 +208,10 @@ def drafter_speedups(
                     "sampled_step_ratio_runs": step_ratios,
                     "sampled_step_ratio_paired": statistics.median(step_ratios),
                     "trace_cost_runs": trace_costs,
+                    "trace_share": statistics.median(map(trace_share, traced)),
+                    "greedy_trace_share": statistics.median(
+                        map(trace_share, outs[spec, "greedy traced"])
+                    ),
                     "speedup_runs": paired_ratios(greedy, plain["greedy"]),
                     "sampled_speedup_runs": paired_ratios(sampled, plain["sampled"]),
                 }
@@ -321,6 +328,11 @@ def tree_sweep(
 def step_time_ms(out: SpeculativeGeneration) -> float:
     """Decoding time per draft-verify step (drafting, verifying, the rule, the rollback)."""
     return 1000 * out.stats.decode_s / max(1, out.stats.steps)
+
+
+def trace_share(out: SpeculativeGeneration) -> float:
+    """The share of a traced run's decoding time spent writing its trace's records."""
+    return out.stats.trace_s / out.stats.decode_s if out.stats.decode_s > 0 else 0.0
 
 
 def median_speed(outs: list[Generation]) -> float:

@@ -37,6 +37,11 @@ from minispec.trace import save_trace
 from minispec.train.recipe import Recipe
 
 
+def progress(msg: str) -> None:
+    """A long command's progress, one line on stderr (stdout is for its result)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def load(args: argparse.Namespace) -> Model:
     from minispec.gguf_file import default_progress
     from minispec.loading import load_model
@@ -184,7 +189,7 @@ def cmd_bench(args: argparse.Namespace) -> dict | None:
     if args.trees and not args.drafter:
         raise InputError("--trees compares drafters: name them with --drafter (e.g. --drafter mtp)")
     model = load(args)
-    say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    say = progress  # on stderr, so that --json keeps stdout for the one JSON object
     say(f"timing forward passes after a {args.context}-token context, then decoding ...")
     timing = dict(repeats=args.repeats, decode_tokens=args.decode_tokens, decode_runs=args.runs)
     t_values = bench.TREE_T_VALUES if args.trees else bench.T_VALUES
@@ -275,7 +280,9 @@ def print_bench(r: dict) -> None:
             f"{d['sampled_plain_tokens_per_s']:.1f} plain = {d['sampled_speedup']:.2f}x, alpha "
             f"{d['sampled_alpha']:.2f}, tau {d['sampled_tau']:.2f}; a step {d['step_ms']:.1f} ms "
             f"greedy, {d['sampled_step_ms']:.1f} sampled ({d['sampled_step_ratio']:.2f}x); "
-            f"the trace costs {d['trace_cost']:.1%}"
+            f"the trace costs {d['trace_cost']:.1%} of the speed; writing it takes "
+            f"{d['trace_share']:.1%} of a sampled run, {d['greedy_trace_share']:.1%} of a "
+            "greedy one"
         )
     for t in r.get("trees", []):
         print(
@@ -315,7 +322,7 @@ def cmd_train_mtp(args: argparse.Namespace) -> dict | None:
         raise InputError("--positions, --steps and --batch must be >= 1, --length > --unroll + 1")
     recipe = recipe_from_args(args)
     model = load(args)
-    say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    say = progress  # on stderr, so that --json keeps stdout for the one JSON object
     t0 = time.perf_counter()
     if args.data and Path(args.data).is_file():
         data = mtp_data.load_data(args.data)

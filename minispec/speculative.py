@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minispec.acceptance import acceptance_probability, residual_distribution
-from minispec.drafters.base import Draft, DraftContext, Drafter, one_hot
+from minispec.drafters.base import Draft, DraftContext, Drafter, draft_q, one_hot
 from minispec.errors import InputError
 from minispec.generate import (
     Generation,
@@ -467,7 +467,8 @@ def shown_distributions(step: StepResult, sampling: SamplingParams) -> tuple:
     p = step.p if step.p is not None else RowsOnDemand(step.logits, shown(sampling))
     q = step.q
     if q is None and step.draft.logit_rows is not None:
-        q = [distribution(row, shown(sampling)) for row in step.draft.logit_rows]
+        # over the tokens the drafter's head scored: exp of a row of -inf is slow, not free
+        q = [draft_q(row, shown(sampling)) for row in step.draft.logit_rows]
     elif q is None:
         q = one_hot(step.draft.tokens, step.logits.shape[-1])
     has_q = step.draft.q is not None or step.draft.logit_rows is not None
@@ -545,7 +546,7 @@ def tree_q_row(tree: TokenTree, node: int, sampling: SamplingParams) -> np.ndarr
     if node in tree.q:
         return tree.q[node]
     if sampling.greedy and node in tree.logit_rows:
-        return distribution(tree.logit_rows[node], shown(sampling))
+        return draft_q(tree.logit_rows[node], shown(sampling))
     return None
 
 
@@ -779,9 +780,11 @@ def speculative_generate(
         n_emitted = len(step.emitted)
         stats.add_step(n_drafted, decisions, n_emitted, step.draft_s, step.verify_s, depth)
         if record is not None:
+            t_record = time.perf_counter()
             record.steps.append(
                 write_record(stats.steps - 1, step, model.tokenizer, trace_top, sampling)
             )
+            stats.trace_s += time.perf_counter() - t_record
         if on_token is not None:
             for t in step.emitted:
                 on_token(t)

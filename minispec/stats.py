@@ -45,6 +45,7 @@ class Stats:
     draft_s: float = 0.0
     verify_s: float = 0.0
     decode_s: float = 0.0
+    trace_s: float = 0.0  # of decode_s: writing the trace's records (0 without a trace)
 
     def __post_init__(self) -> None:
         for counts in (self.drafted_at, self.verified_at, self.accepted_at):

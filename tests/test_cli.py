@@ -147,6 +147,7 @@ def test_drafter_speedups_alternates_runs_on_a_tiny_model():
         assert r["sampled_speedup"] > 0 and 0 <= r["sampled_alpha"] <= 1
         assert r["sampled_step_ratio"] == pytest.approx(r["sampled_step_ms"] / r["step_ms"])
         assert r["traced_tokens_per_s"] > 0 and r["trace_cost"] < 1
+        assert 0 < r["trace_share"] < 1 and 0 < r["greedy_trace_share"] < 1
         # each round's own ratios, whose median the paired figures are
         assert r["speedup"] == pytest.approx(statistics.median(r["speedup_runs"]))
         assert r["sampled_speedup"] == pytest.approx(statistics.median(r["sampled_speedup_runs"]))

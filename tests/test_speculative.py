@@ -110,6 +110,7 @@ def test_greedy_speculative_equals_plain_greedy(target, plain, drafter, k):
         s = got.stats
         assert s.new_tokens == N_NEW == 1 + s.emitted  # the prefill gives the first token
         assert s.target_forwards == s.steps + 1
+        assert 0 < s.trace_s < s.decode_s  # the trace's records are timed, inside decoding
         if drafter == "always-right":
             assert s.alpha == 1.0 and s.accepted == s.drafted
             assert s.steps == math.ceil((N_NEW - 1) / (k + 1))  # k accepted + 1 bonus per step
@@ -352,6 +353,7 @@ def test_real_greedy_with_scripted_drafts(real, k):
         for script, wrong in SCRIPTS.items():
             d = ScriptedDrafter(len(ids), expected, wrong, script)
             got = speculative_generate(model, ids, d, k, REAL_NEW, stop_at_eos=False, trace=False)
+            assert got.stats.trace_s == 0
             assert got.ids == expected, f"{script}, k={k}, {name}"
 
 
