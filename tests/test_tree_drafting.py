@@ -9,6 +9,8 @@ from the q stored with their parent, in draw order.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -24,11 +26,13 @@ from minispec.drafters import (
 from minispec.drafters.early_exit import early_exit_hidden
 from minispec.drafters.mtp import config_for, head_logits, init_params, mtp_step, visible
 from minispec.drafters.tree_search import (
+    Candidates,
     TreeShape,
     default_shape,
     draw_without_replacement,
     grow_tree,
     most_likely,
+    softmax_at,
 )
 from minispec.errors import InputError
 from minispec.kernels import take_rows
@@ -282,6 +286,58 @@ def test_the_kept_nodes_are_the_best_scored_and_closed():
     with pytest.raises(InputError, match="n_nodes"):
         grow_tree(1, score, -1, GREEDY, None)
     assert grow_tree(1, score, 0, GREEDY, None).n_drafted == 0
+
+
+def path_scores(vocab: int = 30, sure: float = 0.0):
+    """A drafter whose scores depend on a node's path alone (not on the order it is asked),
+    and which counts the rows it scores. sure > 0: token 3 ahead of the rest by that much."""
+    rows_scored = []
+
+    def score(c, frontier):
+        rows = []
+        for node in frontier:
+            path = tuple(c.tokens[i] for i in path_to(c.parents, node))
+            seed = zlib.crc32(repr(path).encode())
+            row = np.random.default_rng(seed).standard_normal(vocab).astype(np.float32)
+            row[3] += sure
+            rows.append(row)
+        rows_scored.append(len(frontier))
+        return np.stack(rows)
+
+    return score, rows_scored
+
+
+def unpruned_best(root: int, score, n: int, shape: TreeShape) -> list[tuple[int, ...]]:
+    """The paths of the n best nodes when every beam node is expanded for `depth` passes."""
+    c = Candidates([root], [-1], [0], [1.0])
+    frontier = [0]
+    for _ in range(shape.depth):
+        born = []
+        for node, row in zip(frontier, score(c, frontier), strict=True):
+            kids = most_likely(row, shape.width)
+            for token, qj in zip(kids, softmax_at(row, kids), strict=True):
+                c.tokens.append(token)
+                c.parents.append(node)
+                c.depths.append(c.depths[node] + 1)
+                c.scores.append(c.scores[node] * min(float(qj), 1.0))
+                born.append(len(c.tokens) - 1)
+        frontier = sorted(born, key=lambda i: (-c.scores[i], i))[: shape.beam]
+    keep = sorted(range(1, len(c.tokens)), key=lambda i: (-c.scores[i], i))[:n]
+    return sorted(tuple(c.tokens[j] for j in path_to(c.parents, i)) for i in keep)
+
+
+@pytest.mark.parametrize("sure, n", [(0.0, 8), (4.0, 8), (6.0, 12)])
+def test_pruning_the_frontier_keeps_the_same_tree_and_scores_fewer_rows(sure, n):
+    # (sure 4 or 6: several frontier nodes still have kept descendants after n are drafted,
+    # so a prune that keeps only the best frontier node gives another tree)
+    shape = TreeShape(width=4, beam=4, depth=8)
+    score, rows = path_scores(sure=sure)
+    tree = grow_tree(1, score, n, GREEDY, None, shape=shape)
+    kept = sorted(tuple(tree.tokens[j] for j in path_to(tree.parents, i)) for i in range(1, n + 1))
+    pruned_rows = sum(rows)
+    full, all_rows = path_scores(sure=sure)
+    assert kept == unpruned_best(1, full, n, shape)
+    assert pruned_rows < sum(all_rows)  # the nodes that could not make the cut were not scored
 
 
 # --------------------------------------------------------------------------- prompt lookup

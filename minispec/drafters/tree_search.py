@@ -11,8 +11,9 @@ the same shape whatever the context. EAGLE-2 lets the drafter's own confidence s
                  score(child j of u) = score(u) * q_u[j]        (q_u[j]: u's j-th largest q)
     beam     the `beam` best-scored children become the next frontier
     rerank   at the end keep the n_nodes best-scored nodes of everything drafted
-    stop     after `depth` passes, or sooner: once the frontier's best scores no more than
-             the n-th best node so far, none of its descendants could be kept
+    prune    once n nodes are drafted, a frontier node that scores no more than the n-th
+             best so far is not expanded: none of its descendants could be kept
+    stop     after `depth` passes, or sooner: when no frontier node is left
 
 A confident path keeps scores near 1 and grows deep; an unsure node spreads its mass over
 several children, which then all score alike and the tree grows wide there.
@@ -133,11 +134,12 @@ def grow_tree(
                 c.scores.append(c.scores[node] * min(float(qj), 1.0))
                 born.append(len(c.tokens) - 1)
         frontier = best(c.scores, born, shape.beam)
-        # No descendant of the frontier (each scores at most its ancestor) could make the cut.
-        if frontier and len(c.tokens) - 1 >= n_nodes:
+        if len(c.tokens) - 1 >= n_nodes:
+            # A node's descendants score no more than it does and are drafted after the n-th
+            # best so far, so a frontier node that does not rank before it has none in the tree:
+            # expanding it would cost a row of the next pass and keep nothing.
             nth = best(c.scores, range(1, len(c.tokens)), n_nodes)[-1]
-            if not ranks_before(c.scores, frontier[0], nth):
-                break
+            frontier = [u for u in frontier if ranks_before(c.scores, u, nth)]
     keep = sorted(best(c.scores, range(1, len(c.tokens)), n_nodes))  # closed: see module doc
     return kept_tree(c, keep, SAMPLED if not sampling.greedy else TOP, rows, qs)
 
