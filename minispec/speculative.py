@@ -468,7 +468,7 @@ def shown_distributions(step: StepResult, sampling: SamplingParams) -> tuple:
     q = step.q
     if q is None and step.draft.logit_rows is not None:
         # over the tokens the drafter's head scored: exp of a row of -inf is slow, not free
-        q = [draft_q(row, shown(sampling)) for row in step.draft.logit_rows]
+        q = [draft_q(row, shown(sampling), step.draft.scored) for row in step.draft.logit_rows]
     elif q is None:
         q = one_hot(step.draft.tokens, step.logits.shape[-1])
     has_q = step.draft.q is not None or step.draft.logit_rows is not None

@@ -53,6 +53,9 @@ class Draft:
     # n rows (vocab,): a model drafter's raw scores, for the trace (stacked only when read:
     # most runs record no trace, and a stack of k rows of 262,144 costs a fair part of a step)
     logit_rows: list[np.ndarray] | None = None
+    # the tokens a cheap head scores, sorted (the rest of each row is -inf), when the drafter
+    # knows them: the trace's q rows are then computed over them alone (`draft_q`)
+    scored: np.ndarray | None = None
 
     @cached_property
     def logits(self) -> np.ndarray | None:
@@ -144,8 +147,11 @@ def one_hot(tokens: list[int], vocab_size: int) -> np.ndarray:
     return q
 
 
-def make_draft(tokens: list[int], q: np.ndarray | None, logits: list) -> Draft:
-    """Pack a model drafter's picks: its q rows (`q_rows`, None when greedy) and its logits."""
+def make_draft(
+    tokens: list[int], q: np.ndarray | None, logits: list, scored: np.ndarray | None = None
+) -> Draft:
+    """Pack a model drafter's picks: its q rows (`q_rows`, None when greedy), its logits and
+    the tokens its head scores (None: unknown, or the full vocabulary)."""
     if not tokens:
         return Draft([])
-    return Draft(tokens, None if q is None else q[: len(tokens)], list(logits))
+    return Draft(tokens, None if q is None else q[: len(tokens)], list(logits), scored)

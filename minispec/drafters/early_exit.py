@@ -129,7 +129,7 @@ class EarlyExitDrafter:
             tokens.append(last)
             rows.append(logits)
         cache.truncate(start)  # leave the cache as found; verification rewrites these positions
-        return make_draft(tokens, qs, rows)
+        return make_draft(tokens, qs, rows, scored)
 
     def propose_tree(
         self, ctx: DraftContext, n_nodes: int, sampling: SamplingParams, rng: np.random.Generator

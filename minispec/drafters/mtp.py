@@ -344,7 +344,7 @@ class MTPDrafter:
             last, _ = choose(logits, sampling, rng, self.scored, out=None if qs is None else qs[j])
             tokens.append(last)
             rows.append(logits)
-        return make_draft(tokens, qs, rows)
+        return make_draft(tokens, qs, rows, self.scored)
 
     def propose_tree(
         self, ctx: DraftContext, n_nodes: int, sampling: SamplingParams, rng: np.random.Generator
