@@ -25,6 +25,7 @@ import minispec.tree as tree_module
 from minispec.acceptance import acceptance_probability, residual_distribution
 from minispec.drafters.base import Draft, one_hot
 from minispec.errors import InputError
+from minispec.exercises.lesson6 import ordered_draws  # the lesson's enumeration, reused
 from minispec.generate import generate
 from minispec.kv_cache import new_cache
 from minispec.model import forward
@@ -66,16 +67,6 @@ def emission_law(trials: list[Trial], vocab: int) -> np.ndarray:
         law[t.token] += reach * t.accept_probability
         reach *= 1.0 - t.accept_probability
     return law + reach * trials[-1].residual
-
-
-def ordered_draws(q: np.ndarray, m: int):
-    """Every ordered draw of m tokens from q without replacement, with its probability."""
-    for seq in itertools.permutations(np.flatnonzero(q).tolist(), m):
-        prob, left = 1.0, 1.0
-        for c in seq:
-            prob *= q[c] / left
-            left -= q[c]
-        yield list(seq), prob
 
 
 def sampled_law(p: np.ndarray, q: np.ndarray, m: int, trials_of=None) -> np.ndarray:
