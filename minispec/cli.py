@@ -89,6 +89,10 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
     check_k(args.k)
     if args.tree is not None:
         check_tree_budget(args.tree)
+        if args.drafter == "none":
+            raise InputError(
+                "--tree N drafts token trees: name a drafter with --drafter (e.g. mtp)"
+            )
     check_drafter_spec(args.drafter)  # before the seconds of loading the model
     model = load(args)
     ids = prompt_ids(model, args.prompt)

@@ -22,6 +22,7 @@ from minispec.tiny import tiny_model
         (["generate", "--prompt", "hi", "--k", "17", "--drafter", "ngram"], "k (tokens drafted"),
         (["generate", "--prompt", "hi", "--tree", "0"], "tree (nodes drafted per step) must be"),
         (["generate", "--prompt", "hi", "--tree", "65"], "must be in 1..64"),
+        (["generate", "--prompt", "hi", "--tree", "4"], "--tree N drafts token trees: name a"),
         (["generate", "--prompt", "hi", "--model", "/no/such/model"], "no such model"),
         (["predict", "--prompt", ""], "prompt is empty"),
         (["predict", "--prompt", "hi", "--top", "0"], "--top must be >= 1"),
