@@ -4,7 +4,8 @@ Same tokens kept; the same probabilities up to float64 rounding; the same bits o
 (Where the mass before a token lies within rounding of top_p, as with top_p = 1 - 1e-12 on a
 row with a long tail of tiny probabilities, the two sums may round either way: no row here does.)
 Rows: Gemma-wide peaked and flat ones, ties (at the top-k and top-p edges, across the
-histogram's bins), masked (-inf) tokens, tiny rows, float64 logits.
+histogram's bins), masked (-inf) tokens, tiny rows, float64 logits, and rows in order (largest
+first or last), which put all of top-k's candidates in a few of its groups.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def rows() -> dict[str, np.ndarray]:
         "masked": masked,
         "tiny": np.array([1.0, 3.0, 3.0, -2.0, 0.5], np.float32),
         "float64": rng.standard_normal(3_000) * 4,
+        "ascending": np.sort(rng.standard_normal(WIDE).astype(np.float32) * 3),
+        "descending": np.sort(rng.standard_normal(WIDE).astype(np.float32) * 3)[::-1].copy(),
     }
 
 
@@ -47,6 +50,7 @@ SETTINGS = [
     SamplingParams(1.5, 0, 0.9),
     SamplingParams(1.0, 0, 0.01),  # the top token alone
     SamplingParams(1.0, 0, 0.999),
+    SamplingParams(2.0, 0, 0.99),  # hot and wide: most of a flat row is a top-p candidate
     SamplingParams(1.0, 1, 1.0),
     SamplingParams(1.0, 2, 1.0),  # a tie at the k-th
     SamplingParams(0.8, 50, 0.9),
@@ -79,6 +83,16 @@ def test_edges_by_hand() -> None:
     np.testing.assert_array_equal(keep, [1, 1, 0, 0, 0])
     keep = distribution(logits, SamplingParams(1.0, 0, 0.65)) > 0
     np.testing.assert_array_equal(keep, [1, 1, 1, 0, 0])
+
+
+def test_top_p_within_rounding_of_one_looks_at_every_token() -> None:
+    """Within 1e-9 of top_p = 1 no floor can be trusted: every token is a candidate, and a
+    row whose least likely token is far above the rounding keeps them all, as the reference."""
+    logits = np.random.default_rng(5).standard_normal(1_000).astype(np.float32)
+    params = SamplingParams(1.0, 0, 1 - 1e-10)
+    fast, ref = distribution(logits, params), numpy_distribution(logits, params)
+    assert (fast > 0).all() and (ref > 0).all()
+    np.testing.assert_allclose(fast, ref, rtol=1e-12)
 
 
 def test_writes_into_a_given_row_and_shapes_greedy_display_as_softmax() -> None:

@@ -75,6 +75,7 @@ from minispec.kernels.attention import (  # noqa: E402
 from minispec.kernels.distribution import (  # noqa: E402
     BLOCK64,
     BUCKETS,
+    GROUPS,
     N_ROW_CHUNKS,
     cut_kind,
     distribution_row,
@@ -121,6 +122,7 @@ __all__ = [
     "BUCKETS",
     "FEW_PANELS",
     "FEW_ROWS",
+    "GROUPS",
     "K_BLOCK",
     "LANES",
     "N_ATTENTION_CHUNKS",
