@@ -114,6 +114,40 @@ def shown(sampling: SamplingParams) -> SamplingParams:
     return SOFTMAX if sampling.greedy else sampling
 
 
+@dataclass(frozen=True)
+class SoftmaxRow:
+    """softmax(logits) as a greedy run's trace shows it (`shown`), without the vocabulary-wide
+    float64 row: p(t) = exp(l_t - log Z), and the few most likely found among the logits,
+    whose order is the probabilities'. log Z over every token (`kernels.log_partition`), or
+    over the tokens a cheap head scored (the others are -inf: probability 0).
+
+    Only shown: a greedy step needs no distribution, and the rows of 262,144 probabilities
+    that `distribution` would write cost a greedy run's records several times more."""
+
+    logits: np.ndarray  # (vocab,)
+    log_z: float
+    scored: np.ndarray | None = None  # the head's scored tokens, in increasing order
+
+    @classmethod
+    def of(cls, logits: np.ndarray, scored: np.ndarray | None = None) -> SoftmaxRow:
+        if scored is None and logits.min() == -np.inf:
+            scored = np.flatnonzero(logits > -np.inf)
+        if scored is None:
+            return cls(logits, kernels.log_partition(logits))
+        values = logits[scored].astype(np.float64)  # (n,) the scored tokens' logits
+        hi = values.max()
+        return cls(logits, hi + float(np.log(np.exp(values - hi).sum())), scored)
+
+    def __getitem__(self, token: int) -> float:
+        return float(np.exp(np.float64(self.logits[token]) - self.log_z))
+
+    def top(self, n: int) -> np.ndarray:
+        """The ids of the n most likely tokens, most likely first, ties by id."""
+        if self.scored is None:
+            return kernels.top_n(self.logits, n)
+        return self.scored[kernels.top_n(self.logits[self.scored], n)]
+
+
 def numpy_sample(probs: np.ndarray, rng: np.random.Generator) -> int:
     """Draw one token id from a distribution by inverting its cumulative sum: the readable way."""
     cdf = np.cumsum(probs)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minispec.acceptance import acceptance_probability, residual_distribution
-from minispec.drafters.base import Draft, DraftContext, Drafter, draft_q, one_hot
+from minispec.drafters.base import Draft, DraftContext, Drafter, one_hot
 from minispec.errors import InputError
 from minispec.generate import (
     Generation,
@@ -50,7 +50,14 @@ from minispec.generate import (
 from minispec.kernels import top_n
 from minispec.kv_cache import KVCache, new_cache
 from minispec.model import ForwardOutput, Model, forward_hidden
-from minispec.sampling import GREEDY, SamplingParams, distribution, sample, shown
+from minispec.sampling import (
+    GREEDY,
+    SamplingParams,
+    SoftmaxRow,
+    distribution,
+    sample,
+    shown,
+)
 from minispec.stats import Stats
 from minispec.trace import Trace
 from minispec.tree import (
@@ -440,11 +447,12 @@ def token_text(tokenizer: object | None, token: int) -> str | None:
     return tokenizer.decode([int(token)], skip_special_tokens=False)
 
 
-def top_entries(probs: np.ndarray, tokenizer: object | None, n: int) -> list[dict]:
+def top_entries(probs: np.ndarray | SoftmaxRow, tokenizer: object | None, n: int) -> list[dict]:
     """The n most likely tokens of a distribution: [{token, text, prob}], most likely first."""
+    ids = probs.top(n) if isinstance(probs, SoftmaxRow) else top_n(probs, n)
     return [
         {"token": int(t), "text": token_text(tokenizer, t), "prob": float(probs[t])}
-        for t in top_n(probs, n)
+        for t in ids
         if probs[t] > 0
     ]
 
@@ -457,20 +465,38 @@ def first_token_record(tokenizer: object | None, token: int, p: np.ndarray, top:
     }
 
 
-def shown_distributions(step: StepResult, sampling: SamplingParams) -> tuple:
+@dataclass
+class SoftmaxRows:
+    """A greedy step's verify rows as its record shows p: softmax (`sampling.SoftmaxRow`),
+    each made when first read (rows after the first rejection never are)."""
+
+    logits: np.ndarray  # (n+1, vocab)
+
+    def __post_init__(self) -> None:
+        self.made: dict[int, SoftmaxRow] = {}
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, i: int) -> SoftmaxRow:
+        if i not in self.made:
+            self.made[i] = SoftmaxRow.of(self.logits[i])
+        return self.made[i]
+
+
+def shown_distributions(step: StepResult) -> tuple:
     """p (n+1 rows of vocab) and q (n rows) as the trace shows them, and whether q is real.
 
-    Sampled: the distributions the rule used. Greedy: softmax(logits), the rule needed none.
-    p's rows are shaped when read (`RowsOnDemand`).
-    A drafter without probabilities (prompt lookup) shows one-hot q.
+    Sampled: the distributions the rule used (p's rows shaped when read: `RowsOnDemand`).
+    Greedy: softmax(logits), the rule needed none (`SoftmaxRow`, over the tokens the drafter's
+    head scored for q). A drafter without probabilities (prompt lookup) shows one-hot q.
     """
-    p = step.p if step.p is not None else RowsOnDemand(step.logits, shown(sampling))
+    p = step.p if step.p is not None else SoftmaxRows(step.logits)
     q = step.q
     if q is None and step.draft.logit_rows is not None:
-        # over the tokens the drafter's head scored: exp of a row of -inf is slow, not free
-        q = [draft_q(row, shown(sampling), step.draft.scored) for row in step.draft.logit_rows]
-    elif q is None:
-        q = one_hot(step.draft.tokens, step.logits.shape[-1])
+        q = [SoftmaxRow.of(row, step.draft.scored) for row in step.draft.logit_rows]
+    elif q is None:  # one-hot: all of q_i on d_i (the record reads no other token's q)
+        q = [{x: 1.0} for x in step.draft.tokens]
     has_q = step.draft.q is not None or step.draft.logit_rows is not None
     return p, q, has_q
 
@@ -480,7 +506,7 @@ def step_record(
 ) -> dict:
     """One JSON-serialisable record of a draft-verify step: the fields of `STEP_FIELDS`."""
     v, drafts = step.verdict, step.draft.tokens
-    p, q, has_q = shown_distributions(step, sampling)
+    p, q, has_q = shown_distributions(step)
     next_dist = v.residual if v.residual is not None else p[v.n_accepted]
 
     def decision(d: Decision) -> dict:
@@ -546,7 +572,7 @@ def tree_q_row(tree: TokenTree, node: int, sampling: SamplingParams) -> np.ndarr
     if node in tree.q:
         return tree.q[node]
     if sampling.greedy and node in tree.logit_rows:
-        return draft_q(tree.logit_rows[node], shown(sampling))
+        return SoftmaxRow.of(tree.logit_rows[node])
     return None
 
 
@@ -557,7 +583,7 @@ def tree_step_record(
     whole tree under "tree" (`trace.TREE_FIELDS`)."""
     tree, v = step.tree, step.verdict
     path, j = v.path, v.n_accepted
-    p = step.p if step.p is not None else RowsOnDemand(step.logits, shown(sampling))
+    p = step.p if step.p is not None else SoftmaxRows(step.logits)
     q_rows = {node: tree_q_row(tree, node, sampling) for node in set(tree.parents[1:])}
     node_depth = depths(tree.parents)
     children = {node: tree.children(node) for node in q_rows}

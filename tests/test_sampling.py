@@ -13,8 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from minispec.kernels import top_n
 from minispec.sampling import (
+    SOFTMAX,
     SamplingParams,
+    SoftmaxRow,
     distribution,
     numpy_distribution,
     numpy_sample,
@@ -93,6 +96,20 @@ def test_top_p_within_rounding_of_one_looks_at_every_token() -> None:
     fast, ref = distribution(logits, params), numpy_distribution(logits, params)
     assert (fast > 0).all() and (ref > 0).all()
     np.testing.assert_allclose(fast, ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["peaked", "flat", "masked", "tied levels", "tiny"])
+def test_a_shown_softmax_row_is_the_softmax_distribution(name: str) -> None:
+    """A greedy trace shows p and q as `SoftmaxRow`s: the same probabilities as the full row
+    `distribution(logits, SOFTMAX)` writes, and the same few most likely, in the same order;
+    for a cheap head's row, also when told its scored tokens."""
+    logits = rows()[name]
+    full = distribution(logits, SOFTMAX)
+    ids = np.random.default_rng(2).choice(logits.size, 50)
+    scored = np.flatnonzero(logits > -np.inf) if name == "masked" else None
+    for row in (SoftmaxRow.of(logits), SoftmaxRow.of(logits, scored)):
+        np.testing.assert_allclose([row[t] for t in ids], full[ids], rtol=1e-5, atol=1e-300)
+        np.testing.assert_array_equal(row.top(6), top_n(full, 6))
 
 
 def test_writes_into_a_given_row_and_shapes_greedy_display_as_softmax() -> None:

@@ -79,6 +79,7 @@ from minispec.kernels.distribution import (  # noqa: E402
     N_ROW_CHUNKS,
     cut_kind,
     distribution_row,
+    log_partition,
     sample_row,
     top_n,
 )
@@ -144,6 +145,7 @@ __all__ = [
     "attention_variant",
     "cut_kind",
     "distribution_row",
+    "log_partition",
     "gelu_gate",
     "linear",
     "matmul_path",
