@@ -25,7 +25,13 @@ from collections.abc import Callable, Hashable, Iterable
 import numpy as np
 
 from minispec.kernels.attention import attend_each, attention_variant
-from minispec.kernels.distribution import cut_kind, distribution_row, sample_row, top_n
+from minispec.kernels.distribution import (
+    cut_kind,
+    distribution_row,
+    log_partition,
+    sample_row,
+    top_n,
+)
 from minispec.kernels.matmul import linear, matmul_path
 from minispec.kernels.packing import pack, quantize_int8
 from minispec.kernels.pointwise import gelu_gate, on_the_pool, rms_norm_rows, rope_rows
@@ -98,6 +104,7 @@ def all_variants() -> dict[tuple, Callable[[], object]]:
                 )
             )
         calls["top_n", dtype.__name__] = lambda logits=logits: top_n(logits, 5)
+        calls["log_partition", dtype.__name__] = lambda logits=logits: log_partition(logits)
     probs = np.abs(rand(VOCAB)).astype(np.float64)  # `sample_row` takes float64 only
     calls["sample_row", "float64"] = lambda: sample_row(probs, 0.5)
     return calls
