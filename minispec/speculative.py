@@ -504,7 +504,8 @@ def shown_distributions(step: StepResult) -> tuple:
 def step_record(
     index: int, step: StepResult, tokenizer: object | None, top: int, sampling: SamplingParams
 ) -> dict:
-    """One JSON-serialisable record of a draft-verify step: the fields of `STEP_FIELDS`."""
+    """One JSON-serialisable record of a draft-verify step: the fields of `STEP_FIELDS`.
+    (sampling: as `tree_step_record` takes it; a chain's step carries what it needs.)"""
     v, drafts = step.verdict, step.draft.tokens
     p, q, has_q = shown_distributions(step)
     next_dist = v.residual if v.residual is not None else p[v.n_accepted]

@@ -18,6 +18,7 @@ N_ROW_CHUNKS = 8  # a row's fixed ranges for the threads
 BLOCK64 = 256  # the passes go through a chunk this many tokens at a time (in L1)
 GROUPS = 4096  # top-k: the k-th largest of this many groups' maxima bounds the k-th logit
 BUCKETS = 2048  # top-p's histogram bins: the one that holds the edge has few tokens to sort
+SPARE = 8  # and more bins past those, for the tokens below its floor
 
 
 def cut_kind(top_k: int, top_p: float, vocab: int) -> str:
@@ -56,7 +57,7 @@ def distribution_row(
     histogram = kind == "top-p"
     floor, scale = top_p_bins(logits, hi, temperature, top_p) if histogram else (2.0, 0.0)
     bins = np.empty(n if histogram else 0, np.int16)
-    mass = np.zeros((N_ROW_CHUNKS, BUCKETS if histogram else 0))
+    mass = np.zeros((N_ROW_CHUNKS, BUCKETS + SPARE if histogram else 0))
     sums = np.zeros(N_ROW_CHUNKS)
     _exp_kernel(logits, hi, 1.0 / temperature, out, sums, floor, scale, bins, mass)
     total = sums.sum()  # Z, the chunks' sums added in a fixed order
@@ -144,11 +145,11 @@ def _exp_chunk(hi, inverse_temperature, floor, scale, logits, out, bins, mass):
             block_bins[:] = BUCKETS
             continue
         _bin_block(block_logits, block, hi, floor, scale, block_bins)
-        if passing == block.shape[0]:  # a hot row's: every token
+        if 2 * passing > block.shape[0]:  # most of the block: add every token
             for j in range(block.shape[0]):
                 mass[block_bins[j]] += block[j]
             continue
-        # some: their places first, without a branch (it would be mispredicted at random)
+        # a few: their places first, without a branch (it would be mispredicted at random)
         m = 0
         for j in range(block.shape[0]):
             scratch[0, m] = j
@@ -355,11 +356,12 @@ def top_p_cut(
 @njit(cache=True)
 def _bin_block(logits, e, hi, floor, scale, bins):
     """Each token's histogram bin: 0 holds the largest logits, BUCKETS - 1 the smallest
-    candidates, and BUCKETS the tokens below the floor."""
+    candidates. A token below the floor gets one of SPARE bins past those, in turn, so that
+    adding a run of them to the histogram does not wait on one bin's last addition."""
     for i in range(logits.shape[0]):
         v = (hi - np.float64(logits[i])) * scale
         v = v if v < BUCKETS - 1 else BUCKETS - 1
-        bins[i] = np.int16(v if e[i] >= floor else BUCKETS)
+        bins[i] = np.int16(v if e[i] >= floor else BUCKETS + i % SPARE)
 
 
 @njit(cache=True)
