@@ -350,7 +350,7 @@ def top_p_cut(
     candidates (bins, mass): the bin where the mass before a token reaches the threshold
     (top_p Z) holds the edge (`_edge_bin`), and only its tokens are sorted and walked."""
     b, before = _edge_bin(mass, threshold)
-    members = _ids_between(bins, b, b)
+    members = _ids_between(bins, np.int16(b), np.int16(b))  # int16 compares: 16 lanes
     return _walk_top_p(logits, e, sorted_by_logit(logits, members), threshold, before)
 
 
