@@ -104,16 +104,6 @@ def distribution(
     return out
 
 
-def shown(sampling: SamplingParams) -> SamplingParams:
-    """The settings a distribution is shown with: the run's own when sampling; `SOFTMAX`
-    (temperature 1) for a greedy run, whose one-hot rows would hide how sure each side was.
-
-    Display only (the trace, `minispec predict`): the greedy rule compares argmaxes and needs
-    no distribution, and the sampled rule uses the run's own settings.
-    """
-    return SOFTMAX if sampling.greedy else sampling
-
-
 @dataclass(frozen=True)
 class SoftmaxRow:
     """softmax(logits) as a greedy run's trace shows it (`shown`), without the vocabulary-wide
@@ -146,6 +136,14 @@ class SoftmaxRow:
         if self.scored is None:
             return kernels.top_n(self.logits, n)
         return self.scored[kernels.top_n(self.logits[self.scored], n)]
+
+
+def shown(logits: np.ndarray, sampling: SamplingParams) -> np.ndarray | SoftmaxRow:
+    """A row of logits as the trace shows it: the run's own distribution when sampling; for a
+    greedy run, whose one-hot rows would hide how sure each side was, softmax (temperature 1,
+    `SoftmaxRow`). Display only: the greedy rule compares argmaxes and needs no distribution.
+    """
+    return SoftmaxRow.of(logits) if sampling.greedy else distribution(logits, sampling)
 
 
 def numpy_sample(probs: np.ndarray, rng: np.random.Generator) -> int:

@@ -457,7 +457,9 @@ def top_entries(probs: np.ndarray | SoftmaxRow, tokenizer: object | None, n: int
     ]
 
 
-def first_token_record(tokenizer: object | None, token: int, p: np.ndarray, top: int) -> dict:
+def first_token_record(
+    tokenizer: object | None, token: int, p: np.ndarray | SoftmaxRow, top: int
+) -> dict:
     return {
         "token": int(token),
         "text": token_text(tokenizer, token),
@@ -782,7 +784,7 @@ def speculative_generate(
     stats.prefill_s = time.perf_counter() - t0
     first = state.tokens[-1]
     if record is not None:
-        p = distribution(logits, shown(sampling))
+        p = shown(logits, sampling)
         record.first_token = first_token_record(model.tokenizer, first, p, trace_top)
     if on_token is not None:
         on_token(first)

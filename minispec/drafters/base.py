@@ -54,7 +54,7 @@ class Draft:
     # most runs record no trace, and a stack of k rows of 262,144 costs a fair part of a step)
     logit_rows: list[np.ndarray] | None = None
     # the tokens a cheap head scores, sorted (the rest of each row is -inf), when the drafter
-    # knows them: the trace's q rows are then computed over them alone (`draft_q`)
+    # knows them: a greedy trace's q rows are then shown over them alone (`SoftmaxRow`)
     scored: np.ndarray | None = None
 
     @cached_property
