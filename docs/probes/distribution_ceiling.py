@@ -69,7 +69,8 @@ def main() -> None:
     no_cut = SamplingParams(temperature=0.7)
     print(f"distribution, 0.7 / top-p 0.95: {timed(lambda: distribution(flat, top_p))}")
     print(f"distribution, 0.7, no cut:      {timed(lambda: distribution(flat, no_cut))}")
-    sums, no_bins, no_mass = np.zeros(N_ROW_CHUNKS), np.empty(0, np.int16), np.zeros((8, 0))
+    sums, no_bins = np.zeros(N_ROW_CHUNKS), np.empty(0, np.int16)
+    no_mass = np.zeros((N_ROW_CHUNKS, 0))
     hi, pass_two = float(flat.max()), (sums, 2.0, 0.0, no_bins, no_mass)
 
     def exp_pass() -> None:
